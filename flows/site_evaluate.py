@@ -1,0 +1,16 @@
+"""Score a committed global model on a site's held-out test fold (aggregates only)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from fedchem.config import ChemConfig, ModelConfig, SiteConfig
+from fedchem.federation.manifest import EvalReport
+from tasks.site import evaluate_global
+
+
+@flow(name="site-evaluate", flow_run_name="evaluate/{site.name}")
+def site_evaluate(
+    site: SiteConfig, hub_url: str, run_id: str, round: int, chem: ChemConfig, model: ModelConfig
+) -> EvalReport:
+    return evaluate_global(site, hub_url, run_id, round, chem, model)

@@ -1,0 +1,23 @@
+"""One site's part of one round: train from the global model, publish update + manifest."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
+from fedchem.federation.manifest import SiteUpdateManifest
+from tasks.site import train_round
+
+
+@flow(name="site-round")
+def site_round(
+    site: SiteConfig,
+    hub_url: str,
+    run_id: str,
+    round: int,
+    chem: ChemConfig,
+    model: ModelConfig,
+    train: TrainConfig,
+) -> SiteUpdateManifest:
+    """Returns the site's manifest (counts, aggregate metrics, hashes); weights stay on the hub."""
+    return train_round(site, hub_url, run_id, round, chem, model, train)

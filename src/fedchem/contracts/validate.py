@@ -1,0 +1,100 @@
+"""Run a compiled contract over a table: accepted rows, quarantined rows with reasons, a count.
+
+The account always balances: ``rows_in == accepted + quarantined``. Quarantined rows keep their
+raw values and stay at the site; only the counts travel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pandera.errors as pa_errors
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from fedchem.contracts.compile import CompiledTable
+from fedchem.contracts.errors import MissingColumnError
+
+__all__ = ["QUARANTINE_COLUMNS", "RowAccount", "ValidationResult", "read_table", "validate_frame"]
+
+#: leading columns of every quarantine file; the row's raw columns follow
+QUARANTINE_COLUMNS = ("source_row", "step", "reason")
+
+
+class RowAccount(BaseModel):
+    """Rows in, accepted and quarantined at one step; the three always add up."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: str
+    rows_in: int
+    accepted: int
+    quarantined: int
+
+    @model_validator(mode="after")
+    def _balanced(self) -> RowAccount:
+        if self.rows_in != self.accepted + self.quarantined:
+            raise ValueError(
+                f"{self.step}: rows in {self.rows_in} != accepted {self.accepted} "
+                f"+ quarantined {self.quarantined}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    accepted: pd.DataFrame
+    """rows that passed, contract columns typed, plus ``source_row``"""
+    quarantine: pd.DataFrame
+    """``source_row, step, reason`` then the row's raw columns"""
+    account: RowAccount
+
+
+def read_table(path: Path | str) -> pd.DataFrame:
+    """Read a CSV (optionally compressed) as text, keeping every row and its 0-based position.
+
+    Only empty cells are missing; ``NA`` or ``null`` stay strings for the contract to judge.
+    Undecodable bytes are replaced (U+FFFD) so the row fails a check instead of the whole file.
+    """
+    df = pd.read_csv(
+        path,
+        dtype=str,
+        keep_default_na=False,
+        na_values=[""],
+        encoding="utf-8",
+        encoding_errors="replace",
+    )
+    df.insert(0, "source_row", range(len(df)))
+    return df
+
+
+def validate_frame(
+    df: pd.DataFrame, compiled: CompiledTable, *, step: str = "contract", source: str = "<frame>"
+) -> ValidationResult:
+    """Validate ``df`` (text columns, with ``source_row``) against ``compiled``."""
+    for col in compiled.columns:
+        if col not in df.columns:
+            raise MissingColumnError(col, compiled.contract.label, source)
+    data = df[["source_row", *compiled.columns]].reset_index(drop=True)
+    body = data[list(compiled.columns)]
+    reasons: dict[int, list[str]] = {}
+    try:
+        compiled.schema.validate(body, lazy=True)
+    except pa_errors.SchemaErrors as err:
+        fc = err.failure_cases
+        bad = fc[fc["index"].notna()]
+        if len(bad) != len(fc):  # a frame-level failure we did not anticipate: do not hide it
+            raise
+        for idx, column, check in zip(bad["index"], bad["column"], bad["check"], strict=True):
+            reasons.setdefault(int(idx), []).append(compiled.reason_for(column, str(check)))
+    bad_idx = sorted(reasons)
+    quarantine = data.loc[bad_idx].copy()
+    quarantine.insert(1, "step", step)
+    quarantine.insert(2, "reason", ["; ".join(dict.fromkeys(reasons[i])) for i in bad_idx])
+    accepted = compiled.typed(data.drop(index=bad_idx))
+    account = RowAccount(
+        step=step, rows_in=len(data), accepted=len(accepted), quarantined=len(quarantine)
+    )
+    compiled.check_table_rules(len(accepted))
+    return ValidationResult(accepted.reset_index(drop=True), quarantine.reset_index(drop=True), account)

@@ -1,0 +1,128 @@
+"""The training-ready dataset of one site: sparse features, folds, labels, censoring.
+
+It stays at the site. It holds no SMILES or compound ids, only what training needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CENSOR_CODES", "SiteDataset"]
+
+#: qualifier -> censor code: 0 exact, -1 the true value is at most the reported one, +1 at least
+CENSOR_CODES = {"=": 0, "<": -1, "<=": -1, ">": 1, ">=": 1}
+
+
+@dataclass(frozen=True)
+class SiteDataset:
+    """``N`` molecules x ``T`` tasks of the federation's catalogue.
+
+    indptr: ``N+1`` int64 and indices: ``nnz`` int32, the CSR on-bits of each molecule;
+    fold: ``N`` int8; y: ``N x T`` float32 with NaN where unlabelled; censor: ``N x T`` int8.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    fold: np.ndarray
+    y: np.ndarray
+    censor: np.ndarray
+    task_names: tuple[str, ...]
+    task_kinds: tuple[str, ...]
+    fp_size: int
+
+    def __post_init__(self) -> None:
+        n = len(self.fold)
+        if self.indptr.shape != (n + 1,) or self.y.shape != (n, len(self.task_names)):
+            raise ValueError("inconsistent SiteDataset shapes")
+        if self.censor.shape != self.y.shape or len(self.task_kinds) != len(self.task_names):
+            raise ValueError("inconsistent SiteDataset shapes")
+
+    def __len__(self) -> int:
+        return len(self.fold)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.task_names)
+
+    def subset(self, rows: np.ndarray) -> SiteDataset:
+        """Rows ``rows`` (indices) as a new dataset."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        counts = ends - starts
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)]) if len(rows) else np.zeros(0, np.int64)
+        return SiteDataset(
+            indptr=indptr,
+            indices=self.indices[take.astype(np.int64)],
+            fold=self.fold[rows],
+            y=self.y[rows],
+            censor=self.censor[rows],
+            task_names=self.task_names,
+            task_kinds=self.task_kinds,
+            fp_size=self.fp_size,
+        )
+
+    def folds(self, folds: list[int] | tuple[int, ...]) -> SiteDataset:
+        return self.subset(np.flatnonzero(np.isin(self.fold, folds)))
+
+    def without_folds(self, folds: list[int] | tuple[int, ...]) -> SiteDataset:
+        return self.subset(np.flatnonzero(~np.isin(self.fold, folds)))
+
+    def n_labels(self) -> int:
+        return int(np.isfinite(self.y).sum())
+
+    def save(self, path: Path) -> str:
+        """Write to ``path`` (npz, no pickles); return the SHA-256 of the file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(
+            tmp,
+            indptr=self.indptr,
+            indices=self.indices,
+            fold=self.fold,
+            y=self.y,
+            censor=self.censor,
+            task_names=np.array(self.task_names, dtype=str),
+            task_kinds=np.array(self.task_kinds, dtype=str),
+            fp_size=np.array(self.fp_size),
+        )
+        tmp.replace(path)
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    @classmethod
+    def load(cls, path: Path) -> SiteDataset:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(
+                indptr=z["indptr"],
+                indices=z["indices"],
+                fold=z["fold"],
+                y=z["y"],
+                censor=z["censor"],
+                task_names=tuple(str(t) for t in z["task_names"]),
+                task_kinds=tuple(str(t) for t in z["task_kinds"]),
+                fp_size=int(z["fp_size"]),
+            )
+
+    @classmethod
+    def concat(cls, parts: list[SiteDataset]) -> SiteDataset:
+        """Stack datasets with the same task catalogue (the demo's pooled baseline)."""
+        first = parts[0]
+        offsets = np.cumsum([0] + [int(p.indptr[-1]) for p in parts])
+        indptr = np.concatenate(
+            [np.zeros(1, np.int64)] + [p.indptr[1:] + o for p, o in zip(parts, offsets, strict=False)]
+        )
+        return cls(
+            indptr=indptr,
+            indices=np.concatenate([p.indices for p in parts]),
+            fold=np.concatenate([p.fold for p in parts]),
+            y=np.concatenate([p.y for p in parts]),
+            censor=np.concatenate([p.censor for p in parts]),
+            task_names=first.task_names,
+            task_kinds=first.task_kinds,
+            fp_size=first.fp_size,
+        )

@@ -1,0 +1,238 @@
+"""The site preparation pipeline: contract → standardize + featurize + fold → tasks → dataset.
+
+Runs once per data version: the output directory is named by a hash of everything that
+determines it (input bytes, contracts, chemistry config, task catalogue, key fingerprint,
+library versions), so an unchanged input is a cache hit and nothing is recomputed.
+Everything written here stays at the site; the returned ``PrepareReport`` holds counts only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rdkit
+from pydantic import BaseModel, ConfigDict
+
+import fedchem
+from fedchem.chem.batch import featurize_many
+from fedchem.chem.folds import key_fingerprint
+from fedchem.config import ChemConfig, SiteConfig, TaskSpec
+from fedchem.contracts import (
+    ContractViolation,
+    RowAccount,
+    compile_table,
+    default_contracts_dir,
+    load_contract,
+    read_table,
+    validate_frame,
+)
+from fedchem.data.dataset import SiteDataset
+from fedchem.data.tasks import build_tasks
+
+__all__ = ["PrepareReport", "current_dataset_path", "prepare_site", "read_key"]
+
+MEASUREMENTS_CONTRACT = "measurements.odcs.yaml"
+ASSAYS_CONTRACT = "assays.odcs.yaml"
+
+
+class PrepareReport(BaseModel):
+    """What a site may tell the federation about its preparation: counts, never rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    site: str
+    cache_key: str
+    cache_hit: bool
+    accounts: list[RowAccount]
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: int
+    n_molecules: int
+    n_labels: int
+    labels_per_task: dict[str, int]
+    label_stats: dict[str, dict[str, float]]
+    dataset_sha256: str
+    seconds: float
+
+
+def read_key(site: SiteConfig) -> bytes:
+    key = site.key_file.read_bytes().strip()
+    if not key:
+        raise ValueError(f"site {site.name}: consortium key file {site.key_file} is empty")
+    return key
+
+
+def _contracts(site: SiteConfig) -> tuple[Path, Path]:
+    d = site.contracts_dir or default_contracts_dir()
+    return d / MEASUREMENTS_CONTRACT, d / ASSAYS_CONTRACT
+
+
+def _cache_key(site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec], key: bytes) -> str:
+    h = hashlib.sha256()
+    for path in (site.measurements, site.assays, *_contracts(site)):
+        h.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    h.update(chem.model_dump_json().encode())
+    h.update(json.dumps([t.model_dump() for t in catalogue]).encode())
+    h.update(key_fingerprint(key).encode())
+    h.update(f"{fedchem.__version__}|{rdkit.__version__}|{np.__version__}".encode())
+    return h.hexdigest()[:24]
+
+
+def current_dataset_path(site: SiteConfig) -> Path:
+    """Where the latest prepared dataset of ``site`` lies (written by ``prepare_site``)."""
+    pointer = site.workdir / "prepared" / "current.json"
+    if not pointer.exists():
+        raise FileNotFoundError(f"site {site.name} has no prepared data: run site preparation first")
+    return site.workdir / "prepared" / json.loads(pointer.read_text())["cache_key"] / "dataset.npz"
+
+
+def prepare_site(
+    site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec]
+) -> PrepareReport:
+    """Validate, standardize, featurize and label one site's data; cached by content."""
+    start = time.perf_counter()
+    key = read_key(site)
+    cache_key = _cache_key(site, chem, catalogue, key)
+    out = site.workdir / "prepared" / cache_key
+    report_path = out / "report.json"
+    if report_path.exists():
+        report = PrepareReport.model_validate_json(report_path.read_text())
+        report = report.model_copy(update={"cache_hit": True, "seconds": time.perf_counter() - start})
+        _point_to(site, cache_key)
+        return report
+
+    m_path, a_path = _contracts(site)
+    a_table = compile_table(load_contract(a_path))
+    assays = validate_frame(read_table(site.assays), a_table, source=str(site.assays))
+    m_table = compile_table(
+        load_contract(m_path), references={"assays.assay_id": set(assays.accepted["assay_id"])}
+    )
+    raw = read_table(site.measurements)
+    checked = validate_frame(raw, m_table, source=str(site.measurements))
+
+    rows = checked.accepted
+    unique_smiles, inverse = np.unique(rows["smiles"].to_numpy(dtype=str), return_inverse=True)
+    feats = featurize_many(
+        list(unique_smiles),
+        radius=chem.fp_radius,
+        fp_size=chem.fp_size,
+        max_heavy_atoms=chem.max_heavy_atoms,
+        key=key,
+        n_folds=chem.n_folds,
+        partition_rows=site.partition_rows,
+        n_workers=site.dask_workers,
+        dask_address=site.dask_address,
+    )
+    # molecules = unique standardized parents; several raw SMILES may share one parent
+    canon = pd.Series(feats.canonical, dtype="object")
+    ok_raw = canon.notna().to_numpy()
+    parents, first_raw = np.unique(canon[ok_raw].to_numpy(dtype=str), return_index=True)
+    raw_ids = np.flatnonzero(ok_raw)[first_raw]
+    parent_of_raw = np.full(len(unique_smiles), -1, dtype=np.int64)
+    parent_of_raw[ok_raw] = np.searchsorted(parents, canon[ok_raw].to_numpy(dtype=str))
+    row_parent = parent_of_raw[inverse]
+    reasons = np.array(feats.reason, dtype=object)[inverse]
+    std_bad = row_parent < 0
+    std_quarantine = pd.DataFrame(
+        {"source_row": rows.loc[std_bad, "source_row"].to_numpy(), "step": "standardize",
+         "reason": ["smiles: " + str(r) for r in reasons[std_bad]]}
+    )  # fmt: skip
+    std_account = RowAccount(
+        step="standardize", rows_in=len(rows), accepted=int((~std_bad).sum()),
+        quarantined=int(std_bad.sum()),
+    )  # fmt: skip
+
+    labelled = rows.loc[~std_bad, ["source_row", "assay_id", "value", "qualifier"]].copy()
+    labelled["mol"] = row_parent[~std_bad]
+    tasks = build_tasks(labelled, assays.accepted, catalogue, n_molecules=len(parents))
+
+    # keep only molecules with at least one label
+    has_label = np.isfinite(tasks.y).any(axis=1)
+    keep = raw_ids[has_label]
+    indptr = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(feats.indptr[keep + 1] - feats.indptr[keep], out=indptr[1:])
+    take = np.concatenate([np.arange(feats.indptr[i], feats.indptr[i + 1]) for i in keep]) if len(keep) else np.zeros(0, np.int64)
+    dataset = SiteDataset(
+        indptr=indptr,
+        indices=feats.indices[take],
+        fold=feats.fold[keep],
+        y=tasks.y[has_label],
+        censor=tasks.censor[has_label],
+        task_names=tuple(t.name for t in catalogue),
+        task_kinds=tuple(t.kind for t in catalogue),
+        fp_size=chem.fp_size,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    sha = dataset.save(out / "dataset.npz")
+    quarantine = pd.concat([checked.quarantine[["source_row", "step", "reason"]],
+                            std_quarantine, tasks.quarantine], ignore_index=True)  # fmt: skip
+    quarantine = quarantine.merge(raw, on="source_row", how="left").sort_values("source_row")
+    quarantine.to_csv(out / "quarantine_measurements.csv", index=False)
+    assays.quarantine.to_csv(out / "quarantine_assays.csv", index=False)
+
+    rows_q = len(quarantine)
+    total = RowAccount(step="total", rows_in=len(raw), accepted=tasks.account.accepted,
+                       quarantined=rows_q)  # fmt: skip
+    report = PrepareReport(
+        site=site.name,
+        cache_key=cache_key,
+        cache_hit=False,
+        accounts=[assays.account.model_copy(update={"step": "contract:assays"}),
+                  checked.account.model_copy(update={"step": "contract:measurements"}),
+                  std_account, tasks.account, total],  # fmt: skip
+        rows_in=len(raw),
+        rows_accepted=tasks.account.accepted,
+        rows_quarantined=rows_q,
+        n_molecules=len(dataset),
+        n_labels=dataset.n_labels(),
+        labels_per_task={
+            t: int(np.isfinite(dataset.y[:, i]).sum()) for i, t in enumerate(dataset.task_names)
+        },
+        label_stats=regression_label_stats(dataset, chem),
+        dataset_sha256=sha,
+        seconds=time.perf_counter() - start,
+    )
+    if len(raw) and rows_q / len(raw) > site.max_quarantine_fraction:
+        raise ContractViolation(
+            f"site {site.name}: {rows_q} of {len(raw)} measurement rows quarantined "
+            f"({rows_q / len(raw):.1%}), above max_quarantine_fraction="
+            f"{site.max_quarantine_fraction} in the site config; see {out}/quarantine_measurements.csv"
+        )
+    report_path.write_text(report.model_dump_json(indent=2))
+    _point_to(site, cache_key)
+    return report
+
+
+#: a task's statistics are published only over at least this many values (no tiny aggregates)
+MIN_STATS_COUNT = 10
+
+
+def regression_label_stats(ds: SiteDataset, chem: ChemConfig) -> dict[str, dict[str, float]]:
+    """Count, sum and sum of squares of exact training-fold labels per regression task.
+
+    Aggregates for the federation's target scaling; tasks with fewer than ``MIN_STATS_COUNT``
+    values are left out so that no small group of values can be recovered.
+    """
+    train = ds.without_folds([chem.test_fold, chem.valid_fold])
+    out: dict[str, dict[str, float]] = {}
+    for j, (name, kind) in enumerate(zip(ds.task_names, ds.task_kinds, strict=True)):
+        if kind != "regression":
+            continue
+        v = train.y[np.isfinite(train.y[:, j]) & (train.censor[:, j] == 0), j].astype(np.float64)
+        if len(v) >= MIN_STATS_COUNT:
+            out[name] = {"n": float(len(v)), "sum": float(v.sum()), "sumsq": float((v**2).sum())}
+    return out
+
+
+def _point_to(site: SiteConfig, cache_key: str) -> None:
+    pointer = site.workdir / "prepared" / "current.json"
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"cache_key": cache_key}))
+    tmp.replace(pointer)

@@ -1,0 +1,31 @@
+"""The pooled baseline: one model on every site's training data (possible only in simulation)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
+from fedchem.data.dataset import SiteDataset
+from fedchem.federation.coordinator import initial_model
+from fedchem.federation.manifest import EvalReport
+from fedchem.federation.site import evaluate_at_site, load_site_dataset
+from fedchem.model.train import train_epochs
+
+__all__ = ["train_pooled"]
+
+
+def train_pooled(
+    sites: Sequence[SiteConfig], chem: ChemConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
+    epochs: int, label_stats: Sequence[dict[str, dict[str, float]]],
+) -> list[EvalReport]:  # fmt: skip
+    data = {s.name: load_site_dataset(s) for s in sites}
+    held_out = [chem.test_fold, chem.valid_fold]
+    pooled = SiteDataset.concat([d.without_folds(held_out) for d in data.values()])
+    first = next(iter(data.values()))
+    tasks = list(zip(first.task_names, first.task_kinds, strict=True))
+    model = initial_model(first.fp_size, tasks, model_cfg, train_cfg.seed, label_stats)
+    train_epochs(model, pooled, train_cfg, epochs, train_cfg.seed)
+    return [
+        evaluate_at_site(model, d.folds([chem.test_fold]), site=name, model_name="pooled", fold="test")
+        for name, d in data.items()
+    ]

@@ -1,0 +1,51 @@
+"""What travels between sites and coordinator: small manifests of counts, metrics and hashes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["EvalReport", "RoundManifest", "SiteUpdateManifest"]
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EvalReport(_Manifest):
+    """A model scored at a site on one of its folds: aggregates only."""
+
+    site: str
+    model: str
+    fold: str
+    n_molecules: int
+    per_task: dict[str, dict[str, float]]
+    summary: dict[str, float]
+
+
+class SiteUpdateManifest(_Manifest):
+    run_id: str
+    round: int = Field(ge=1)
+    site: str
+    n_examples: int = Field(gt=0, description="training molecules: the FedAvg weight")
+    n_labels: int
+    update_path: str
+    update_sha256: str
+    base_sha256: str = Field(description="hash of the global model this update started from")
+    train_loss: float
+    train_seconds: float
+    device: str
+    valid: EvalReport
+
+
+class RoundManifest(_Manifest):
+    """A committed round: the global model's path and hash, and who contributed."""
+
+    run_id: str
+    round: int = Field(ge=0)
+    global_path: str
+    global_sha256: str
+    aggregation: str
+    sites: list[str]
+    n_examples: dict[str, int]
+    valid_summary: dict[str, dict[str, float]]
+    created_at: str

@@ -1,0 +1,147 @@
+"""What a site does in a federation: train on the global model, evaluate, publish an update.
+
+Only the update (weights) and a manifest of counts and aggregate metrics reach the hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+import torch
+
+from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
+from fedchem.data.dataset import SiteDataset
+from fedchem.data.prepare import current_dataset_path
+from fedchem.federation.manifest import EvalReport, RoundManifest, SiteUpdateManifest
+from fedchem.model.metrics import score_tasks, summarize
+from fedchem.model.network import MultitaskNet, build_model
+from fedchem.model.state import arrays_to_model, dump_arrays, load_arrays, model_to_arrays
+from fedchem.model.train import predict, train_epochs
+from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.types import StateArrays
+
+__all__ = [
+    "evaluate_at_site",
+    "evaluate_global_at_site",
+    "fetch_global",
+    "load_site_dataset",
+    "run_site_round",
+    "site_seed",
+    "train_local_only",
+]
+
+
+def load_site_dataset(site: SiteConfig) -> SiteDataset:
+    return SiteDataset.load(current_dataset_path(site))
+
+
+def site_seed(base: int, site: str, rnd: int) -> int:
+    """A seed per (run seed, site, round): reproducible, different across sites and rounds."""
+    return (base * 1_000_003 + zlib.crc32(site.encode()) + rnd * 7919) % (2**31)
+
+
+def fetch_global(hub: HubStore, run_id: str, rnd: int) -> tuple[StateArrays, str]:
+    """The committed global model of round ``rnd``; its hash must match the round manifest."""
+    layout = HubLayout(run_id)
+    manifest = RoundManifest.model_validate(hub.get_json(layout.round_manifest(rnd)))
+    data = hub.get_bytes(manifest.global_path)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.global_sha256:
+        raise ValueError(
+            f"global model of round {rnd} does not match its manifest "
+            f"(sha256 {digest[:12]} != {manifest.global_sha256[:12]}): refusing it"
+        )
+    return load_arrays(data), digest
+
+
+def evaluate_at_site(
+    model: MultitaskNet, ds: SiteDataset, *, site: str, model_name: str, fold: str
+) -> EvalReport:
+    pred = predict(model, ds)
+    per_task = score_tasks(ds.y, ds.censor, pred, ds.task_names, ds.task_kinds)
+    return EvalReport(
+        site=site, model=model_name, fold=fold, n_molecules=len(ds),
+        per_task=per_task, summary=summarize(per_task),
+    )  # fmt: skip
+
+
+def _model_for(ds: SiteDataset, cfg: ModelConfig, arrays: StateArrays | None) -> MultitaskNet:
+    model = build_model(ds.fp_size, ds.n_tasks, cfg)
+    if arrays is not None:
+        arrays_to_model(model, arrays)
+    return model
+
+
+def run_site_round(
+    site: SiteConfig,
+    hub: HubStore,
+    run_id: str,
+    rnd: int,
+    chem: ChemConfig,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+) -> SiteUpdateManifest:
+    """Train round ``rnd`` from the global model of ``rnd - 1``; write update + manifest."""
+    ds = load_site_dataset(site)
+    train = ds.without_folds([chem.test_fold, chem.valid_fold])
+    valid = ds.folds([chem.valid_fold])
+    arrays, base_sha = fetch_global(hub, run_id, rnd - 1)
+    model = _model_for(ds, model_cfg, arrays)
+    # Adam's moments stay at the site between rounds (private state, never uploaded)
+    opt_path = site.workdir / "runs" / run_id / "optimizer.pt"
+    opt_state = torch.load(opt_path, weights_only=True) if rnd > 1 and opt_path.exists() else None
+    stats, opt_state = train_epochs(
+        model, train, train_cfg, train_cfg.local_epochs,
+        site_seed(train_cfg.seed, site.name, rnd), opt_state,
+    )  # fmt: skip
+    opt_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(opt_state, opt_path)
+    report = evaluate_at_site(model, valid, site=site.name, model_name=f"round-{rnd}", fold="valid")
+    data = dump_arrays(model_to_arrays(model))
+    layout = HubLayout(run_id)
+    hub.put_bytes(layout.site_update(rnd, site.name), data)
+    manifest = SiteUpdateManifest(
+        run_id=run_id,
+        round=rnd,
+        site=site.name,
+        n_examples=len(train),
+        n_labels=train.n_labels(),
+        update_path=layout.site_update(rnd, site.name),
+        update_sha256=hashlib.sha256(data).hexdigest(),
+        base_sha256=base_sha,
+        train_loss=stats.mean_loss,
+        train_seconds=stats.seconds,
+        device=stats.device,
+        valid=report,
+    )
+    hub.put_json(layout.site_manifest(rnd, site.name), manifest.model_dump(mode="json"))
+    return manifest
+
+
+def train_local_only(
+    site: SiteConfig, chem: ChemConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
+    epochs: int, label_stats: dict[str, dict[str, float]] | None = None,
+) -> EvalReport:
+    """The site's own model with the same budget, scored on its test fold (a baseline)."""
+    from fedchem.federation.coordinator import initial_model
+
+    ds = load_site_dataset(site)
+    train = ds.without_folds([chem.test_fold, chem.valid_fold])
+    model = initial_model(ds.fp_size, list(zip(ds.task_names, ds.task_kinds, strict=True)),
+                          model_cfg, train_cfg.seed, [label_stats or {}])  # fmt: skip
+    train_epochs(model, train, train_cfg, epochs, site_seed(train_cfg.seed, site.name, 0))
+    return evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
+                            model_name="local", fold="test")  # fmt: skip
+
+
+def evaluate_global_at_site(
+    site: SiteConfig, hub: HubStore, run_id: str, rnd: int, chem: ChemConfig, model_cfg: ModelConfig
+) -> EvalReport:
+    """Score the committed global model of round ``rnd`` on the site's test fold."""
+    ds = load_site_dataset(site)
+    arrays, _ = fetch_global(hub, run_id, rnd)
+    model = _model_for(ds, model_cfg, arrays)
+    return evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
+                            model_name="federated", fold="test")  # fmt: skip
+

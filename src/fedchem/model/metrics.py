@@ -1,0 +1,92 @@
+"""Metrics computed at a site, leaving it only as aggregates (per task and means).
+
+ROC-AUC (Mann-Whitney with average ranks for ties) and PR-AUC (average precision, the
+step-wise definition scikit-learn uses); RMSE and R² on exact (uncensored) regression labels.
+A classification task is scored only with at least ``min_per_class`` of each class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["average_precision", "r2", "rmse", "roc_auc", "score_tasks", "summarize"]
+
+
+def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    y = np.asarray(y, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(p).rank(method="average").to_numpy()
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(y: np.ndarray, p: np.ndarray) -> float:
+    y = np.asarray(y, dtype=bool)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(p, dtype=np.float64), kind="mergesort")
+    ys, ps = y[order], np.asarray(p, dtype=np.float64)[order]
+    tp = np.cumsum(ys)
+    # evaluate only at the last position of each run of tied scores (threshold points)
+    last = np.r_[ps[1:] != ps[:-1], True]
+    tp, k = tp[last], (np.flatnonzero(last) + 1)
+    precision = tp / k
+    recall = tp / n_pos
+    prev_recall = np.r_[0.0, recall[:-1]]
+    return float(np.sum((recall - prev_recall) * precision))
+
+
+def rmse(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(y) - np.asarray(p)) ** 2))) if len(y) else float("nan")
+
+
+def r2(y: np.ndarray, p: np.ndarray) -> float:
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    if len(y) < 2:
+        return float("nan")
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - p) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+
+
+def score_tasks(
+    y: np.ndarray,
+    censor: np.ndarray,
+    pred: np.ndarray,
+    names: tuple[str, ...],
+    kinds: tuple[str, ...],
+    min_per_class: int = 5,
+) -> dict[str, dict[str, float]]:
+    """Per-task aggregate metrics; tasks without enough data are left out."""
+    out: dict[str, dict[str, float]] = {}
+    for j, (name, kind) in enumerate(zip(names, kinds, strict=True)):
+        obs = np.isfinite(y[:, j])
+        if kind == "classification":
+            yj = y[obs, j] > 0.5
+            if yj.sum() < min_per_class or (~yj).sum() < min_per_class:
+                continue
+            out[name] = {
+                "roc_auc": roc_auc(yj, pred[obs, j]),
+                "pr_auc": average_precision(yj, pred[obs, j]),
+                "n": float(obs.sum()),
+            }
+        else:
+            exact = obs & (censor[:, j] == 0)
+            if exact.sum() < 2 * min_per_class:
+                continue
+            out[name] = {
+                "rmse": rmse(y[exact, j], pred[exact, j]),
+                "r2": r2(y[exact, j], pred[exact, j]),
+                "n": float(exact.sum()),
+            }
+    return out
+
+
+def summarize(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over the scored tasks, plus how many tasks were scored."""
+    keys = sorted({k for m in per_task.values() for k in m if k != "n"})
+    out = {f"mean_{k}": float(np.nanmean([m[k] for m in per_task.values() if k in m])) for k in keys}
+    out["n_tasks_scored"] = float(len(per_task))
+    return out

@@ -1,0 +1,16 @@
+"""Type aliases shared across the library, with their shapes."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["BoolArray", "FloatArray", "IntArray", "StateArrays"]
+
+FloatArray: TypeAlias = npt.NDArray[np.float32]
+IntArray: TypeAlias = npt.NDArray[np.int64]
+BoolArray: TypeAlias = npt.NDArray[np.bool_]
+#: a model's parameters by name, as plain arrays (what travels to and from the hub)
+StateArrays: TypeAlias = dict[str, npt.NDArray[np.floating]]

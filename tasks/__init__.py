@@ -1,0 +1,1 @@
+"""Thin Prefect tasks: each wraps one library call with retries/logging where it does I/O."""

@@ -1,0 +1,37 @@
+"""Tasks of the simulated federation only (the pooled baseline needs every site's data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
+from fedchem.demo.pooled import train_pooled
+from fedchem.demo.report import build_report, write_report
+from fedchem.demo.sites import DemoSplit, split_into_sites
+from fedchem.federation.manifest import EvalReport
+
+__all__ = ["make_sites", "pooled_baseline", "report"]
+
+
+@task(cache_policy=NO_CACHE)
+def make_sites(dataset: Path, smiles_col: str, n_sites: int, out_dir: Path, seed: int) -> DemoSplit:
+    return split_into_sites(dataset, smiles_col, n_sites, out_dir, seed)
+
+
+@task(cache_policy=NO_CACHE)
+def pooled_baseline(
+    sites: list[SiteConfig], chem: ChemConfig, model: ModelConfig, train: TrainConfig,
+    epochs: int, label_stats: list[dict[str, dict[str, float]]],
+) -> list[EvalReport]:  # fmt: skip
+    return train_pooled(sites, chem, model, train, epochs, label_stats)
+
+
+@task(cache_policy=NO_CACHE)
+def report(evals: dict[str, list[EvalReport]], meta: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    rep = build_report(evals, meta)
+    write_report(rep, out_dir)
+    return rep

@@ -1,0 +1,38 @@
+"""Coordinator tasks: they read and write the hub, which holds models and manifests only."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from fedchem.config import FederationConfig
+from fedchem.data.prepare import PrepareReport
+from fedchem.federation import coordinator as coord
+from fedchem.federation.manifest import RoundManifest, SiteUpdateManifest
+from fedchem.storage.hub import HubLayout, HubStore
+
+__all__ = ["aggregate", "read_prepare_reports", "start"]
+
+
+@task(retries=3, retry_delay_seconds=[1, 4, 10], cache_policy=NO_CACHE)
+def read_prepare_reports(hub_url: str, sites: list[str]) -> list[PrepareReport]:
+    hub = HubStore(hub_url)
+    missing = [s for s in sites if not hub.exists(HubLayout.site_prepared(s))]
+    if missing:
+        raise RuntimeError(f"sites without published preparation: {missing}; run site_prepare")
+    return [PrepareReport.model_validate(hub.get_json(HubLayout.site_prepared(s))) for s in sites]
+
+
+@task(cache_policy=NO_CACHE)
+def start(config: FederationConfig, reports: list[PrepareReport]) -> RoundManifest:
+    return coord.start_run(HubStore(config.hub_url), config, [r.label_stats for r in reports])
+
+
+@task(cache_policy=NO_CACHE)
+def aggregate(hub_url: str, run_id: str, rnd: int, replies: list[SiteUpdateManifest]) -> RoundManifest:
+    manifest = coord.aggregate_round(HubStore(hub_url), run_id, rnd, replies)
+    get_run_logger().info(
+        "round %d committed: %d sites, %d examples, global %s",
+        rnd, len(manifest.sites), sum(manifest.n_examples.values()), manifest.global_sha256[:12],
+    )  # fmt: skip
+    return manifest

@@ -1,0 +1,68 @@
+"""Tasks that run at a site. They log counts only: never SMILES, ids or labels."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TaskSpec, TrainConfig
+from fedchem.data.prepare import PrepareReport, prepare_site
+from fedchem.federation import site as site_lib
+from fedchem.federation.manifest import EvalReport, SiteUpdateManifest
+from fedchem.storage.hub import HubLayout, HubStore
+
+__all__ = [
+    "evaluate_global",
+    "prepare",
+    "publish_prepare_report",
+    "train_local_baseline",
+    "train_round",
+]
+
+
+@task(cache_policy=NO_CACHE)
+def prepare(site: SiteConfig, chem: ChemConfig, tasks: list[TaskSpec]) -> PrepareReport:
+    report = prepare_site(site, chem, tasks)
+    get_run_logger().info(
+        "site %s: %d rows in, %d accepted, %d quarantined; %d molecules (cache %s)",
+        site.name, report.rows_in, report.rows_accepted, report.rows_quarantined,
+        report.n_molecules, "hit" if report.cache_hit else "miss",
+    )  # fmt: skip
+    return report
+
+
+@task(retries=3, retry_delay_seconds=[1, 4, 10], cache_policy=NO_CACHE)
+def publish_prepare_report(hub_url: str, report: PrepareReport) -> str:
+    """Put the site's counts on the hub (the coordinator's only view of site data)."""
+    path = HubLayout.site_prepared(report.site)
+    HubStore(hub_url).put_json(path, report.model_dump(mode="json"))
+    return path
+
+
+@task(cache_policy=NO_CACHE)
+def train_round(
+    site: SiteConfig, hub_url: str, run_id: str, rnd: int,
+    chem: ChemConfig, model: ModelConfig, train: TrainConfig,
+) -> SiteUpdateManifest:  # fmt: skip
+    manifest = site_lib.run_site_round(site, HubStore(hub_url), run_id, rnd, chem, model, train)
+    get_run_logger().info(
+        "round %d site %s: %d examples, loss %.4f, %.1fs on %s",
+        rnd, site.name, manifest.n_examples, manifest.train_loss,
+        manifest.train_seconds, manifest.device,
+    )  # fmt: skip
+    return manifest
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_global(
+    site: SiteConfig, hub_url: str, run_id: str, rnd: int, chem: ChemConfig, model: ModelConfig
+) -> EvalReport:
+    return site_lib.evaluate_global_at_site(site, HubStore(hub_url), run_id, rnd, chem, model)
+
+
+@task(cache_policy=NO_CACHE)
+def train_local_baseline(
+    site: SiteConfig, chem: ChemConfig, model: ModelConfig, train: TrainConfig,
+    epochs: int, label_stats: dict[str, dict[str, float]],
+) -> EvalReport:  # fmt: skip
+    return site_lib.train_local_only(site, chem, model, train, epochs, label_stats)
