@@ -22,9 +22,14 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
     for rnd in range(1, config.rounds + 1):
         replies = [
             site_round.with_options(flow_run_name=f"round-{rnd:02d}/{site.name}")(
-                site=site, hub_url=config.hub_url, run_id=config.run_id, round=rnd,
-                chem=config.chem, model=config.model, train=config.train,
-            )  # fmt: skip
+                site=site,
+                hub_url=config.hub_url,
+                run_id=config.run_id,
+                round=rnd,
+                chem=config.chem,
+                model=config.model,
+                train=config.train,
+            )
             for site in config.sites
         ]
         committed.append(aggregate(config.hub_url, config.run_id, rnd, replies))

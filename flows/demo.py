@@ -35,7 +35,9 @@ def demo(
 ) -> dict[str, Any]:
     split = make_sites(dataset, smiles_col, n_sites, out / "sites", seed)
     hub_url = str((out / "hub").resolve())
-    prepared = [site_prepare(site=s, chem=chem, tasks=split.tasks, hub_url=hub_url) for s in split.sites]
+    prepared = [
+        site_prepare(site=s, chem=chem, tasks=split.tasks, hub_url=hub_url) for s in split.sites
+    ]
     config = FederationConfig(
         run_id=run_id, hub_url=hub_url, sites=split.sites, tasks=split.tasks,
         rounds=rounds, chem=chem, model=model, train=train,
@@ -45,12 +47,20 @@ def demo(
     stats = [p.label_stats for p in prepared]
     evals = {
         "federated": [
-            site_evaluate(site=s, hub_url=hub_url, run_id=run_id, round=rounds, chem=chem, model=model)
+            site_evaluate(
+                site=s, hub_url=hub_url, run_id=run_id, round=rounds, chem=chem, model=model
+            )
             for s in split.sites
         ],
         "local": [
-            site_local_baseline(site=s, chem=chem, model=model, train=train, epochs=budget,
-                                label_stats=p.label_stats)  # fmt: skip
+            site_local_baseline(
+                site=s,
+                chem=chem,
+                model=model,
+                train=train,
+                epochs=budget,
+                label_stats=p.label_stats,
+            )
             for s, p in zip(split.sites, prepared, strict=True)
         ],
         "pooled": pooled_baseline(split.sites, chem, model, train, budget, stats),

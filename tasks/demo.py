@@ -31,7 +31,9 @@ def pooled_baseline(
 
 
 @task(cache_policy=NO_CACHE)
-def report(evals: dict[str, list[EvalReport]], meta: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def report(
+    evals: dict[str, list[EvalReport]], meta: dict[str, Any], out_dir: Path
+) -> dict[str, Any]:
     rep = build_report(evals, meta)
     write_report(rep, out_dir)
     return rep

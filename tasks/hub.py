@@ -29,7 +29,9 @@ def start(config: FederationConfig, reports: list[PrepareReport]) -> RoundManife
 
 
 @task(cache_policy=NO_CACHE)
-def aggregate(hub_url: str, run_id: str, rnd: int, replies: list[SiteUpdateManifest]) -> RoundManifest:
+def aggregate(
+    hub_url: str, run_id: str, rnd: int, replies: list[SiteUpdateManifest]
+) -> RoundManifest:
     manifest = coord.aggregate_round(HubStore(hub_url), run_id, rnd, replies)
     get_run_logger().info(
         "round %d committed: %d sites, %d examples, global %s",

@@ -47,7 +47,9 @@ def _demo(args: argparse.Namespace) -> int:
         train=TrainConfig(seed=args.seed, local_epochs=args.local_epochs),
     )  # fmt: skip
     print(render_markdown(report))
-    print(f"wrote {out / 'report.json'} and {out / 'report.md'} in {time.perf_counter() - start:.0f}s")
+    print(
+        f"wrote {out / 'report.json'} and {out / 'report.md'} in {time.perf_counter() - start:.0f}s"
+    )
     return 0
 
 

@@ -76,7 +76,9 @@ class SiteConfig(_Strict):
     assays: Path
     workdir: Path
     key_file: Path = Field(description="file holding the consortium secret (never leaves the site)")
-    contracts_dir: Path | None = Field(None, description="default: the repository's data_contracts/")
+    contracts_dir: Path | None = Field(
+        None, description="default: the repository's data_contracts/"
+    )
     max_quarantine_fraction: float = Field(0.5, ge=0.0, le=1.0)
     dask_workers: int = Field(2, ge=1)
     dask_address: str | None = None

@@ -95,11 +95,10 @@ def _concat(parts: Sequence[FeaturizedBatch]) -> FeaturizedBatch:
         reason.extend(p.reason)
         offsets.append(offsets[-1] + int(p.indptr[-1]))
     indptr = np.concatenate(
-        [np.zeros(1, dtype=np.int64)] + [p.indptr[1:] + off for p, off in zip(parts, offsets, strict=False)]
+        [np.zeros(1, dtype=np.int64)]
+        + [p.indptr[1:] + off for p, off in zip(parts, offsets, strict=False)]
     )
-    indices = (
-        np.concatenate([p.indices for p in parts]) if parts else np.zeros(0, dtype=np.int32)
-    )
+    indices = np.concatenate([p.indices for p in parts]) if parts else np.zeros(0, dtype=np.int32)
     fold = np.concatenate([p.fold for p in parts]) if parts else np.zeros(0, dtype=np.int8)
     return FeaturizedBatch(canonical, reason, fold, indptr, indices)
 

@@ -155,9 +155,7 @@ def _quality_checks(
             unique = True
         elif metric == "invalidValues" and set(args) == {"validValues"}:
             valid = [str(v) for v in args["validValues"]]
-            checks.append(
-                _mk(lambda s, v=valid: s.isin(v), f"not one of {valid}", reasons)
-            )
+            checks.append(_mk(lambda s, v=valid: s.isin(v), f"not one of {valid}", reasons))
         else:
             raise _unsupported(contract, rwhere, f"metric {metric!r} with arguments {sorted(args)}")
     return checks, not_null, unique
@@ -279,7 +277,9 @@ def compile_table(
             raise _unsupported(contract, rwhere, "NaN operand")
         row_rules.append((ops[0], arg))
 
-    schema = pa.DataFrameSchema(columns, strict=False, coerce=False, name=f"{contract.model.id}.{tname}")
+    schema = pa.DataFrameSchema(
+        columns, strict=False, coerce=False, name=f"{contract.model.id}.{tname}"
+    )
     return CompiledTable(
         contract=contract,
         table=tname,

@@ -56,7 +56,9 @@ def load_contract(path: Path | str) -> Contract:
         raise ContractSchemaError(f"{path}: a contract must be a YAML mapping")
     errors = sorted(_validator().iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"  at {'/'.join(map(str, e.absolute_path)) or '<top>'}: {e.message}" for e in errors]
+        lines = [
+            f"  at {'/'.join(map(str, e.absolute_path)) or '<top>'}: {e.message}" for e in errors
+        ]
         raise ContractSchemaError(
             f"{path}: not a valid ODCS contract ({len(errors)} problem(s)):\n" + "\n".join(lines)
         )

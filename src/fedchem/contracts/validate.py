@@ -97,4 +97,6 @@ def validate_frame(
         step=step, rows_in=len(data), accepted=len(accepted), quarantined=len(quarantine)
     )
     compiled.check_table_rules(len(accepted))
-    return ValidationResult(accepted.reset_index(drop=True), quarantine.reset_index(drop=True), account)
+    return ValidationResult(
+        accepted.reset_index(drop=True), quarantine.reset_index(drop=True), account
+    )

@@ -55,7 +55,11 @@ class SiteDataset:
         counts = ends - starts
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
-        take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)]) if len(rows) else np.zeros(0, np.int64)
+        take = (
+            np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
+            if len(rows)
+            else np.zeros(0, np.int64)
+        )
         return SiteDataset(
             indptr=indptr,
             indices=self.indices[take.astype(np.int64)],
@@ -114,7 +118,8 @@ class SiteDataset:
         first = parts[0]
         offsets = np.cumsum([0] + [int(p.indptr[-1]) for p in parts])
         indptr = np.concatenate(
-            [np.zeros(1, np.int64)] + [p.indptr[1:] + o for p, o in zip(parts, offsets, strict=False)]
+            [np.zeros(1, np.int64)]
+            + [p.indptr[1:] + o for p, o in zip(parts, offsets, strict=False)]
         )
         return cls(
             indptr=indptr,

@@ -73,7 +73,9 @@ def _contracts(site: SiteConfig) -> tuple[Path, Path]:
     return d / MEASUREMENTS_CONTRACT, d / ASSAYS_CONTRACT
 
 
-def _cache_key(site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec], key: bytes) -> str:
+def _cache_key(
+    site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec], key: bytes
+) -> str:
     h = hashlib.sha256()
     for path in (site.measurements, site.assays, *_contracts(site)):
         h.update(hashlib.sha256(Path(path).read_bytes()).digest())
@@ -88,7 +90,9 @@ def current_dataset_path(site: SiteConfig) -> Path:
     """Where the latest prepared dataset of ``site`` lies (written by ``prepare_site``)."""
     pointer = site.workdir / "prepared" / "current.json"
     if not pointer.exists():
-        raise FileNotFoundError(f"site {site.name} has no prepared data: run site preparation first")
+        raise FileNotFoundError(
+            f"site {site.name} has no prepared data: run site preparation first"
+        )
     return site.workdir / "prepared" / json.loads(pointer.read_text())["cache_key"] / "dataset.npz"
 
 
@@ -103,7 +107,9 @@ def prepare_site(
     report_path = out / "report.json"
     if report_path.exists():
         report = PrepareReport.model_validate_json(report_path.read_text())
-        report = report.model_copy(update={"cache_hit": True, "seconds": time.perf_counter() - start})
+        report = report.model_copy(
+            update={"cache_hit": True, "seconds": time.perf_counter() - start}
+        )
         _point_to(site, cache_key)
         return report
 
@@ -157,7 +163,11 @@ def prepare_site(
     keep = raw_ids[has_label]
     indptr = np.zeros(len(keep) + 1, dtype=np.int64)
     np.cumsum(feats.indptr[keep + 1] - feats.indptr[keep], out=indptr[1:])
-    take = np.concatenate([np.arange(feats.indptr[i], feats.indptr[i + 1]) for i in keep]) if len(keep) else np.zeros(0, np.int64)
+    take = (
+        np.concatenate([np.arange(feats.indptr[i], feats.indptr[i + 1]) for i in keep])
+        if len(keep)
+        else np.zeros(0, np.int64)
+    )
     dataset = SiteDataset(
         indptr=indptr,
         indices=feats.indices[take],
@@ -184,9 +194,13 @@ def prepare_site(
         site=site.name,
         cache_key=cache_key,
         cache_hit=False,
-        accounts=[assays.account.model_copy(update={"step": "contract:assays"}),
-                  checked.account.model_copy(update={"step": "contract:measurements"}),
-                  std_account, tasks.account, total],  # fmt: skip
+        accounts=[
+            assays.account.model_copy(update={"step": "contract:assays"}),
+            checked.account.model_copy(update={"step": "contract:measurements"}),
+            std_account,
+            tasks.account,
+            total,
+        ],
         rows_in=len(raw),
         rows_accepted=tasks.account.accepted,
         rows_quarantined=rows_q,
@@ -203,7 +217,8 @@ def prepare_site(
         raise ContractViolation(
             f"site {site.name}: {rows_q} of {len(raw)} measurement rows quarantined "
             f"({rows_q / len(raw):.1%}), above max_quarantine_fraction="
-            f"{site.max_quarantine_fraction} in the site config; see {out}/quarantine_measurements.csv"
+            f"{site.max_quarantine_fraction} in the site config; "
+            f"see {out}/quarantine_measurements.csv"
         )
     report_path.write_text(report.model_dump_json(indent=2))
     _point_to(site, cache_key)

@@ -35,9 +35,7 @@ class TaskTable:
 
 
 def _task_kind(assay_type: pd.Series, threshold: pd.Series) -> pd.Series:
-    kind = np.where(
-        (assay_type == "binary") | threshold.notna(), "classification", "regression"
-    )
+    kind = np.where((assay_type == "binary") | threshold.notna(), "classification", "regression")
     return pd.Series(kind, index=assay_type.index)
 
 
@@ -88,7 +86,10 @@ def build_tasks(
         lab, amb = _threshold_labels(df[thr])
         df.loc[thr, "label"] = lab
         df.loc[thr, "censor"] = 0
-        drop(thr & amb.reindex(df.index, fill_value=False), "censored value is ambiguous at the threshold")
+        drop(
+            thr & amb.reindex(df.index, fill_value=False),
+            "censored value is ambiguous at the threshold",
+        )
 
     ok = df[reason.isna()].copy()
     ok["task"] = ok["assay_id"].map(task_index).astype("int64")

@@ -26,6 +26,8 @@ def train_pooled(
     model = initial_model(first.fp_size, tasks, model_cfg, train_cfg.seed, label_stats)
     train_epochs(model, pooled, train_cfg, epochs, train_cfg.seed)
     return [
-        evaluate_at_site(model, d.folds([chem.test_fold]), site=name, model_name="pooled", fold="test")
+        evaluate_at_site(
+            model, d.folds([chem.test_fold]), site=name, model_name="pooled", fold="test"
+        )
         for name, d in data.items()
     ]

@@ -24,9 +24,7 @@ def _metric_keys(reports: Sequence[EvalReport]) -> list[str]:
     return sorted({k for r in reports for k in r.summary if k.startswith("mean_")})
 
 
-def build_report(
-    evals: dict[str, list[EvalReport]], meta: dict[str, Any]
-) -> dict[str, Any]:
+def build_report(evals: dict[str, list[EvalReport]], meta: dict[str, Any]) -> dict[str, Any]:
     """``evals[model]`` holds one test-fold EvalReport per site."""
     keys = _metric_keys([r for rs in evals.values() for r in rs])
     out: dict[str, Any] = {"meta": meta, "metrics": [k.removeprefix("mean_") for k in keys]}
@@ -36,7 +34,9 @@ def build_report(
                        "n_test_molecules": r.n_molecules}
                     for r in evals[model]}  # fmt: skip
         overall = {
-            k.removeprefix("mean_"): float(np.nanmean([r.summary.get(k, np.nan) for r in evals[model]]))
+            k.removeprefix("mean_"): float(
+                np.nanmean([r.summary.get(k, np.nan) for r in evals[model]])
+            )
             for k in keys
         }
         out[model] = {"overall": overall, "per_site": per_site}

@@ -120,8 +120,12 @@ def run_site_round(
 
 
 def train_local_only(
-    site: SiteConfig, chem: ChemConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
-    epochs: int, label_stats: dict[str, dict[str, float]] | None = None,
+    site: SiteConfig,
+    chem: ChemConfig,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    epochs: int,
+    label_stats: dict[str, dict[str, float]] | None = None,
 ) -> EvalReport:
     """The site's own model with the same budget, scored on its test fold (a baseline)."""
     from fedchem.federation.coordinator import initial_model
@@ -144,4 +148,3 @@ def evaluate_global_at_site(
     model = _model_for(ds, model_cfg, arrays)
     return evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
                             model_name="federated", fold="test")  # fmt: skip
-

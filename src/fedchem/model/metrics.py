@@ -87,6 +87,8 @@ def score_tasks(
 def summarize(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over the scored tasks, plus how many tasks were scored."""
     keys = sorted({k for m in per_task.values() for k in m if k != "n"})
-    out = {f"mean_{k}": float(np.nanmean([m[k] for m in per_task.values() if k in m])) for k in keys}
+    out = {
+        f"mean_{k}": float(np.nanmean([m[k] for m in per_task.values() if k in m])) for k in keys
+    }
     out["n_tasks_scored"] = float(len(per_task))
     return out

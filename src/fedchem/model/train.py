@@ -90,7 +90,10 @@ def predict(model: MultitaskNet, ds: SiteDataset, batch_size: int = 1024) -> np.
     """``N x T`` predictions: probabilities for classification, raw units for regression."""
     model.eval()
     is_reg = np.array([k == "regression" for k in ds.task_kinds])
-    outs = [model(b.indices, b.offsets).numpy() for b in iter_batches(ds, batch_size, None, torch.device("cpu"))]
+    outs = [
+        model(b.indices, b.offsets).numpy()
+        for b in iter_batches(ds, batch_size, None, torch.device("cpu"))
+    ]
     raw = np.concatenate(outs) if outs else np.zeros((0, ds.n_tasks), np.float32)
     mean, std = model.y_mean.numpy(), model.y_std.numpy()
     prob = 1.0 / (1.0 + np.exp(-raw))

@@ -92,4 +92,4 @@ class HubStore:
         if not self.fs.exists(base):
             return []
         root = self.root.rstrip("/") + "/"
-        return sorted(p[len(root):] if p.startswith(root) else p for p in self.fs.find(base))
+        return sorted(p[len(root) :] if p.startswith(root) else p for p in self.fs.find(base))

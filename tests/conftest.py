@@ -1,0 +1,32 @@
+"""Shared fixtures. Prefect gets its own home and no analytics or heartbeat in tests."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_HOME = tempfile.mkdtemp(prefix="fedchem-prefect-home-")
+os.environ["PREFECT_HOME"] = _HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONTRACTS = REPO / "data_contracts"
+
+MEASUREMENT_HEADER = "compound_id,smiles,assay_id,value,qualifier,unit\n"
+ASSAYS_CSV = (
+    "assay_id,assay_type,threshold,direction,unit\n"
+    "tox1,binary,,,\n"
+    "pot1,continuous,6,higher_is_active,log\n"
+    "sol1,continuous,,,log\n"
+)
+
+
+@pytest.fixture
+def assays_file(tmp_path: Path) -> Path:
+    p = tmp_path / "assays.csv"
+    p.write_text(ASSAYS_CSV)
+    return p
