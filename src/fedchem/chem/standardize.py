@@ -14,7 +14,7 @@ from rdkit.Chem.MolStandardize import rdMolStandardize
 
 __all__ = ["StandardizeResult", "standardize_mol", "standardize_smiles"]
 
-RDLogger.DisableLog("rdApp.*")
+RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]
 
 _CHARGE_PARENT = rdMolStandardize.ChargeParent
 

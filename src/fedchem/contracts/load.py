@@ -42,7 +42,7 @@ def _validator() -> jsonschema.protocols.Validator:
     text = resources.files("open_data_contract_standard").joinpath("schema.json").read_text()
     schema = json.loads(text)
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def load_contract(path: Path | str) -> Contract:

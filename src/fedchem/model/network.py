@@ -16,6 +16,9 @@ __all__ = ["MultitaskNet", "build_model"]
 
 
 class MultitaskNet(nn.Module):
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
     def __init__(self, fp_size: int, n_tasks: int, hidden: int, depth: int, dropout: float):
         super().__init__()
         self.input = nn.EmbeddingBag(fp_size, hidden, mode="sum")
@@ -37,7 +40,8 @@ class MultitaskNet(nn.Module):
         """
         h = self.input(indices, offsets) + self.input_bias
         h = self.trunk(h)
-        return self.head(self.act(h))  # type: ignore[no-any-return]
+        out: torch.Tensor = self.head(self.act(h))
+        return out
 
 
 def build_model(fp_size: int, n_tasks: int, cfg: ModelConfig, seed: int = 0) -> MultitaskNet:

@@ -31,7 +31,7 @@ def arrays_to_model(model: nn.Module, arrays: StateArrays) -> nn.Module:
 
 def dump_arrays(arrays: StateArrays) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
 
 

@@ -75,7 +75,7 @@ class HubStore:
             self.fs.pipe_file(path, data)
 
     def get_bytes(self, rel: str) -> bytes:
-        return self.fs.cat_file(self._path(rel))  # type: ignore[no-any-return]
+        return bytes(self.fs.cat_file(self._path(rel)))
 
     def put_json(self, rel: str, obj: Any) -> None:
         self.put_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
