@@ -1,4 +1,4 @@
-"""The coordinator: R rounds over N sites, FedAvg, one committed global model per round.
+"""The coordinator: R rounds over N sites, the configured strategy, one global model per round.
 
 It sees only what sites publish: preparation counts, update manifests, weights on the hub.
 """
@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 
 from fedchem.config import FederationConfig
 from fedchem.federation.manifest import RoundManifest
+from fedchem.federation.strategies import build_strategy
 from flows.site_round import site_round
 from tasks.hub import aggregate, read_prepare_reports, start
 
@@ -19,7 +20,9 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
     logger = get_run_logger()
     reports = read_prepare_reports(config.hub_url, [s.name for s in config.sites])
     committed = [start(config, reports)]
+    strategy = build_strategy(config.strategy)
     for rnd in range(1, config.rounds + 1):
+        fit = strategy.configure_fit(rnd)
         replies = [
             site_round.with_options(flow_run_name=f"round-{rnd:02d}/{site.name}")(
                 site=site,
@@ -29,9 +32,12 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
                 chem=config.chem,
                 model=config.model,
                 train=config.train,
+                fit=fit,
             )
             for site in config.sites
         ]
-        committed.append(aggregate(config.hub_url, config.run_id, rnd, replies))
+        committed.append(
+            aggregate(config.hub_url, config.run_id, rnd, replies, config.strategy, [])
+        )
         logger.info("round %d/%d committed", rnd, config.rounds)
     return committed

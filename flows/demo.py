@@ -12,7 +12,14 @@ from typing import Any
 
 from prefect import flow
 
-from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig
+from fedchem.config import (
+    ChemConfig,
+    FedAvgMConfig,
+    FederationConfig,
+    ModelConfig,
+    StrategyConfig,
+    TrainConfig,
+)
 from flows.coordinator import coordinator
 from flows.site_evaluate import site_evaluate
 from flows.site_local_baseline import site_local_baseline
@@ -32,6 +39,7 @@ def demo(
     chem: ChemConfig,
     model: ModelConfig,
     train: TrainConfig,
+    strategy: StrategyConfig = FedAvgMConfig(),  # noqa: B008 (frozen pydantic model)
 ) -> dict[str, Any]:
     split = make_sites(dataset, smiles_col, n_sites, out / "sites", seed)
     hub_url = str((out / "hub").resolve())
@@ -40,7 +48,7 @@ def demo(
     ]
     config = FederationConfig(
         run_id=run_id, hub_url=hub_url, sites=split.sites, tasks=split.tasks,
-        rounds=rounds, chem=chem, model=model, train=train,
+        rounds=rounds, chem=chem, model=model, train=train, strategy=strategy,
     )  # fmt: skip
     coordinator(config)
     budget = rounds * train.local_epochs
@@ -68,6 +76,7 @@ def demo(
     meta = {
         "dataset": dataset.name, "smiles_col": smiles_col, "sites": n_sites, "rounds": rounds,
         "local_epochs": train.local_epochs, "seed": seed, "run_id": run_id,
+        "strategy": strategy.model_dump(),
         "molecules_per_site": split.molecules_per_site,
         "prepared": {p.site: {"rows_in": p.rows_in, "accepted": p.rows_accepted,
                               "quarantined": p.rows_quarantined} for p in prepared},

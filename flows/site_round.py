@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
-from fedchem.federation.manifest import SiteUpdateManifest
+from fedchem.federation.manifest import FitInstructions, SiteUpdateManifest
 from tasks.site import train_round
 
 
@@ -18,6 +18,10 @@ def site_round(
     chem: ChemConfig,
     model: ModelConfig,
     train: TrainConfig,
+    fit: FitInstructions | None = None,
 ) -> SiteUpdateManifest:
-    """Returns the site's manifest (counts, aggregate metrics, hashes); weights stay on the hub."""
-    return train_round(site, hub_url, run_id, round, chem, model, train)
+    """Returns the site's manifest (counts, aggregate metrics, hashes); weights stay on the hub.
+
+    ``fit`` is what the coordinator's strategy asks of every site this round (FedProx's mu).
+    """
+    return train_round(site, hub_url, run_id, round, chem, model, train, fit or FitInstructions())

@@ -5,10 +5,11 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fedchem.config import FederationConfig
+from fedchem.config import FederationConfig, StrategyConfig
 from fedchem.data.prepare import PrepareReport
 from fedchem.federation import coordinator as coord
 from fedchem.federation.manifest import RoundManifest, SiteUpdateManifest
+from fedchem.federation.strategies import build_strategy
 from fedchem.storage.hub import HubLayout, HubStore
 
 __all__ = ["aggregate", "read_prepare_reports", "start"]
@@ -30,11 +31,16 @@ def start(config: FederationConfig, reports: list[PrepareReport]) -> RoundManife
 
 @task(cache_policy=NO_CACHE)
 def aggregate(
-    hub_url: str, run_id: str, rnd: int, replies: list[SiteUpdateManifest]
-) -> RoundManifest:
-    manifest = coord.aggregate_round(HubStore(hub_url), run_id, rnd, replies)
+    hub_url: str, run_id: str, rnd: int, replies: list[SiteUpdateManifest],
+    strategy: StrategyConfig, failures: list[str],
+) -> RoundManifest:  # fmt: skip
+    manifest = coord.aggregate_round(
+        HubStore(hub_url), run_id, rnd, replies, build_strategy(strategy), failures
+    )
     get_run_logger().info(
-        "round %d committed: %d sites, %d examples, global %s",
-        rnd, len(manifest.sites), sum(manifest.n_examples.values()), manifest.global_sha256[:12],
+        "round %d committed (%s): %d sites, %d examples, global %s, valid %s",
+        rnd, manifest.aggregation, len(manifest.sites), sum(manifest.n_examples.values()),
+        manifest.global_sha256[:12],
+        {k: round(v, 4) for k, v in manifest.valid_score.items()},
     )  # fmt: skip
     return manifest

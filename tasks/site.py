@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TaskSpec, TrainConfig
 from fedchem.data.prepare import PrepareReport, prepare_site
 from fedchem.federation import site as site_lib
-from fedchem.federation.manifest import EvalReport, SiteUpdateManifest
+from fedchem.federation.manifest import EvalReport, FitInstructions, SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
 
 __all__ = [
@@ -42,9 +42,11 @@ def publish_prepare_report(hub_url: str, report: PrepareReport) -> str:
 @task(cache_policy=NO_CACHE)
 def train_round(
     site: SiteConfig, hub_url: str, run_id: str, rnd: int,
-    chem: ChemConfig, model: ModelConfig, train: TrainConfig,
+    chem: ChemConfig, model: ModelConfig, train: TrainConfig, fit: FitInstructions,
 ) -> SiteUpdateManifest:  # fmt: skip
-    manifest = site_lib.run_site_round(site, HubStore(hub_url), run_id, rnd, chem, model, train)
+    manifest = site_lib.run_site_round(
+        site, HubStore(hub_url), run_id, rnd, chem, model, train, fit
+    )
     get_run_logger().info(
         "round %d site %s: %d examples, loss %.4f, %.1fs on %s",
         rnd, site.name, manifest.n_examples, manifest.train_loss,

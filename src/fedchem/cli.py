@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from fedchem.config import STRATEGY_NAMES
 from fedchem.contracts import (
     ContractError,
     compile_table,
@@ -28,7 +29,9 @@ __all__ = ["main"]
 
 def _demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from fedchem.config import ChemConfig, ModelConfig, TrainConfig
+    from pydantic import TypeAdapter
+
+    from fedchem.config import ChemConfig, ModelConfig, StrategyConfig, TrainConfig
     from fedchem.demo.report import render_markdown
     from fedchem.demo.sites import bundled_dataset
 
@@ -45,6 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
         out=out, seed=args.seed, run_id=run_id,
         chem=ChemConfig(fp_size=args.fp_size), model=ModelConfig(),
         train=TrainConfig(seed=args.seed, local_epochs=args.local_epochs),
+        strategy=TypeAdapter(StrategyConfig).validate_python({"name": args.strategy}),
     )  # fmt: skip
     print(render_markdown(report))
     print(
@@ -91,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rounds", type=int, default=10)
     d.add_argument("--local-epochs", type=int, default=1)
     d.add_argument("--fp-size", type=int, default=4096)
+    d.add_argument(
+        "--strategy", default="fedavgm", choices=STRATEGY_NAMES,
+        help="aggregation strategy with its default parameters (default: fedavgm)",
+    )  # fmt: skip
     d.add_argument("--out", default="./fedchem-demo")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)

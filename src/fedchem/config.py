@@ -7,18 +7,29 @@ that names the key instead of a setting silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "STRATEGY_NAMES",
     "ChemConfig",
+    "FedAdamConfig",
+    "FedAvgConfig",
+    "FedAvgMConfig",
+    "FedProxConfig",
+    "FedYogiConfig",
     "FederationConfig",
+    "KrumConfig",
+    "MedianConfig",
     "ModelConfig",
     "SiteConfig",
+    "StandardizeConfig",
+    "StrategyConfig",
     "TaskSpec",
     "TrainConfig",
+    "TrimmedMeanConfig",
     "load_federation_config",
 ]
 
@@ -27,12 +38,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChemConfig(_Strict):
-    """What every site must compute identically (the consortium's pinned pipeline)."""
+class StandardizeConfig(_Strict):
+    """Structure standardization steps (MELLODDY-TUNER order), each switchable."""
 
+    max_heavy_atoms: int = Field(100, ge=1, description="molecules at or above this are rejected")
+    metal_disconnect: bool = True
+    normalize: bool = True
+    reionize: bool = True
+    charge_parent: bool = Field(True, description="largest organic fragment, neutralized")
+    remove_isotopes: bool = True
+    remove_stereo: bool = False
+    tautomer: bool = Field(False, description="canonical tautomer (costly: ~5x slower)")
+    max_tautomers: int = Field(256, ge=1, description="tautomer enumeration bound")
+
+
+class ChemConfig(_Strict):
+    """What every site must compute identically (the consortium's pinned pipeline).
+
+    Its hash, with the library versions and the key's fingerprint, is what sites compare on the
+    reference set before a federation starts.
+    """
+
+    standardize: StandardizeConfig = StandardizeConfig()
+    featurizer: str = Field(
+        "morgan",
+        description="a registered featurizer name (morgan, morgan_counts, fcfp, atom_pair) "
+        "or 'package.module:function'",
+    )
     fp_radius: int = Field(3, ge=1, le=6, description="Morgan radius (3 = ECFP6)")
     fp_size: int = Field(4096, ge=64, le=1 << 20, description="folded fingerprint width")
-    max_heavy_atoms: int = Field(100, ge=1, description="molecules at or above this are rejected")
+    permute_columns: bool = Field(
+        True, description="permute feature columns with the consortium key (hub never sees it)"
+    )
     n_folds: int = Field(5, ge=3, le=20)
     test_fold: int = Field(0, ge=0)
     valid_fold: int = Field(1, ge=0)
@@ -85,6 +122,85 @@ class SiteConfig(_Strict):
     partition_rows: int = Field(5000, ge=100)
 
 
+class FedAvgConfig(_Strict):
+    """Example-weighted mean of the sites' models."""
+
+    name: Literal["fedavg"] = "fedavg"
+
+
+class FedAvgMConfig(_Strict):
+    """FedAvg with server momentum: ``v = momentum*v + delta``; ``x += server_lr*v``."""
+
+    name: Literal["fedavgm"] = "fedavgm"
+    server_lr: float = Field(1.0, gt=0)
+    momentum: float = Field(0.7, ge=0, lt=1, description="0.7: measured best on Tox21 + Lipo")
+
+
+class FedProxConfig(_Strict):
+    """FedAvg with a proximal term ``mu/2*||w - w_global||^2`` in every site's loss."""
+
+    name: Literal["fedprox"] = "fedprox"
+    mu: float = Field(0.01, ge=0)
+
+
+class FedAdamConfig(_Strict):
+    """Adam at the server on the FedAvg pseudo-gradient (Reddi et al. 2021)."""
+
+    name: Literal["fedadam"] = "fedadam"
+    server_lr: float = Field(0.01, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+
+
+class FedYogiConfig(_Strict):
+    """Yogi at the server on the FedAvg pseudo-gradient (Reddi et al. 2021)."""
+
+    name: Literal["fedyogi"] = "fedyogi"
+    server_lr: float = Field(0.01, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+
+
+class MedianConfig(_Strict):
+    """Coordinate-wise median (robust to a minority of bad updates)."""
+
+    name: Literal["median"] = "median"
+
+
+class TrimmedMeanConfig(_Strict):
+    """Coordinate-wise mean after cutting ``trim_fraction`` of values at each end."""
+
+    name: Literal["trimmed_mean"] = "trimmed_mean"
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5)
+
+
+class KrumConfig(_Strict):
+    """Multi-Krum: average the ``m`` updates closest to the others, ``n_byzantine`` tolerated."""
+
+    name: Literal["krum"] = "krum"
+    n_byzantine: int = Field(1, ge=0)
+    m: int = Field(1, ge=1)
+
+
+StrategyConfig = Annotated[
+    FedAvgConfig
+    | FedAvgMConfig
+    | FedProxConfig
+    | FedAdamConfig
+    | FedYogiConfig
+    | MedianConfig
+    | TrimmedMeanConfig
+    | KrumConfig,
+    Field(discriminator="name"),
+]
+#: the strategies by the name a federation config (or ``fedchem demo --strategy``) uses
+STRATEGY_NAMES: tuple[str, ...] = tuple(
+    c.model_fields["name"].default for c in get_args(get_args(StrategyConfig)[0])
+)
+
+
 class FederationConfig(_Strict):
     """The coordinator's view: sites by name, the task catalogue, rounds, model and training."""
 
@@ -96,6 +212,10 @@ class FederationConfig(_Strict):
     chem: ChemConfig = ChemConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    strategy: StrategyConfig = Field(
+        default_factory=FedAvgMConfig,
+        description="aggregation strategy, chosen by its name (default: FedAvg + server momentum)",
+    )
 
     @field_validator("sites")
     @classmethod

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from rdkit import Chem
 
 from fedchem.chem import fold_of, scaffold_of, standardize_smiles
 from fedchem.chem.batch import featurize_many, featurize_partition
 from fedchem.chem.fingerprints import morgan_bits_from_smiles
+from fedchem.config import ChemConfig
+from fedchem.demo.sites import bundled_dataset
 
 # pinned ECFP6 (radius 3) bits folded to 2048: a change here changes every site's features
 GOLDEN = {
@@ -60,10 +63,11 @@ def test_same_scaffold_same_fold_and_key_matters():
 
 
 def test_featurize_in_worker_processes_equals_in_process():
-    smiles = ["CCO", "not-a-smiles", "c1ccccc1O", "", "[Na+].[Cl-]", "CC(=O)Nc1ccc(O)cc1"] * 40
-    kw = dict(radius=3, fp_size=2048, max_heavy_atoms=100, key=b"k", n_folds=5)
-    local = featurize_partition(smiles, **kw)  # type: ignore[arg-type]
-    dist = featurize_many(smiles, partition_rows=100, n_workers=2, **kw)  # type: ignore[arg-type]
+    extra = pd.read_csv(bundled_dataset())["smiles"].head(400).tolist()
+    smiles = ["CCO", "not-a-smiles", "c1ccccc1O", "", "[Na+].[Cl-]", "CC(=O)Nc1ccc(O)cc1", *extra]
+    chem = ChemConfig(fp_size=2048, permute_columns=False)
+    local = featurize_partition(smiles, chem, b"k")
+    dist = featurize_many(smiles, chem, b"k", partition_rows=100, n_workers=2)
     assert dist.canonical == local.canonical and dist.reason == local.reason
     assert np.array_equal(dist.indptr, local.indptr) and np.array_equal(dist.indices, local.indices)
     assert dist.reason[1] == "unparsable SMILES" and dist.reason[3] == "empty SMILES"

@@ -1,26 +1,54 @@
-"""The one batch layer that owns parallelism: standardize + fingerprint + fold over partitions.
+"""The one batch layer that owns parallelism: standardize + featurize + fold over partitions.
 
-Per-molecule work is the pure functions of this package; this module only cuts the input into
-partitions of thousands of molecules and runs them in worker processes with Dask (RDKit holds
-the GIL, so threads would not help). An existing ``distributed`` scheduler can be named by
-address; otherwise Dask's local process pool is used.
+Per-molecule work is the pure functions of this package; this module cuts the input into
+partitions and runs them in worker processes with Dask (RDKit holds the GIL, so threads would
+not help): Dask's local process pool by default, or an existing ``distributed`` scheduler by
+address.
+
+With a ``cache_dir``, every partition is written by its worker as an on-disk shard named by a
+hash of its content and of everything that determines its output (chemistry config, key
+fingerprint, library versions). Partitions are cut where the content says (content-defined
+chunking over the sorted unique SMILES), so a changed input recomputes only the partitions it
+touches and an unchanged input recomputes nothing. The driver never holds more than one
+shard's results at a time while computing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import dask
-import dask.bag as db
 import numpy as np
-from rdkit import Chem
+import pandas as pd
+import rdkit
+from dask.callbacks import Callback
 
-from fedchem.chem.fingerprints import morgan_bits
-from fedchem.chem.folds import fold_of, scaffold_of
-from fedchem.chem.standardize import standardize_mol
+import fedchem
+from fedchem.chem.fingerprints import column_permutation, get_featurizer
+from fedchem.chem.folds import fold_of, key_fingerprint, scaffold_of
+from fedchem.chem.standardize import standardizer_for
+from fedchem.config import ChemConfig
 
-__all__ = ["FeaturizedBatch", "featurize_many", "featurize_partition"]
+__all__ = [
+    "FeaturizedBatch",
+    "ShardIndex",
+    "featurize_many",
+    "featurize_partition",
+    "featurize_to_shards",
+    "load_shards",
+    "partition_bounds",
+    "pipeline_fingerprint",
+]
+
+#: progress callback: (partitions done, partitions total)
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -28,8 +56,8 @@ class FeaturizedBatch:
     """Result for ``N`` input SMILES, in input order.
 
     ``canonical[i]`` is the standardized SMILES or None; ``reason[i]`` says why not; rows with a
-    reason have no fingerprint bits and fold -1. Fingerprints are CSR: the on-bits of row i are
-    ``indices[indptr[i]:indptr[i+1]]``.
+    reason have no features and fold -1. Features are CSR: the columns of row i are
+    ``indices[indptr[i]:indptr[i+1]]``, with ``values`` alongside for count featurizers.
     """
 
     canonical: list[str | None]
@@ -37,53 +65,51 @@ class FeaturizedBatch:
     fold: np.ndarray  # N, int8
     indptr: np.ndarray  # N+1, int64
     indices: np.ndarray  # nnz, int32
+    values: np.ndarray | None = None  # nnz, float32 (count features) or None (bits)
 
     def __len__(self) -> int:
         return len(self.canonical)
 
 
 def featurize_partition(
-    smiles: Sequence[str | None],
-    radius: int,
-    fp_size: int,
-    max_heavy_atoms: int,
-    key: bytes,
-    n_folds: int,
+    smiles: Sequence[str | None], chem: ChemConfig, key: bytes
 ) -> FeaturizedBatch:
     """Process one partition in the current process. Each molecule is handled on its own."""
+    std = standardizer_for(chem.standardize)
+    featurize = get_featurizer(chem.featurizer)
+    perm = column_permutation(key, chem.fp_size) if chem.permute_columns else None
     canonical: list[str | None] = []
     reason: list[str | None] = []
     folds = np.full(len(smiles), -1, dtype=np.int8)
     counts = np.zeros(len(smiles), dtype=np.int64)
-    bits: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    has_values = False
     for i, raw in enumerate(smiles):
-        text = "" if raw is None else str(raw).strip()
-        mol = Chem.MolFromSmiles(text) if text else None
+        result, mol = std.smiles(raw)
+        canonical.append(result.smiles)
+        reason.append(result.reason)
         if mol is None:
-            canonical.append(None)
-            reason.append("empty SMILES" if not text else "unparsable SMILES")
             continue
-        parent = standardize_mol(mol, max_heavy_atoms)
-        if isinstance(parent, str):
-            canonical.append(None)
-            reason.append(parent)
-            continue
-        canon = Chem.MolToSmiles(parent)
-        reparsed = Chem.MolFromSmiles(canon)
-        if reparsed is None:
-            canonical.append(None)
-            reason.append("canonical SMILES does not round-trip")
-            continue
-        on = morgan_bits(reparsed, radius, fp_size)
-        canonical.append(canon)
-        reason.append(None)
-        folds[i] = fold_of(scaffold_of(reparsed), key, n_folds)
-        counts[i] = on.size
-        bits.append(on.astype(np.int32))
+        idx, v = featurize(mol, chem.fp_radius, chem.fp_size)
+        if perm is not None:
+            idx = perm[idx]
+            order = np.argsort(idx, kind="stable")
+            idx = idx[order]
+            v = v[order] if v is not None else None
+        folds[i] = fold_of(scaffold_of(mol), key, chem.n_folds)
+        counts[i] = idx.size
+        cols.append(idx.astype(np.int32))
+        if v is not None:
+            has_values = True
+            vals.append(v.astype(np.float32))
+        else:
+            vals.append(np.ones(idx.size, np.float32))
     indptr = np.zeros(len(smiles) + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
-    indices = np.concatenate(bits) if bits else np.zeros(0, dtype=np.int32)
-    return FeaturizedBatch(canonical, reason, folds, indptr, indices)
+    indices = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int32)
+    values = (np.concatenate(vals) if vals else np.zeros(0, np.float32)) if has_values else None
+    return FeaturizedBatch(canonical, reason, folds, indptr, indices, values)
 
 
 def _concat(parts: Sequence[FeaturizedBatch]) -> FeaturizedBatch:
@@ -100,40 +126,261 @@ def _concat(parts: Sequence[FeaturizedBatch]) -> FeaturizedBatch:
     )
     indices = np.concatenate([p.indices for p in parts]) if parts else np.zeros(0, dtype=np.int32)
     fold = np.concatenate([p.fold for p in parts]) if parts else np.zeros(0, dtype=np.int8)
-    return FeaturizedBatch(canonical, reason, fold, indptr, indices)
+    values = None
+    if any(p.values is not None for p in parts):
+        values = np.concatenate(
+            [
+                p.values if p.values is not None else np.ones(p.indices.size, np.float32)
+                for p in parts
+            ]
+        )
+    return FeaturizedBatch(canonical, reason, fold, indptr, indices, values)
+
+
+# ---------------------------------------------------------------- partitions and shards
+
+#: bump when the per-molecule pipeline changes in a way the versions below would not show
+PIPELINE_VERSION = "2"
+
+
+def pipeline_fingerprint(chem: ChemConfig, key: bytes) -> dict[str, str]:
+    """What determines a molecule's output, component by component (the key only hashed)."""
+    return {
+        "config": hashlib.sha256(chem.model_dump_json().encode()).hexdigest(),
+        "key": key_fingerprint(key),
+        "versions": f"fedchem={fedchem.__version__};pipeline={PIPELINE_VERSION};"
+        f"rdkit={rdkit.__version__};numpy={np.__version__}",
+    }
+
+
+def partition_bounds(sorted_smiles: np.ndarray, target_rows: int) -> list[tuple[int, int]]:
+    """Content-defined cuts: after every SMILES whose hash is 0 mod ``target_rows``.
+
+    A cut depends only on the SMILES at it, so inserting or removing one SMILES changes one
+    partition (or merges/splits two), never all that follow. Partitions are capped at
+    ``4 * target_rows``.
+    """
+    n = len(sorted_smiles)
+    if n == 0:
+        return []
+    h = pd.util.hash_array(np.asarray(sorted_smiles, dtype=object)).astype(np.uint64)
+    cuts = np.flatnonzero(h % np.uint64(target_rows) == 0) + 1
+    bounds, start = [], 0
+    for c in [*cuts.tolist(), n]:
+        while c - start > 4 * target_rows:
+            bounds.append((start, start + 4 * target_rows))
+            start += 4 * target_rows
+        if c > start:
+            bounds.append((start, c))
+            start = c
+    return bounds
+
+
+def _shard_name(smiles: Sequence[str], fingerprint: dict[str, str]) -> str:
+    h = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode())
+    for s in smiles:
+        h.update(s.encode("utf-8", "surrogatepass"))
+        h.update(b"\n")
+    return h.hexdigest()[:32]
+
+
+def _write_shard(path: Path, smiles: Sequence[str], batch: FeaturizedBatch) -> None:
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp.npz")
+    arrays: dict[str, np.ndarray] = {
+        "smiles": np.array(smiles, dtype=str),
+        "canonical": np.array(["" if c is None else c for c in batch.canonical], dtype=str),
+        "reason": np.array(["" if r is None else r for r in batch.reason], dtype=str),
+        "fold": batch.fold,
+        "indptr": batch.indptr,
+        "indices": batch.indices,
+    }
+    if batch.values is not None:
+        arrays["values"] = batch.values
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    os.replace(tmp, path)
+
+
+def _read_shard(path: Path) -> tuple[np.ndarray, FeaturizedBatch]:
+    with np.load(path, allow_pickle=False) as z:
+        ok = z["reason"] == ""
+        batch = FeaturizedBatch(
+            canonical=[str(c) if k else None for c, k in zip(z["canonical"], ok, strict=True)],
+            reason=[None if k else str(r) for r, k in zip(z["reason"], ok, strict=True)],
+            fold=z["fold"],
+            indptr=z["indptr"],
+            indices=z["indices"],
+            values=z["values"] if "values" in z.files else None,
+        )
+        return z["smiles"], batch
+
+
+def _shard_task(smiles: list[str], chem_json: str, key: bytes, path: str) -> dict[str, int]:
+    """Worker side: featurize one partition and write its shard; return counts only."""
+    batch = featurize_partition(smiles, ChemConfig.model_validate_json(chem_json), key)
+    _write_shard(Path(path), smiles, batch)
+    return {"rows": len(batch), "ok": sum(r is None for r in batch.reason)}
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """The shards that together hold the features of a sorted unique SMILES list, in order."""
+
+    paths: list[Path]
+    rows: list[int]
+    computed: int  # shards computed by this call (the rest were cache hits)
+
+    @property
+    def n_rows(self) -> int:
+        return sum(self.rows)
+
+
+class _Counter(Callback):
+    """Dask local-scheduler callback: count finished shard tasks."""
+
+    def __init__(self, total: int, progress: Progress | None):
+        super().__init__()
+        self.total, self.done, self.progress = total, 0, progress
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        name = key[0] if isinstance(key, tuple) else key
+        if str(name).startswith("featurize-shard"):
+            self.done += 1
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+
+
+def _run_tasks(tasks: list[Any], n_workers: int, dask_address: str | None,
+               progress: Progress | None, total: int) -> None:  # fmt: skip
+    if not tasks:
+        return
+    if dask_address is not None:
+        from distributed import Client, as_completed
+
+        with Client(dask_address) as client:
+            futures = client.compute(tasks)
+            for done, fut in enumerate(as_completed(futures), start=1):
+                fut.result()
+                if progress is not None:
+                    progress(done, total)
+        return
+    with _Counter(total, progress):
+        if n_workers == 1:
+            dask.compute(*tasks, scheduler="synchronous")
+        else:
+            with dask.config.set({"multiprocessing.context": "spawn"}):
+                dask.compute(*tasks, scheduler="processes", num_workers=n_workers)
+
+
+def featurize_to_shards(
+    sorted_unique_smiles: np.ndarray,
+    chem: ChemConfig,
+    key: bytes,
+    cache_dir: Path,
+    *,
+    partition_rows: int = 5000,
+    n_workers: int = 2,
+    dask_address: str | None = None,
+    progress: Progress | None = None,
+) -> ShardIndex:
+    """Featurize sorted unique SMILES into content-addressed shards under ``cache_dir``.
+
+    Shards that already exist are reused (their name is a hash of their input and of
+    :func:`pipeline_fingerprint`); the rest are computed in worker processes.
+    """
+    smiles = np.asarray(sorted_unique_smiles, dtype=object)
+    if len(smiles) > 1 and not (smiles[1:] > smiles[:-1]).all():
+        raise ValueError("featurize_to_shards needs sorted unique SMILES")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = pipeline_fingerprint(chem, key)
+    chem_json = chem.model_dump_json()
+    paths, rows, tasks = [], [], []
+    for start, stop in partition_bounds(smiles, partition_rows):
+        part = [str(s) for s in smiles[start:stop]]
+        path = cache_dir / f"{_shard_name(part, fingerprint)}.npz"
+        paths.append(path)
+        rows.append(stop - start)
+        if not path.exists():
+            tasks.append(
+                dask.delayed(_shard_task, pure=False)(
+                    part, chem_json, key, str(path), dask_key_name=f"featurize-shard-{path.stem}"
+                )
+            )
+    if progress is not None:
+        progress(len(paths) - len(tasks), len(paths))
+    _run_tasks(tasks, n_workers, dask_address, _offset(progress, len(paths) - len(tasks)),
+               len(paths))  # fmt: skip
+    return ShardIndex(paths=paths, rows=rows, computed=len(tasks))
+
+
+def _offset(progress: Progress | None, already: int) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(already + done, total)
+
+
+def load_shards(index: ShardIndex) -> tuple[np.ndarray, FeaturizedBatch]:
+    """Read every shard of ``index`` back, in order: (input SMILES, features)."""
+    parts = [_read_shard(p) for p in index.paths]
+    if not parts:
+        return np.zeros(0, dtype=str), _concat([])
+    return np.concatenate([s for s, _ in parts]), _concat([b for _, b in parts])
 
 
 def featurize_many(
     smiles: Sequence[str | None],
-    *,
-    radius: int,
-    fp_size: int,
-    max_heavy_atoms: int,
+    chem: ChemConfig,
     key: bytes,
-    n_folds: int,
+    *,
     partition_rows: int = 5000,
     n_workers: int = 2,
     dask_address: str | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> FeaturizedBatch:
-    """Featurize ``smiles`` over partitions in worker processes; output in input order.
+    """Featurize ``smiles`` (any order, repeats allowed); the result is in input order.
 
-    ``n_workers=1`` without an address runs in this process (small inputs, debugging).
+    With ``cache_dir`` the work goes through :func:`featurize_to_shards`; without it, small
+    inputs run in memory (over Dask when there are several partitions).
     """
-    chunks = [list(smiles[i : i + partition_rows]) for i in range(0, len(smiles), partition_rows)]
-    if not chunks:
-        return _concat([])
-    args = (radius, fp_size, max_heavy_atoms, key, n_folds)
-    if dask_address is None and (n_workers == 1 or len(chunks) == 1):
-        return _concat([featurize_partition(c, *args) for c in chunks])
-    bag = db.from_sequence(chunks, npartitions=len(chunks)).map(
-        lambda c: featurize_partition(c, *args)
-    )
-    if dask_address is not None:
-        from distributed import Client
-
-        with Client(dask_address) as client:
-            parts = client.compute(bag).result()
+    texts = np.array(["" if s is None else str(s) for s in smiles], dtype=object)
+    uniq, inverse = np.unique(texts, return_inverse=True) if len(texts) else (texts, texts)
+    if cache_dir is not None:
+        index = featurize_to_shards(
+            uniq, chem, key, cache_dir, partition_rows=partition_rows, n_workers=n_workers,
+            dask_address=dask_address, progress=progress,
+        )  # fmt: skip
+        _, feats = load_shards(index)
     else:
-        with dask.config.set({"multiprocessing.context": "spawn"}):
-            parts = bag.compute(scheduler="processes", num_workers=n_workers)
-    return _concat(parts)
+        bounds = partition_bounds(uniq, partition_rows)
+        chem_parts = [list(uniq[a:b]) for a, b in bounds]
+        if dask_address is None and (n_workers == 1 or len(chem_parts) <= 1):
+            feats = _concat([featurize_partition(p, chem, key) for p in chem_parts])
+        else:
+            tasks = [
+                dask.delayed(featurize_partition, pure=False)(p, chem, key) for p in chem_parts
+            ]
+            if dask_address is not None:
+                from distributed import Client
+
+                with Client(dask_address) as client:
+                    parts = client.gather(client.compute(tasks))
+            else:
+                with dask.config.set({"multiprocessing.context": "spawn"}):
+                    parts = dask.compute(*tasks, scheduler="processes", num_workers=n_workers)
+            feats = _concat(list(parts))
+    return _take(feats, np.asarray(inverse, dtype=np.int64))
+
+
+def _take(b: FeaturizedBatch, rows: np.ndarray) -> FeaturizedBatch:
+    """Rows ``rows`` of ``b`` (repeats allowed), as a new batch."""
+    from fedchem.data.csr import csr_take
+
+    indptr, flat = csr_take(b.indptr, rows)
+    return FeaturizedBatch(
+        canonical=[b.canonical[i] for i in rows],
+        reason=[b.reason[i] for i in rows],
+        fold=b.fold[rows],
+        indptr=indptr,
+        indices=b.indices[flat],
+        values=b.values[flat] if b.values is not None else None,
+    )

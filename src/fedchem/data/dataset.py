@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedchem.data.csr import csr_take
+
 __all__ = ["CENSOR_CODES", "SiteDataset"]
 
 #: qualifier -> censor code: 0 exact, -1 the true value is at most the reported one, +1 at least
@@ -33,6 +35,8 @@ class SiteDataset:
     task_names: tuple[str, ...]
     task_kinds: tuple[str, ...]
     fp_size: int
+    values: np.ndarray | None = None
+    """``nnz`` float32 feature values (count featurizers); ``None`` means every value is 1."""
 
     def __post_init__(self) -> None:
         n = len(self.fold)
@@ -40,6 +44,8 @@ class SiteDataset:
             raise ValueError("inconsistent SiteDataset shapes")
         if self.censor.shape != self.y.shape or len(self.task_kinds) != len(self.task_names):
             raise ValueError("inconsistent SiteDataset shapes")
+        if self.values is not None and self.values.shape != self.indices.shape:
+            raise ValueError("inconsistent SiteDataset shapes: values must match indices")
 
     def __len__(self) -> int:
         return len(self.fold)
@@ -51,18 +57,11 @@ class SiteDataset:
     def subset(self, rows: np.ndarray) -> SiteDataset:
         """Rows ``rows`` (indices) as a new dataset."""
         rows = np.asarray(rows, dtype=np.int64)
-        starts, ends = self.indptr[rows], self.indptr[rows + 1]
-        counts = ends - starts
-        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        take = (
-            np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
-            if len(rows)
-            else np.zeros(0, np.int64)
-        )
+        indptr, take = csr_take(self.indptr, rows)
         return SiteDataset(
             indptr=indptr,
-            indices=self.indices[take.astype(np.int64)],
+            indices=self.indices[take],
+            values=self.values[take] if self.values is not None else None,
             fold=self.fold[rows],
             y=self.y[rows],
             censor=self.censor[rows],
@@ -94,6 +93,7 @@ class SiteDataset:
             task_names=np.array(self.task_names, dtype=str),
             task_kinds=np.array(self.task_kinds, dtype=str),
             fp_size=np.array(self.fp_size),
+            **({"values": self.values} if self.values is not None else {}),  # type: ignore[arg-type]
         )
         tmp.replace(path)
         return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -110,6 +110,7 @@ class SiteDataset:
                 task_names=tuple(str(t) for t in z["task_names"]),
                 task_kinds=tuple(str(t) for t in z["task_kinds"]),
                 fp_size=int(z["fp_size"]),
+                values=z["values"] if "values" in z.files else None,
             )
 
     @classmethod
@@ -130,4 +131,9 @@ class SiteDataset:
             task_names=first.task_names,
             task_kinds=first.task_kinds,
             fp_size=first.fp_size,
-        )
+            values=(
+                np.concatenate([p.values if p.values is not None
+                                else np.ones(p.indices.size, np.float32) for p in parts])
+                if any(p.values is not None for p in parts) else None
+            ),
+        )  # fmt: skip

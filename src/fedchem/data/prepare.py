@@ -16,12 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import rdkit
 from pydantic import BaseModel, ConfigDict
 
-import fedchem
-from fedchem.chem.batch import featurize_many
-from fedchem.chem.folds import key_fingerprint
+from fedchem.chem.batch import Progress, featurize_many, pipeline_fingerprint
 from fedchem.config import ChemConfig, SiteConfig, TaskSpec
 from fedchem.contracts import (
     ContractViolation,
@@ -32,6 +29,7 @@ from fedchem.contracts import (
     read_table,
     validate_frame,
 )
+from fedchem.data.csr import csr_take
 from fedchem.data.dataset import SiteDataset
 from fedchem.data.tasks import build_tasks
 
@@ -81,8 +79,7 @@ def _cache_key(
         h.update(hashlib.sha256(Path(path).read_bytes()).digest())
     h.update(chem.model_dump_json().encode())
     h.update(json.dumps([t.model_dump() for t in catalogue]).encode())
-    h.update(key_fingerprint(key).encode())
-    h.update(f"{fedchem.__version__}|{rdkit.__version__}|{np.__version__}".encode())
+    h.update(json.dumps(pipeline_fingerprint(chem, key), sort_keys=True).encode())
     return h.hexdigest()[:24]
 
 
@@ -97,9 +94,15 @@ def current_dataset_path(site: SiteConfig) -> Path:
 
 
 def prepare_site(
-    site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec]
-) -> PrepareReport:
-    """Validate, standardize, featurize and label one site's data; cached by content."""
+    site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec],
+    progress: Progress | None = None,
+) -> PrepareReport:  # fmt: skip
+    """Validate, standardize, featurize and label one site's data; cached by content.
+
+    Two caches: the whole run (same inputs, config, key and versions → the previous report)
+    and the featurization shards under ``workdir/features`` (a changed input recomputes only
+    the partitions it touches). ``progress(done, total)`` is called as partitions finish.
+    """
     start = time.perf_counter()
     key = read_key(site)
     cache_key = _cache_key(site, chem, catalogue, key)
@@ -125,16 +128,10 @@ def prepare_site(
     rows = checked.accepted
     unique_smiles, inverse = np.unique(rows["smiles"].to_numpy(dtype=str), return_inverse=True)
     feats = featurize_many(
-        list(unique_smiles),
-        radius=chem.fp_radius,
-        fp_size=chem.fp_size,
-        max_heavy_atoms=chem.max_heavy_atoms,
-        key=key,
-        n_folds=chem.n_folds,
-        partition_rows=site.partition_rows,
-        n_workers=site.dask_workers,
-        dask_address=site.dask_address,
-    )
+        list(unique_smiles), chem, key,
+        partition_rows=site.partition_rows, n_workers=site.dask_workers,
+        dask_address=site.dask_address, cache_dir=site.workdir / "features", progress=progress,
+    )  # fmt: skip
     # molecules = unique standardized parents; several raw SMILES may share one parent
     canon = pd.Series(feats.canonical, dtype="object")
     ok_raw = canon.notna().to_numpy()
@@ -161,16 +158,11 @@ def prepare_site(
     # keep only molecules with at least one label
     has_label = np.isfinite(tasks.y).any(axis=1)
     keep = raw_ids[has_label]
-    indptr = np.zeros(len(keep) + 1, dtype=np.int64)
-    np.cumsum(feats.indptr[keep + 1] - feats.indptr[keep], out=indptr[1:])
-    take = (
-        np.concatenate([np.arange(feats.indptr[i], feats.indptr[i + 1]) for i in keep])
-        if len(keep)
-        else np.zeros(0, np.int64)
-    )
+    indptr, take = csr_take(feats.indptr, keep)
     dataset = SiteDataset(
         indptr=indptr,
         indices=feats.indices[take],
+        values=feats.values[take] if feats.values is not None else None,
         fold=feats.fold[keep],
         y=tasks.y[has_label],
         censor=tasks.censor[has_label],

@@ -9,6 +9,7 @@ consortium key file. Rows that RDKit cannot parse are written too: the sites qua
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,7 @@ from rdkit import Chem
 from fedchem.chem.folds import scaffold_of
 from fedchem.config import SiteConfig, TaskSpec
 
-__all__ = ["DemoSplit", "bundled_dataset", "site_names", "split_into_sites"]
+__all__ = ["DemoSplit", "assay_id_for", "bundled_dataset", "site_names", "split_into_sites"]
 
 
 def bundled_dataset() -> Path:
@@ -39,8 +40,27 @@ class DemoSplit:
     molecules_per_site: dict[str, int]
 
 
+_ID_NAME = re.compile(r"(^|[\s_-])(id|ids|index|idx|number|no)$", re.IGNORECASE)
+
+
+def _looks_like_identifier(col: str, values: pd.Series) -> bool:
+    """An id column: named like one, or distinct integers on every row."""
+    if _ID_NAME.search(col.strip()):
+        return True
+    v = values.dropna()
+    return (
+        len(v) > 20 and bool((v == np.round(v)).all()) and v.is_unique and not v.isin([0, 1]).all()
+    )
+
+
+def assay_id_for(column: str) -> str:
+    """A column name as a contract-valid assay id (letters, digits and ``_.:+-``)."""
+    slug = re.sub(r"[^A-Za-z0-9_.:+-]+", "_", column.strip()).strip("_.:+-")
+    return slug[:128] or "task"
+
+
 def _task_columns(df: pd.DataFrame, smiles_col: str) -> dict[str, str]:
-    """Numeric columns other than SMILES → 'binary' or 'continuous'."""
+    """Numeric columns other than SMILES and identifiers → 'binary' or 'continuous'."""
     out: dict[str, str] = {}
     for col in df.columns:
         if col == smiles_col:
@@ -48,7 +68,9 @@ def _task_columns(df: pd.DataFrame, smiles_col: str) -> dict[str, str]:
         values = pd.to_numeric(df[col], errors="coerce")
         present = df[col].notna() & (df[col].astype(str).str.strip() != "")
         if present.sum() == 0 or values[present].isna().mean() > 0.05:
-            continue  # an id or text column, not a task
+            continue  # a text column, not a task
+        if _looks_like_identifier(str(col), values):
+            continue
         out[col] = "binary" if values.dropna().isin([0, 1]).all() else "continuous"
     return out
 
@@ -73,6 +95,11 @@ def split_into_sites(
     tasks = _task_columns(df, smiles_col)
     if not tasks:
         raise ValueError(f"{dataset}: no numeric task columns besides {smiles_col!r}")
+    slugs = {c: assay_id_for(str(c)) for c in tasks}
+    if len(set(slugs.values())) != len(slugs):
+        raise ValueError(f"{dataset}: task columns collide once made assay ids: {slugs}")
+    df = df.rename(columns=slugs)
+    tasks = {slugs[c]: k for c, k in tasks.items()}
     df = df[df[smiles_col].notna()].reset_index(drop=True)
     smiles = df[smiles_col].astype(str)
 

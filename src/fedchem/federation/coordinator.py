@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from fedchem.config import FederationConfig, ModelConfig
-from fedchem.federation.aggregate import aggregate_weighted
 from fedchem.federation.manifest import RoundManifest, SiteUpdateManifest
+from fedchem.federation.strategies import FedAvg, SiteReply, Strategy
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import dump_arrays, load_arrays, model_to_arrays
 from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.types import StateArrays
 
-__all__ = ["aggregate_round", "initial_model", "pooled_label_stats", "start_run"]
+__all__ = ["aggregate_round", "initial_model", "pooled_label_stats", "read_round", "start_run"]
 
 
 def pooled_label_stats(
@@ -61,23 +62,59 @@ def initial_model(
 
 def _commit(
     hub: HubStore, run_id: str, rnd: int, data: bytes, aggregation: str,
-    n_examples: dict[str, int], valid: dict[str, dict[str, float]],
+    n_examples: dict[str, int], valid: dict[str, dict[str, float]], *,
+    server_state: StateArrays | None = None, missing: Sequence[str] = (),
+    excluded: Sequence[str] = (), valid_score: dict[str, float] | None = None,
 ) -> RoundManifest:  # fmt: skip
+    """Write the model (and strategy state), then the manifest that commits them."""
     layout = HubLayout(run_id)
     hub.put_bytes(layout.global_model(rnd), data)
+    state_path = state_sha = None
+    if server_state:
+        blob = dump_arrays(server_state)
+        state_path, state_sha = layout.server_state(rnd), hashlib.sha256(blob).hexdigest()
+        hub.put_bytes(state_path, blob)
     manifest = RoundManifest(
         run_id=run_id,
         round=rnd,
         global_path=layout.global_model(rnd),
         global_sha256=hashlib.sha256(data).hexdigest(),
         aggregation=aggregation,
+        server_state_path=state_path,
+        server_state_sha256=state_sha,
         sites=sorted(n_examples),
+        missing=sorted(missing),
+        excluded=sorted(excluded),
         n_examples=n_examples,
         valid_summary=valid,
+        valid_score=valid_score or {},
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     hub.put_json(layout.round_manifest(rnd), manifest.model_dump(mode="json"))
     return manifest
+
+
+def _read_checked(hub: HubStore, path: str, sha256: str, what: str) -> bytes:
+    data = hub.get_bytes(path)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{what} at {path} does not match its manifest (sha256 mismatch)")
+    return data
+
+
+def read_round(
+    hub: HubStore, run_id: str, rnd: int
+) -> tuple[RoundManifest, StateArrays, StateArrays]:
+    """A committed round: its manifest, global model and strategy state, hashes checked."""
+    layout = HubLayout(run_id)
+    manifest = RoundManifest.model_validate(hub.get_json(layout.round_manifest(rnd)))
+    arrays = load_arrays(_read_checked(hub, manifest.global_path, manifest.global_sha256,
+                                       f"global model of round {rnd}"))  # fmt: skip
+    state: StateArrays = {}
+    if manifest.server_state_path and manifest.server_state_sha256:
+        state = load_arrays(_read_checked(hub, manifest.server_state_path,
+                                          manifest.server_state_sha256,
+                                          f"server state of round {rnd}"))  # fmt: skip
+    return manifest, arrays, state
 
 
 def start_run(
@@ -93,22 +130,35 @@ def start_run(
 
 
 def aggregate_round(
-    hub: HubStore, run_id: str, rnd: int, replies: Sequence[SiteUpdateManifest]
-) -> RoundManifest:
-    """Example-weighted FedAvg of the sites' updates for round ``rnd``, then commit it."""
+    hub: HubStore, run_id: str, rnd: int, replies: Sequence[SiteUpdateManifest],
+    strategy: Strategy | None = None, failures: Sequence[str] = (),
+) -> RoundManifest:  # fmt: skip
+    """Aggregate the sites' updates for round ``rnd`` with ``strategy`` (FedAvg), then commit.
+
+    Each update must be for this run and round, start from the committed global model of
+    ``rnd - 1`` and match its hash; the strategy continues from the state committed with it.
+    """
+    strategy = strategy or FedAvg()
     if not replies:
         raise ValueError(f"round {rnd}: no site replied; nothing to aggregate")
-    updates = []
+    previous, current, server_state = read_round(hub, run_id, rnd - 1)
+    site_replies = []
     for m in replies:
         if m.round != rnd or m.run_id != run_id:
             raise ValueError(f"update of {m.site} is for {m.run_id} round {m.round}, not {rnd}")
-        data = hub.get_bytes(m.update_path)
-        if hashlib.sha256(data).hexdigest() != m.update_sha256:
-            raise ValueError(f"update of {m.site} for round {rnd} does not match its manifest")
-        updates.append((load_arrays(data), float(m.n_examples)))
-    merged = aggregate_weighted(updates)
+        if m.base_sha256 != previous.global_sha256:
+            raise ValueError(f"update of {m.site} for round {rnd} did not start from global "
+                             f"model {rnd - 1}")  # fmt: skip
+        data = _read_checked(hub, m.update_path, m.update_sha256, f"update of {m.site}")
+        site_replies.append(SiteReply(m.site, load_arrays(data), m.n_examples))
+    result = strategy.aggregate_fit(rnd, current, server_state, site_replies, failures)
+    used = {m.site: m for m in replies if m.site in result.used_sites}
+    weights = {s: m.n_examples for s, m in used.items()}
+    summaries = {m.site: m.valid.summary for m in replies}
     return _commit(
-        hub, run_id, rnd, dump_arrays(merged), "fedavg",
-        {m.site: m.n_examples for m in replies},
-        {m.site: m.valid.summary for m in replies},
+        hub, run_id, rnd, dump_arrays(result.arrays), strategy.name, weights, summaries,
+        server_state=result.server_state,
+        missing=failures,
+        excluded=[m.site for m in replies if m.site not in used],
+        valid_score=strategy.evaluate(rnd, summaries, {m.site: m.n_examples for m in replies}),
     )  # fmt: skip

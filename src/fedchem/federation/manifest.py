@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["EvalReport", "RoundManifest", "SiteUpdateManifest"]
+__all__ = ["EvalReport", "FitInstructions", "RoundManifest", "SiteUpdateManifest"]
 
 
 class _Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FitInstructions(_Manifest):
+    """What the coordinator's strategy asks every site to apply in a round."""
+
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx: mu/2*||w - w_global||^2")
 
 
 class EvalReport(_Manifest):
@@ -45,7 +51,18 @@ class RoundManifest(_Manifest):
     global_path: str
     global_sha256: str
     aggregation: str
+    server_state_path: str | None = Field(
+        None, description="strategy state (e.g. server momentum) to continue from; no site data"
+    )
+    server_state_sha256: str | None = None
     sites: list[str]
+    missing: list[str] = Field(default_factory=list, description="sites that did not reply")
+    excluded: list[str] = Field(
+        default_factory=list, description="sites that replied but the strategy left out (Krum)"
+    )
     n_examples: dict[str, int]
     valid_summary: dict[str, dict[str, float]]
+    valid_score: dict[str, float] = Field(
+        default_factory=dict, description="the strategy's example-weighted validation summary"
+    )
     created_at: str

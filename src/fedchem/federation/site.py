@@ -13,7 +13,12 @@ import torch
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.data.dataset import SiteDataset
 from fedchem.data.prepare import current_dataset_path
-from fedchem.federation.manifest import EvalReport, RoundManifest, SiteUpdateManifest
+from fedchem.federation.manifest import (
+    EvalReport,
+    FitInstructions,
+    RoundManifest,
+    SiteUpdateManifest,
+)
 from fedchem.model.metrics import score_tasks, summarize
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import arrays_to_model, dump_arrays, load_arrays, model_to_arrays
@@ -81,8 +86,13 @@ def run_site_round(
     chem: ChemConfig,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
+    fit: FitInstructions | None = None,
 ) -> SiteUpdateManifest:
-    """Train round ``rnd`` from the global model of ``rnd - 1``; write update + manifest."""
+    """Train round ``rnd`` from the global model of ``rnd - 1``; write update + manifest.
+
+    ``fit`` carries what the coordinator's strategy asks of every site (e.g. FedProx's mu).
+    """
+    fit = fit or FitInstructions()
     ds = load_site_dataset(site)
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
     valid = ds.folds([chem.valid_fold])
@@ -93,7 +103,7 @@ def run_site_round(
     opt_state = torch.load(opt_path, weights_only=True) if rnd > 1 and opt_path.exists() else None
     stats, opt_state = train_epochs(
         model, train, train_cfg, train_cfg.local_epochs,
-        site_seed(train_cfg.seed, site.name, rnd), opt_state,
+        site_seed(train_cfg.seed, site.name, rnd), opt_state, proximal_mu=fit.proximal_mu,
     )  # fmt: skip
     opt_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(opt_state, opt_path)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedchem.data.csr import csr_take
 from fedchem.data.dataset import SiteDataset
 
 __all__ = ["Batch", "iter_batches"]
@@ -19,15 +20,7 @@ class Batch:
     offsets: torch.Tensor  # B, int64
     y: torch.Tensor  # B x T float32 (NaN unobserved)
     censor: torch.Tensor  # B x T int8
-
-
-def _gather(ds: SiteDataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    starts, ends = ds.indptr[rows], ds.indptr[rows + 1]
-    lengths = ends - starts
-    offsets = np.zeros(len(rows), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
-    flat = np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
-    return ds.indices[flat].astype(np.int64), offsets
+    weights: torch.Tensor | None = None  # nnz float32 feature values (count featurizers)
 
 
 def iter_batches(
@@ -37,10 +30,12 @@ def iter_batches(
     order = rng.permutation(len(ds)) if rng is not None else np.arange(len(ds))
     for i in range(0, len(order), batch_size):
         rows = order[i : i + batch_size]
-        idx, off = _gather(ds, rows)
+        indptr, flat = csr_take(ds.indptr, rows)
+        idx = ds.indices[flat].astype(np.int64)
         yield Batch(
             indices=torch.from_numpy(idx).to(device, non_blocking=True),
-            offsets=torch.from_numpy(off).to(device, non_blocking=True),
+            offsets=torch.from_numpy(indptr[:-1].copy()).to(device, non_blocking=True),
+            weights=None if ds.values is None else torch.from_numpy(ds.values[flat]).to(device),
             y=torch.from_numpy(ds.y[rows]).to(device, non_blocking=True),
             censor=torch.from_numpy(ds.censor[rows]).to(device, non_blocking=True),
         )

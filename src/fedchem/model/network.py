@@ -33,12 +33,15 @@ class MultitaskNet(nn.Module):
         self.register_buffer("y_std", torch.ones(n_tasks))
         nn.init.normal_(self.input.weight, std=(2.0 / 60.0) ** 0.5 / 2)
 
-    def forward(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """``indices``: flat on-bits of a batch; ``offsets``: ``B`` start positions → ``B x T``.
+    def forward(
+        self, indices: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``indices``: flat on-columns of a batch; ``offsets``: ``B`` start positions;
+        ``weights``: the columns' values for count features (``None``: all 1) → ``B x T``.
 
         Output is logits for classification tasks and standardized values for regression.
         """
-        h = self.input(indices, offsets) + self.input_bias
+        h = self.input(indices, offsets, per_sample_weights=weights) + self.input_bias
         h = self.trunk(h)
         out: torch.Tensor = self.head(self.act(h))
         return out

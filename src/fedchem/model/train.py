@@ -41,11 +41,13 @@ def train_epochs(
     epochs: int,
     seed: int,
     optimizer_state: dict[str, Any] | None = None,
+    proximal_mu: float = 0.0,
 ) -> tuple[TrainStats, dict[str, Any]]:
     """Train ``model`` in place on every row of ``ds`` for ``epochs`` epochs with Adam.
 
     ``optimizer_state`` resumes Adam's moments (a site keeps them between rounds, privately);
-    the new state is returned with the statistics.
+    the new state is returned with the statistics. ``proximal_mu > 0`` adds FedProx's
+    ``mu/2 * ||w - w_start||^2`` (``w_start``: the weights the call began with) to the loss.
     """
     device = resolve_device(cfg.device)
     model.to(device).train()
@@ -55,19 +57,26 @@ def train_epochs(
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     is_reg = torch.tensor([k == "regression" for k in ds.task_kinds], device=device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     start = time.perf_counter()
     steps, loss_sum, n_labels = 0, 0.0, 0
     for _ in range(epochs):
         for b in iter_batches(ds, cfg.batch_size, rng, device):
-            out = model(b.indices, b.offsets)
+            out = model(b.indices, b.offsets, b.weights)
             loss, n = multitask_loss(out, b.y, b.censor, is_reg, model.y_mean, model.y_std)
             if n == 0:
                 continue
+            data_loss = float(loss.detach())
+            if anchor:
+                loss = loss + 0.5 * proximal_mu * sum(
+                    (p - a).square().sum() for p, a in zip(params, anchor, strict=True)
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             steps += 1
-            loss_sum += float(loss.detach())
+            loss_sum += data_loss
             n_labels += n
     model.cpu()
     state = opt.state_dict()
@@ -91,7 +100,7 @@ def predict(model: MultitaskNet, ds: SiteDataset, batch_size: int = 1024) -> np.
     model.eval()
     is_reg = np.array([k == "regression" for k in ds.task_kinds])
     outs = [
-        model(b.indices, b.offsets).numpy()
+        model(b.indices, b.offsets, b.weights).numpy()
         for b in iter_batches(ds, batch_size, None, torch.device("cpu"))
     ]
     raw = np.concatenate(outs) if outs else np.zeros((0, ds.n_tasks), np.float32)

@@ -3,6 +3,7 @@
 Layout (all under the hub URL)::
 
     runs/<run_id>/rounds/<NNNN>/global.npz              global model after round NNNN (0 = init)
+    runs/<run_id>/rounds/<NNNN>/server_state.npz        strategy state (e.g. server momentum)
     runs/<run_id>/rounds/<NNNN>/manifest.json           round manifest; written last = committed
     runs/<run_id>/rounds/<NNNN>/sites/<site>/update.npz one site's update for round NNNN
     runs/<run_id>/rounds/<NNNN>/sites/<site>/manifest.json
@@ -35,6 +36,9 @@ class HubLayout:
 
     def global_model(self, rnd: int) -> str:
         return f"{self.round_dir(rnd)}/global.npz"
+
+    def server_state(self, rnd: int) -> str:
+        return f"{self.round_dir(rnd)}/server_state.npz"
 
     def round_manifest(self, rnd: int) -> str:
         return f"{self.round_dir(rnd)}/manifest.json"

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from fedchem.config import STRATEGY_NAMES, StrategyConfig
+from fedchem.federation.coordinator import _commit, aggregate_round, read_round
+from fedchem.federation.manifest import EvalReport, SiteUpdateManifest
+from fedchem.federation.strategies import SiteReply, build_strategy
+from fedchem.model.state import dump_arrays
+from fedchem.storage.hub import HubLayout, HubStore
+
+ADAPTER: TypeAdapter[StrategyConfig] = TypeAdapter(StrategyConfig)
+
+
+def _arr(v: float) -> dict[str, np.ndarray]:
+    return {"w": np.full(3, v, np.float32)}
+
+
+def test_every_named_strategy_builds_and_aggregates():
+    replies = [SiteReply(s, _arr(v), n) for s, v, n in
+               [("a", 1.0, 10), ("b", 2.0, 10), ("c", 3.0, 20), ("d", 2.5, 5)]]  # fmt: skip
+    for name in STRATEGY_NAMES:
+        strategy = build_strategy(ADAPTER.validate_python({"name": name}))
+        assert strategy.name == name
+        out = strategy.aggregate_fit(1, _arr(0.0), {}, replies, failures=[])
+        assert out.arrays["w"].shape == (3,)
+        assert np.isfinite(out.arrays["w"]).all()
+        assert set(out.used_sites) <= {"a", "b", "c", "d"}
+
+
+def test_strategy_config_errors_name_the_problem():
+    with pytest.raises(ValidationError, match="fedavgx"):
+        ADAPTER.validate_python({"name": "fedavgx"})
+    with pytest.raises(ValidationError, match="server_lrr"):
+        ADAPTER.validate_python({"name": "fedavgm", "server_lrr": 1.0})
+    with pytest.raises(ValidationError, match="momentum"):
+        ADAPTER.validate_python({"name": "fedavgm", "momentum": 1.0})
+
+
+def test_fedprox_asks_sites_for_the_proximal_term():
+    assert (
+        build_strategy(ADAPTER.validate_python({"name": "fedavg"})).configure_fit(1).proximal_mu
+        == 0
+    )
+    prox = build_strategy(ADAPTER.validate_python({"name": "fedprox", "mu": 0.1}))
+    assert prox.configure_fit(3).proximal_mu == 0.1
+
+
+def _publish(hub: HubStore, run: str, rnd: int, site: str, arrays: dict, n: int,
+             base: str) -> SiteUpdateManifest:  # fmt: skip
+    layout = HubLayout(run)
+    data = dump_arrays(arrays)
+    hub.put_bytes(layout.site_update(rnd, site), data)
+    valid = EvalReport(site=site, model="m", fold="valid", n_molecules=n, per_task={},
+                       summary={"mean_roc_auc": 0.5 + 0.1 * n / 10})  # fmt: skip
+    return SiteUpdateManifest(
+        run_id=run, round=rnd, site=site, n_examples=n, n_labels=n, base_sha256=base,
+        update_path=layout.site_update(rnd, site),
+        update_sha256=hashlib.sha256(data).hexdigest(),
+        train_loss=0.1, train_seconds=0.1, device="cpu", valid=valid,
+    )  # fmt: skip
+
+
+def test_server_momentum_survives_between_rounds_on_the_hub(tmp_path: Path):
+    hub, run = HubStore(str(tmp_path)), "r1"
+    m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+    fedavgm = build_strategy(ADAPTER.validate_python({"name": "fedavgm", "momentum": 0.5}))
+    ups = [_publish(hub, run, 1, "a", _arr(1.0), 10, m0.global_sha256),
+           _publish(hub, run, 1, "b", _arr(3.0), 30, m0.global_sha256)]  # fmt: skip
+    m1 = aggregate_round(hub, run, 1, ups, fedavgm)
+    _, g1, state1 = read_round(hub, run, 1)
+    np.testing.assert_allclose(g1["w"], 2.5)  # first step = FedAvg
+    np.testing.assert_allclose(state1["w"], 2.5)
+    assert m1.aggregation == "fedavgm" and m1.server_state_sha256
+    assert m1.valid_score["mean_roc_auc"] == pytest.approx((0.6 * 10 + 0.8 * 30) / 40)
+    ups = [_publish(hub, run, 2, "a", _arr(3.5), 10, m1.global_sha256)]
+    aggregate_round(hub, run, 2, ups, fedavgm, failures=["b"])
+    m2, g2, state2 = read_round(hub, run, 2)
+    # delta 1.0, v = 0.5 * 2.5 + 1.0 = 2.25, x = 2.5 + 2.25
+    np.testing.assert_allclose(g2["w"], 4.75)
+    np.testing.assert_allclose(state2["w"], 2.25)
+    assert m2.missing == ["b"] and m2.sites == ["a"]
+
+
+def test_aggregation_refuses_stale_or_altered_updates(tmp_path: Path):
+    hub, run = HubStore(str(tmp_path)), "r1"
+    m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+    stale = _publish(hub, run, 1, "a", _arr(1.0), 10, "0" * 64)
+    with pytest.raises(ValueError, match="did not start from global model 0"):
+        aggregate_round(hub, run, 1, [stale])
+    good = _publish(hub, run, 1, "a", _arr(1.0), 10, m0.global_sha256)
+    hub.put_bytes(good.update_path, dump_arrays(_arr(9.0)))
+    with pytest.raises(ValueError, match="does not match its manifest"):
+        aggregate_round(hub, run, 1, [good])
+    assert not hub.exists(HubLayout(run).round_manifest(1))
+
+
+def test_krum_records_whom_it_left_out(tmp_path: Path):
+    hub, run = HubStore(str(tmp_path)), "r1"
+    m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+    vals = {"a": 1.0, "b": 1.1, "c": 0.9, "d": 80.0}
+    ups = [_publish(hub, run, 1, s, _arr(v), 10, m0.global_sha256) for s, v in vals.items()]
+    krum = build_strategy(ADAPTER.validate_python({"name": "krum", "n_byzantine": 1, "m": 3}))
+    m1 = aggregate_round(hub, run, 1, ups, krum)
+    assert m1.excluded == ["d"] and m1.sites == ["a", "b", "c"]
+    np.testing.assert_allclose(read_round(hub, run, 1)[1]["w"], 1.0, rtol=1e-6)
