@@ -21,7 +21,10 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
     reports = read_prepare_reports(config.hub_url, [s.name for s in config.sites])
     committed = [start(config, reports)]
     strategy = build_strategy(config.strategy)
+    site_names = [s.name for s in config.sites]
     for rnd in range(1, config.rounds + 1):
+        if rnd > 1:  # a site may have re-prepared since: no round starts while sites disagree
+            read_prepare_reports(config.hub_url, site_names)
         fit = strategy.configure_fit(rnd)
         replies = [
             site_round.with_options(flow_run_name=f"round-{rnd:02d}/{site.name}")(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from fedchem.chem.consistency import ConsistencyError
 from fedchem.config import FederationConfig, StrategyConfig
 from fedchem.data.prepare import PrepareReport
 from fedchem.federation import coordinator as coord
@@ -15,13 +18,30 @@ from fedchem.storage.hub import HubLayout, HubStore
 __all__ = ["aggregate", "read_prepare_reports", "start"]
 
 
-@task(retries=3, retry_delay_seconds=[1, 4, 10], cache_policy=NO_CACHE)
+def _is_consistency_error(state: Any) -> bool:
+    try:
+        state.result()
+    except ConsistencyError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    retries=3, retry_delay_seconds=[1, 4, 10], cache_policy=NO_CACHE,
+    retry_condition_fn=lambda task, run, state: not _is_consistency_error(state),
+)  # fmt: skip
 def read_prepare_reports(hub_url: str, sites: list[str]) -> list[PrepareReport]:
     hub = HubStore(hub_url)
     missing = [s for s in sites if not hub.exists(HubLayout.site_prepared(s))]
     if missing:
         raise RuntimeError(f"sites without published preparation: {missing}; run site_prepare")
-    return [PrepareReport.model_validate(hub.get_json(HubLayout.site_prepared(s))) for s in sites]
+    reports = [
+        PrepareReport.model_validate(hub.get_json(HubLayout.site_prepared(s))) for s in sites
+    ]
+    coord.check_consistency(reports)  # a disagreement is not transient: no retry helps
+    return reports
 
 
 @task(cache_policy=NO_CACHE)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from uuid import UUID
+
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TaskSpec, TrainConfig
@@ -20,9 +24,32 @@ __all__ = [
 ]
 
 
+class _ArtifactProgress:
+    """Featurization progress as a Prefect progress artifact (counts only), throttled."""
+
+    def __init__(self, site: str, every_s: float = 2.0) -> None:
+        self.site, self.every_s = site, every_s
+        self.artifact_id: UUID | None = None
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < self.every_s:
+            return
+        self.last = now
+        pct = 100.0 * done / total if total else 100.0
+        text = f"{self.site}: featurized {done}/{total} partitions"
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(
+                pct, key=f"prepare-{self.site}", description=text
+            )
+        else:
+            update_progress_artifact(self.artifact_id, pct, description=text)
+
+
 @task(cache_policy=NO_CACHE)
 def prepare(site: SiteConfig, chem: ChemConfig, tasks: list[TaskSpec]) -> PrepareReport:
-    report = prepare_site(site, chem, tasks)
+    report = prepare_site(site, chem, tasks, progress=_ArtifactProgress(site.name))
     get_run_logger().info(
         "site %s: %d rows in, %d accepted, %d quarantined; %d molecules (cache %s)",
         site.name, report.rows_in, report.rows_accepted, report.rows_quarantined,

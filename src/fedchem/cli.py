@@ -1,4 +1,4 @@
-"""``fedchem`` command line: ``demo`` (the main job) and ``validate`` (for data engineers).
+"""``fedchem`` command line: ``demo`` (the main job); ``validate`` and ``prepare`` (data engineers).
 
 The library imports no orchestration; ``demo`` loads the Prefect flows from ``flows/`` only
 when it runs.
@@ -85,6 +85,45 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+class ProgressBar:
+    """A one-line text progress bar on stderr (redrawn in place on a terminal)."""
+
+    def __init__(self, label: str, width: int = 30) -> None:
+        self.label, self.width, self.start = label, width, time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self._last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 0 or (not self.tty and done == self._last):
+            return
+        filled = self.width * done // total
+        bar = "#" * filled + "." * (self.width - filled)
+        line = (f"{self.label} [{bar}] {done}/{total} partitions, "
+                f"{time.perf_counter() - self.start:.0f}s")  # fmt: skip
+        end = "\n" if done == total or not self.tty else ""
+        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+        self._last = done
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from fedchem.config import ConfigFileError, PrepareConfig, load_config
+    from fedchem.data.prepare import prepare_site
+
+    try:
+        cfg = load_config(Path(args.config), PrepareConfig)
+        report = prepare_site(
+            cfg.site, cfg.chem, cfg.tasks,
+            progress=None if args.quiet else ProgressBar(f"prepare {cfg.site.name}"),
+        )  # fmt: skip
+    except (ConfigFileError, ContractError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.model_dump_json(indent=2, exclude={"label_stats"}))
+    out = cfg.site.workdir / "prepared" / report.cache_key
+    print(f"{'cache hit: ' if report.cache_hit else ''}training data in {out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedchem", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -108,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--contracts-dir", help="default: the repository's data_contracts/")
     v.add_argument("--out", default="./fedchem-validation", help="report and quarantine files")
     v.set_defaults(func=_validate)
+    pr = sub.add_parser(
+        "prepare",
+        help="a site config → training-ready data (validate, standardize, featurize, label)",
+        description="Runs the site pipeline once per data version (cached by content) and "
+        "prints the site's preparation report: row accounts, counts, consistency hashes. "
+        "Quarantined rows go to <workdir>/prepared/<key>/quarantine_*.csv.",
+    )
+    pr.add_argument(
+        "--config", required=True, help="YAML: `site:` (SiteConfig), optional `chem:`, `tasks:`"
+    )
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_prepare)
     return p
 
 

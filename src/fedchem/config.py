@@ -7,14 +7,15 @@ that names the key instead of a setting silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
     "STRATEGY_NAMES",
     "ChemConfig",
+    "ConfigFileError",
     "FedAdamConfig",
     "FedAvgConfig",
     "FedAvgMConfig",
@@ -24,18 +25,23 @@ __all__ = [
     "KrumConfig",
     "MedianConfig",
     "ModelConfig",
+    "PrepareConfig",
     "SiteConfig",
     "StandardizeConfig",
     "StrategyConfig",
     "TaskSpec",
     "TrainConfig",
     "TrimmedMeanConfig",
+    "load_config",
     "load_federation_config",
 ]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class StandardizeConfig(_Strict):
@@ -228,8 +234,57 @@ class FederationConfig(_Strict):
         return v
 
 
+class PrepareConfig(_Strict):
+    """``fedchem prepare --config``: one site's files, the consortium's pipeline, its tasks.
+
+    ``tasks`` is the federation's task catalogue; left out, it is derived from the site's own
+    assay table (binary or thresholded assays → classification, others → regression).
+    """
+
+    site: SiteConfig
+    chem: ChemConfig = ChemConfig()
+    tasks: list[TaskSpec] | None = None
+
+
+class ConfigFileError(ValueError):
+    """A configuration file that does not validate; the message says where."""
+
+
+_SITE_PATHS = ("measurements", "assays", "workdir", "key_file", "contracts_dir")
+
+
+def _anchor_site_paths(site: object, base: Path) -> None:
+    """Relative site paths in a YAML file are relative to that file, not to the shell."""
+    if not isinstance(site, dict):
+        return
+    for k in _SITE_PATHS:
+        v = site.get(k)
+        if isinstance(v, str) and v and not Path(v).is_absolute():
+            site[k] = str(base / v)
+
+
+def load_config(path: Path, model: type[_M]) -> _M:
+    """Read a YAML config into ``model``; an error lists each bad key as a dotted path."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigFileError(f"{path}: expected a mapping at the top level")
+    base = path.resolve().parent
+    _anchor_site_paths(raw.get("site"), base)
+    for site in raw.get("sites") or []:
+        _anchor_site_paths(site, base)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ConfigFileError(f"{path}: {exc.error_count()} error(s)\n" + "\n".join(lines)) from exc
+
+
 def load_federation_config(path: Path) -> FederationConfig:
-    """Read a federation YAML file; pydantic errors name the offending key."""
-    with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh)
-    return FederationConfig.model_validate(raw)
+    """Read a federation YAML file; errors name the offending key."""
+    return load_config(path, FederationConfig)

@@ -14,7 +14,6 @@ from fedchem.chem.batch import (
     featurize_partition,
     featurize_to_shards,
     load_shards,
-    partition_bounds,
 )
 from fedchem.chem.fingerprints import (
     column_permutation,
@@ -95,17 +94,6 @@ def test_per_molecule_output_does_not_depend_on_the_batch():
     assert alone.indices.tolist() == batch.indices[batch.indptr[1] : batch.indptr[2]].tolist()
 
 
-def test_content_defined_partitions_move_only_where_the_input_changed():
-    smiles = np.array(sorted({f"C{'C' * (i % 40)}O{i}" for i in range(3000)}), dtype=object)
-    before = partition_bounds(smiles, 100)
-    assert sum(b - a for a, b in before) == len(smiles) and max(b - a for a, b in before) <= 400
-    changed = np.array(sorted({*smiles[:1500], "CCN", *smiles[1500:]}), dtype=object)
-    after = partition_bounds(changed, 100)
-    old = {tuple(smiles[a:b]) for a, b in before}
-    new = {tuple(changed[a:b]) for a, b in after}
-    assert len(new - old) <= 2  # the partition that received "CCN" (and a capped neighbour)
-
-
 def test_shard_cache_recomputes_only_touched_partitions(tmp_path: Path):
     raw = [*pd.read_csv(bundled_dataset())["smiles"].head(1200).tolist(), "C1CC", ""]
     uniq = np.unique(np.array(raw, dtype=object))
@@ -113,22 +101,28 @@ def test_shard_cache_recomputes_only_touched_partitions(tmp_path: Path):
     seen: list[tuple[int, int]] = []
     first = featurize_to_shards(uniq, chem, b"k", tmp_path, partition_rows=200, n_workers=1,
                                 progress=lambda d, t: seen.append((d, t)))  # fmt: skip
-    assert first.computed == len(first.paths) > 2 and first.n_rows == len(uniq)
-    assert seen[-1] == (len(first.paths), len(first.paths))
+    assert first.computed_shards == len(first.shards) == 7 and first.n_rows == len(uniq)
+    assert first.computed_molecules == len(uniq)
+    assert seen[-1] == (7, 7)
     again = featurize_to_shards(uniq, chem, b"k", tmp_path, partition_rows=200, n_workers=1)
-    assert again.computed == 0 and again.paths == first.paths
-    # one molecule removed, one added: at most the two partitions they fall in are recomputed
-    edited = np.unique(np.array([*raw[:10], *raw[11:], "CCCCCCCCCCN"], dtype=object))
+    assert again.computed_shards == 0 and again.computed_molecules == 0
+    # one molecule removed, one added: only the new molecule is computed
+    edited = np.unique(np.array([*raw[:10], *raw[11:], "CCCCCCCCCCN"], dtype=object))[::-1]
     third = featurize_to_shards(edited, chem, b"k", tmp_path, partition_rows=200, n_workers=1)
-    assert 1 <= third.computed <= 2 < len(third.paths)
-    smiles, feats = load_shards(third)
+    assert third.computed_shards == 1 and third.computed_molecules == 1
+    feats = load_shards(third)
     direct = featurize_partition(list(edited), chem, b"k")
-    assert smiles.tolist() == list(edited)
     assert feats.canonical == direct.canonical and feats.reason == direct.reason
     assert np.array_equal(feats.indices, direct.indices) and np.array_equal(feats.fold, direct.fold)
     # another key or config is another cache entry, never a stale hit
     other = featurize_to_shards(uniq, chem, b"other", tmp_path, partition_rows=200, n_workers=1)
-    assert other.computed == len(other.paths)
+    assert other.computed_molecules == len(uniq)
+    # a lost index is rebuilt from the shards themselves
+    for index_file in tmp_path.glob("*/index.npz"):
+        index_file.unlink()
+    rebuilt = featurize_to_shards(edited, chem, b"k", tmp_path, partition_rows=200, n_workers=1)
+    assert rebuilt.computed_molecules == 0
+    assert load_shards(rebuilt).canonical == direct.canonical
 
 
 def test_featurize_many_through_the_cache_keeps_input_order_and_repeats(tmp_path: Path):

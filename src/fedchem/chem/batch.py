@@ -43,8 +43,8 @@ __all__ = [
     "featurize_partition",
     "featurize_to_shards",
     "load_shards",
-    "partition_bounds",
     "pipeline_fingerprint",
+    "smiles_hashes",
 ]
 
 #: progress callback: (partitions done, partitions total)
@@ -153,27 +153,9 @@ def pipeline_fingerprint(chem: ChemConfig, key: bytes) -> dict[str, str]:
     }
 
 
-def partition_bounds(sorted_smiles: np.ndarray, target_rows: int) -> list[tuple[int, int]]:
-    """Content-defined cuts: after every SMILES whose hash is 0 mod ``target_rows``.
-
-    A cut depends only on the SMILES at it, so inserting or removing one SMILES changes one
-    partition (or merges/splits two), never all that follow. Partitions are capped at
-    ``4 * target_rows``.
-    """
-    n = len(sorted_smiles)
-    if n == 0:
-        return []
-    h = pd.util.hash_array(np.asarray(sorted_smiles, dtype=object)).astype(np.uint64)
-    cuts = np.flatnonzero(h % np.uint64(target_rows) == 0) + 1
-    bounds, start = [], 0
-    for c in [*cuts.tolist(), n]:
-        while c - start > 4 * target_rows:
-            bounds.append((start, start + 4 * target_rows))
-            start += 4 * target_rows
-        if c > start:
-            bounds.append((start, c))
-            start = c
-    return bounds
+def smiles_hashes(smiles: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per SMILES (vectorized); lookups verify the string itself afterwards."""
+    return pd.util.hash_array(np.asarray(smiles, dtype=object), categorize=False).astype(np.uint64)
 
 
 def _shard_name(smiles: Sequence[str], fingerprint: dict[str, str]) -> str:
@@ -223,15 +205,18 @@ def _shard_task(smiles: list[str], chem_json: str, key: bytes, path: str) -> dic
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """The shards that together hold the features of a sorted unique SMILES list, in order."""
+    """Where each requested SMILES' features lie: ``shards[shard_of[i]]``, row ``row_of[i]``."""
 
-    paths: list[Path]
-    rows: list[int]
-    computed: int  # shards computed by this call (the rest were cache hits)
+    smiles: np.ndarray  # N requested SMILES (object)
+    shards: list[Path]
+    shard_of: np.ndarray  # N int32
+    row_of: np.ndarray  # N int32
+    computed_shards: int
+    computed_molecules: int
 
     @property
     def n_rows(self) -> int:
-        return sum(self.rows)
+        return len(self.smiles)
 
 
 class _Counter(Callback):
@@ -271,8 +256,49 @@ def _run_tasks(tasks: list[Any], n_workers: int, dask_address: str | None,
                 dask.compute(*tasks, scheduler="processes", num_workers=n_workers)
 
 
+_INDEX = "index.npz"
+
+
+def _read_index(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(sorted hashes, shard id, row, shard names) of every molecule already computed."""
+    path = root / _INDEX
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return z["hash"], z["shard"], z["row"], [str(n) for n in z["names"]]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged index only costs a rebuild from the shards themselves
+    hashes, shard_ids, rows, names = [], [], [], []
+    for i, shard in enumerate(sorted((root / "shards").glob("*.npz"))):
+        with np.load(shard, allow_pickle=False) as z:
+            h = smiles_hashes(z["smiles"].astype(object))
+        names.append(shard.stem)
+        hashes.append(h)
+        shard_ids.append(np.full(len(h), i, np.int32))
+        rows.append(np.arange(len(h), dtype=np.int32))
+    return _sorted_index(hashes, shard_ids, rows, names)
+
+
+def _sorted_index(
+    hashes: list[np.ndarray], shard_ids: list[np.ndarray], rows: list[np.ndarray], names: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    if not hashes:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int32), np.zeros(0, np.int32), names
+    h, sh, r = np.concatenate(hashes), np.concatenate(shard_ids), np.concatenate(rows)
+    order = np.argsort(h, kind="stable")
+    return h[order], sh[order], r[order], names
+
+
+def _write_index(
+    root: Path, h: np.ndarray, sh: np.ndarray, r: np.ndarray, names: list[str]
+) -> None:
+    tmp = root / f".index.{uuid.uuid4().hex}.tmp.npz"
+    np.savez(tmp, hash=h, shard=sh, row=r, names=np.array(names, dtype=str))
+    os.replace(tmp, root / _INDEX)
+
+
 def featurize_to_shards(
-    sorted_unique_smiles: np.ndarray,
+    unique_smiles: np.ndarray,
     chem: ChemConfig,
     key: bytes,
     cache_dir: Path,
@@ -282,34 +308,66 @@ def featurize_to_shards(
     dask_address: str | None = None,
     progress: Progress | None = None,
 ) -> ShardIndex:
-    """Featurize sorted unique SMILES into content-addressed shards under ``cache_dir``.
+    """Featurize unique SMILES into a content-addressed, molecule-level cache under ``cache_dir``.
 
-    Shards that already exist are reused (their name is a hash of their input and of
-    :func:`pipeline_fingerprint`); the rest are computed in worker processes.
+    The cache is keyed by :func:`pipeline_fingerprint` (config, key fingerprint, versions): a
+    molecule computed before under the same pipeline is looked up, not recomputed. Only the
+    new molecules are cut into partitions of ``partition_rows`` and computed in worker
+    processes, each writing its own shard; the driver never holds the features meanwhile.
     """
-    smiles = np.asarray(sorted_unique_smiles, dtype=object)
-    if len(smiles) > 1 and not (smiles[1:] > smiles[:-1]).all():
-        raise ValueError("featurize_to_shards needs sorted unique SMILES")
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    smiles = np.asarray(unique_smiles, dtype=object)
     fingerprint = pipeline_fingerprint(chem, key)
+    root = (
+        cache_dir
+        / hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    )
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    hashes = smiles_hashes(smiles)
+    if len(np.unique(hashes)) != len(hashes):
+        raise ValueError("featurize_to_shards needs unique SMILES")
+    idx_h, idx_sh, idx_r, names = _read_index(root)
+    pos = np.searchsorted(idx_h, hashes)
+    found = pos < len(idx_h)
+    found[found] = idx_h[pos[found]] == hashes[found]
+    missing = np.sort(smiles[~found])
     chem_json = chem.model_dump_json()
-    paths, rows, tasks = [], [], []
-    for start, stop in partition_bounds(smiles, partition_rows):
-        part = [str(s) for s in smiles[start:stop]]
-        path = cache_dir / f"{_shard_name(part, fingerprint)}.npz"
-        paths.append(path)
-        rows.append(stop - start)
+    tasks, new_parts = [], []
+    for start in range(0, len(missing), partition_rows):
+        part = [str(x) for x in missing[start : start + partition_rows]]
+        name = _shard_name(part, fingerprint)
+        path = root / "shards" / f"{name}.npz"
+        new_parts.append((name, part))
         if not path.exists():
             tasks.append(
                 dask.delayed(_shard_task, pure=False)(
-                    part, chem_json, key, str(path), dask_key_name=f"featurize-shard-{path.stem}"
+                    part, chem_json, key, str(path), dask_key_name=f"featurize-shard-{name}"
                 )
             )
+    total = len(new_parts)
     if progress is not None:
-        progress(len(paths) - len(tasks), len(paths))
-    _run_tasks(tasks, n_workers, dask_address, _offset(progress, len(paths) - len(tasks)),
-               len(paths))  # fmt: skip
-    return ShardIndex(paths=paths, rows=rows, computed=len(tasks))
+        progress(total - len(tasks), total)
+    _run_tasks(tasks, n_workers, dask_address, _offset(progress, total - len(tasks)), total)
+
+    if new_parts:
+        add_h, add_sh, add_r = [idx_h], [idx_sh], [idx_r]
+        for name, part in new_parts:
+            names.append(name)
+            add_h.append(smiles_hashes(np.array(part, dtype=object)))
+            add_sh.append(np.full(len(part), len(names) - 1, np.int32))
+            add_r.append(np.arange(len(part), dtype=np.int32))
+        idx_h, idx_sh, idx_r, names = _sorted_index(add_h, add_sh, add_r, names)
+        _write_index(root, idx_h, idx_sh, idx_r, names)
+    pos = np.searchsorted(idx_h, hashes)
+    if len(hashes) and (pos.max() >= len(idx_h) or not (idx_h[pos] == hashes).all()):
+        raise RuntimeError(f"feature cache {root} is missing molecules after computing them")
+    return ShardIndex(
+        smiles=smiles,
+        shards=[root / "shards" / f"{n}.npz" for n in names],
+        shard_of=idx_sh[pos] if len(hashes) else np.zeros(0, np.int32),
+        row_of=idx_r[pos] if len(hashes) else np.zeros(0, np.int32),
+        computed_shards=len(tasks),
+        computed_molecules=int(sum(len(p) for _, p in new_parts)),
+    )
 
 
 def _offset(progress: Progress | None, already: int) -> Progress | None:
@@ -318,12 +376,31 @@ def _offset(progress: Progress | None, already: int) -> Progress | None:
     return lambda done, total: progress(already + done, total)
 
 
-def load_shards(index: ShardIndex) -> tuple[np.ndarray, FeaturizedBatch]:
-    """Read every shard of ``index`` back, in order: (input SMILES, features)."""
-    parts = [_read_shard(p) for p in index.paths]
+def load_shards(index: ShardIndex) -> FeaturizedBatch:
+    """The features of ``index.smiles``, in that order, read from their shards.
+
+    Each molecule's stored input SMILES is compared with the requested one: a hash collision or
+    a damaged cache is an error, never a wrong fingerprint.
+    """
+    parts: list[FeaturizedBatch] = []
+    order: list[np.ndarray] = []
+    for sid in np.unique(index.shard_of):
+        mine = np.flatnonzero(index.shard_of == sid)
+        stored, batch = _read_shard(index.shards[int(sid)])
+        rows = index.row_of[mine].astype(np.int64)
+        if not (stored[rows].astype(object) == index.smiles[mine]).all():
+            raise RuntimeError(
+                f"feature cache shard {index.shards[int(sid)]} does not hold the molecules "
+                "its index says (hash collision or damage)"
+            )
+        parts.append(_take(batch, rows))
+        order.append(mine)
     if not parts:
-        return np.zeros(0, dtype=str), _concat([])
-    return np.concatenate([s for s, _ in parts]), _concat([b for _, b in parts])
+        return _concat([])
+    merged = _concat(parts)
+    inverse = np.empty(len(index.smiles), np.int64)
+    inverse[np.concatenate(order)] = np.arange(len(index.smiles))
+    return _take(merged, inverse)
 
 
 def featurize_many(
@@ -349,10 +426,11 @@ def featurize_many(
             uniq, chem, key, cache_dir, partition_rows=partition_rows, n_workers=n_workers,
             dask_address=dask_address, progress=progress,
         )  # fmt: skip
-        _, feats = load_shards(index)
+        feats = load_shards(index)
     else:
-        bounds = partition_bounds(uniq, partition_rows)
-        chem_parts = [list(uniq[a:b]) for a, b in bounds]
+        chem_parts = [
+            list(uniq[a : a + partition_rows]) for a in range(0, len(uniq), partition_rows)
+        ]
         if dask_address is None and (n_workers == 1 or len(chem_parts) <= 1):
             feats = _concat([featurize_partition(p, chem, key) for p in chem_parts])
         else:

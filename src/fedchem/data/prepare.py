@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedchem.chem.batch import Progress, featurize_many, pipeline_fingerprint
+from fedchem.chem.consistency import consistency_report
 from fedchem.config import ChemConfig, SiteConfig, TaskSpec
 from fedchem.contracts import (
     ContractViolation,
@@ -31,7 +32,7 @@ from fedchem.contracts import (
 )
 from fedchem.data.csr import csr_take
 from fedchem.data.dataset import SiteDataset
-from fedchem.data.tasks import build_tasks
+from fedchem.data.tasks import build_tasks, catalogue_from_assays
 
 __all__ = ["PrepareReport", "current_dataset_path", "prepare_site", "read_key"]
 
@@ -56,6 +57,10 @@ class PrepareReport(BaseModel):
     labels_per_task: dict[str, int]
     label_stats: dict[str, dict[str, float]]
     dataset_sha256: str
+    consistency: dict[str, str] = Field(
+        default_factory=dict,
+        description="hashes of the reference set's output, config, versions, key fingerprint",
+    )
     seconds: float
 
 
@@ -72,13 +77,14 @@ def _contracts(site: SiteConfig) -> tuple[Path, Path]:
 
 
 def _cache_key(
-    site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec], key: bytes
+    site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec] | None, key: bytes
 ) -> str:
     h = hashlib.sha256()
     for path in (site.measurements, site.assays, *_contracts(site)):
         h.update(hashlib.sha256(Path(path).read_bytes()).digest())
     h.update(chem.model_dump_json().encode())
-    h.update(json.dumps([t.model_dump() for t in catalogue]).encode())
+    tasks = None if catalogue is None else [t.model_dump() for t in catalogue]
+    h.update(json.dumps(tasks).encode())
     h.update(json.dumps(pipeline_fingerprint(chem, key), sort_keys=True).encode())
     return h.hexdigest()[:24]
 
@@ -94,7 +100,7 @@ def current_dataset_path(site: SiteConfig) -> Path:
 
 
 def prepare_site(
-    site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec],
+    site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec] | None = None,
     progress: Progress | None = None,
 ) -> PrepareReport:  # fmt: skip
     """Validate, standardize, featurize and label one site's data; cached by content.
@@ -102,6 +108,7 @@ def prepare_site(
     Two caches: the whole run (same inputs, config, key and versions → the previous report)
     and the featurization shards under ``workdir/features`` (a changed input recomputes only
     the partitions it touches). ``progress(done, total)`` is called as partitions finish.
+    ``catalogue`` is the federation's task list; ``None`` derives one from the assay table.
     """
     start = time.perf_counter()
     key = read_key(site)
@@ -119,6 +126,8 @@ def prepare_site(
     m_path, a_path = _contracts(site)
     a_table = compile_table(load_contract(a_path))
     assays = validate_frame(read_table(site.assays), a_table, source=str(site.assays))
+    if catalogue is None:
+        catalogue = catalogue_from_assays(assays.accepted)
     m_table = compile_table(
         load_contract(m_path), references={"assays.assay_id": set(assays.accepted["assay_id"])}
     )
@@ -203,6 +212,7 @@ def prepare_site(
         },
         label_stats=regression_label_stats(dataset, chem),
         dataset_sha256=sha,
+        consistency=consistency_report(chem, key),
         seconds=time.perf_counter() - start,
     )
     if len(raw) and rows_q / len(raw) > site.max_quarantine_fraction:

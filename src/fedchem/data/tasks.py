@@ -21,7 +21,7 @@ from fedchem.config import TaskSpec
 from fedchem.contracts.validate import RowAccount
 from fedchem.data.dataset import CENSOR_CODES
 
-__all__ = ["TaskTable", "build_tasks"]
+__all__ = ["TaskTable", "build_tasks", "catalogue_from_assays"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,14 @@ def _threshold_labels(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     active = ov >= ot
     ambiguous = ((oc > 0) & ~active) | ((oc < 0) & active & (ov != ot))
     return active.astype("float32"), pd.Series(ambiguous, index=rows.index)
+
+
+def catalogue_from_assays(assays: pd.DataFrame) -> list[TaskSpec]:
+    """A site's own task catalogue from its accepted assay table (one task per assay)."""
+    kinds = _task_kind(assays["assay_type"], assays["threshold"])
+    return [
+        TaskSpec(name=str(a), kind=str(k)) for a, k in zip(assays["assay_id"], kinds, strict=True)
+    ]
 
 
 def build_tasks(

@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
+from fedchem.chem.consistency import ConsistencyError, describe_disagreements
 from fedchem.config import FederationConfig, ModelConfig
+from fedchem.data.prepare import PrepareReport
 from fedchem.federation.manifest import RoundManifest, SiteUpdateManifest
 from fedchem.federation.strategies import FedAvg, SiteReply, Strategy
 from fedchem.model.network import MultitaskNet, build_model
@@ -21,7 +23,24 @@ from fedchem.model.state import dump_arrays, load_arrays, model_to_arrays
 from fedchem.storage.hub import HubLayout, HubStore
 from fedchem.types import StateArrays
 
-__all__ = ["aggregate_round", "initial_model", "pooled_label_stats", "read_round", "start_run"]
+__all__ = [
+    "aggregate_round",
+    "check_consistency",
+    "initial_model",
+    "pooled_label_stats",
+    "read_round",
+    "start_run",
+]
+
+
+def check_consistency(reports: Sequence[PrepareReport]) -> None:
+    """Refuse to go on while sites' reference-set hashes disagree; name site and component."""
+    missing = [r.site for r in reports if not r.consistency]
+    if missing:
+        raise ConsistencyError(f"sites without a consistency report: {missing}; re-run preparation")
+    problem = describe_disagreements({r.site: r.consistency for r in reports})
+    if problem:
+        raise ConsistencyError(problem)
 
 
 def pooled_label_stats(
