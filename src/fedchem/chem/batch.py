@@ -83,8 +83,7 @@ def featurize_partition(
     folds = np.full(len(smiles), -1, dtype=np.int8)
     counts = np.zeros(len(smiles), dtype=np.int64)
     cols: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    has_values = False
+    vals: list[np.ndarray | None] = []
     for i, raw in enumerate(smiles):
         result, mol = std.smiles(raw)
         canonical.append(result.smiles)
@@ -100,15 +99,16 @@ def featurize_partition(
         folds[i] = fold_of(scaffold_of(mol), key, chem.n_folds)
         counts[i] = idx.size
         cols.append(idx.astype(np.int32))
-        if v is not None:
-            has_values = True
-            vals.append(v.astype(np.float32))
-        else:
-            vals.append(np.ones(idx.size, np.float32))
+        vals.append(v)
     indptr = np.zeros(len(smiles) + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     indices = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int32)
-    values = (np.concatenate(vals) if vals else np.zeros(0, np.float32)) if has_values else None
+    values = None
+    if any(v is not None for v in vals):
+        values = np.concatenate(
+            [np.ones(c.size, np.float32) if v is None else v.astype(np.float32)
+             for c, v in zip(cols, vals, strict=True)]
+        )  # fmt: skip
     return FeaturizedBatch(canonical, reason, folds, indptr, indices, values)
 
 
@@ -253,7 +253,7 @@ def _run_tasks(tasks: list[Any], n_workers: int, dask_address: str | None,
             dask.compute(*tasks, scheduler="synchronous")
         else:
             with dask.config.set({"multiprocessing.context": "spawn"}):
-                dask.compute(*tasks, scheduler="processes", num_workers=n_workers)
+                dask.compute(*tasks, scheduler="processes", num_workers=n_workers, chunksize=1)
 
 
 _INDEX = "index.npz"

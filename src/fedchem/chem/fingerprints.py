@@ -98,7 +98,8 @@ def _on_bits(fp: object) -> IntArray:
 
 def morgan_bits(mol: Chem.Mol, radius: int = 3, fp_size: int = 4096) -> IntArray:
     """On-bit indices (ascending, int64) of the folded Morgan fingerprint of ``mol``."""
-    return _on_bits(_morgan(radius, fp_size, False).GetFingerprint(mol))
+    dense = _morgan(radius, fp_size, False).GetFingerprintAsNumPy(mol)
+    return np.flatnonzero(dense).astype(np.int64)
 
 
 @register_featurizer("morgan")
