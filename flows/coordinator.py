@@ -1,46 +1,137 @@
 """The coordinator: R rounds over N sites, the configured strategy, one global model per round.
 
 It sees only what sites publish: preparation counts, update manifests, weights on the hub.
+``mode: local`` runs each site's round as a subflow here (the one-machine simulation);
+``mode: deployed`` triggers every site's own deployment concurrently on its own work pool and
+waits until the round's deadline, then commits with the sites that answered if they reach
+the quorum. The UI shows a progress artifact for the run and a table of site metrics per round.
 """
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+import time
 
-from fedchem.config import FederationConfig
-from fedchem.federation.manifest import RoundManifest
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from fedchem.config import FederationConfig, SiteConfig
+from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpdateManifest
 from fedchem.federation.strategies import build_strategy
 from flows.site_round import site_round
-from tasks.hub import aggregate, read_prepare_reports, start
+from tasks.hub import aggregate, collect_replies, read_prepare_reports, start, trigger_site_round
+
+
+def _key(run_id: str, suffix: str) -> str:
+    """An artifact key (lowercase letters, digits, dashes) for this run."""
+    slug = "".join(c if c.isalnum() else "-" for c in run_id.lower()).strip("-")
+    return f"fedchem-{slug}-{suffix}"[:120]
+
+
+def _local_round(
+    config: FederationConfig, rnd: int, fit: FitInstructions
+) -> list[SiteUpdateManifest]:
+    return [
+        site_round.with_options(flow_run_name=f"round-{rnd:02d}/{site.name}")(
+            site=site,
+            hub_url=config.hub_url,
+            run_id=config.run_id,
+            round=rnd,
+            chem=config.chem,
+            model=config.model,
+            train=config.train,
+            fit=fit,
+        )
+        for site in config.sites
+        if isinstance(site, SiteConfig)
+    ]
+
+
+def _deployed_round(
+    config: FederationConfig, rnd: int, fit: FitInstructions
+) -> tuple[list[SiteUpdateManifest], dict[str, str]]:
+    deadline = time.time() + config.deployment.round_deadline_s
+    futures = [
+        trigger_site_round.with_options(task_run_name=f"trigger-round-{rnd:02d}/{name}").submit(
+            config, rnd, name, fit, deadline
+        )
+        for name in config.site_names
+    ]
+    outcomes = [f.result() for f in futures]
+    return collect_replies(config.hub_url, config.run_id, rnd, outcomes)
 
 
 @flow(name="coordinator", flow_run_name="federation/{config.run_id}")
 def coordinator(config: FederationConfig) -> list[RoundManifest]:
     """Run every round; return the committed round manifests (hashes, counts, metrics)."""
     logger = get_run_logger()
-    reports = read_prepare_reports(config.hub_url, [s.name for s in config.sites])
+    reports = read_prepare_reports(config.hub_url, config.site_names)
     committed = [start(config, reports)]
     strategy = build_strategy(config.strategy)
-    site_names = [s.name for s in config.sites]
+    progress = create_progress_artifact(
+        0.0, key=_key(config.run_id, "progress"), description=f"federation {config.run_id}"
+    )
     for rnd in range(1, config.rounds + 1):
         if rnd > 1:  # a site may have re-prepared since: no round starts while sites disagree
-            read_prepare_reports(config.hub_url, site_names)
+            read_prepare_reports(config.hub_url, config.site_names)
         fit = strategy.configure_fit(rnd)
-        replies = [
-            site_round.with_options(flow_run_name=f"round-{rnd:02d}/{site.name}")(
-                site=site,
-                hub_url=config.hub_url,
-                run_id=config.run_id,
-                round=rnd,
-                chem=config.chem,
-                model=config.model,
-                train=config.train,
-                fit=fit,
-            )
-            for site in config.sites
-        ]
-        committed.append(
-            aggregate(config.hub_url, config.run_id, rnd, replies, config.strategy, [])
+        missing: dict[str, str] = {}
+        if config.mode == "local":
+            replies = _local_round(config, rnd, fit)
+        else:
+            replies, missing = _deployed_round(config, rnd, fit)
+            for site, why in missing.items():
+                logger.warning("round %d: site %s missing: %s", rnd, site, why)
+            if len(replies) < config.quorum():
+                raise RuntimeError(
+                    f"round {rnd}: {len(replies)} of {len(config.sites)} sites replied, quorum "
+                    f"is {config.quorum()}; missing: {missing}. Committed rounds stay intact."
+                )
+        manifest = aggregate(config.hub_url, config.run_id, rnd, replies, config.strategy,
+                             sorted(missing))  # fmt: skip
+        committed.append(manifest)
+        create_table_artifact(
+            key=_key(config.run_id, f"round-{rnd:02d}"),
+            table=[
+                {
+                    "site": s,
+                    "examples": manifest.n_examples.get(s, 0),
+                    **{k: round(v, 4) for k, v in manifest.valid_summary.get(s, {}).items()},
+                }
+                for s in config.site_names
+                if s in manifest.valid_summary
+            ]
+            + [{"site": f"missing: {s}", "examples": 0} for s in manifest.missing],
+            description=f"round {rnd} of {config.run_id}: site validation metrics (aggregates)",
         )
+        update_progress_artifact(progress, 100.0 * rnd / config.rounds)
         logger.info("round %d/%d committed", rnd, config.rounds)
+    create_markdown_artifact(
+        key=_key(config.run_id, "summary"),
+        markdown=_summary(config, committed),
+        description=f"federation {config.run_id}: every round",
+    )
     return committed
+
+
+def _summary(config: FederationConfig, committed: list[RoundManifest]) -> str:
+    metric_keys = sorted({k for m in committed for k in m.valid_score})
+    lines = [
+        f"# Federation `{config.run_id}`",
+        "",
+        f"{len(config.sites)} sites, {config.rounds} rounds, strategy `{config.strategy.name}`, "
+        f"mode `{config.mode}`.",
+        "",
+        "| round | sites | missing | " + " | ".join(metric_keys) + " |",
+        "|---|---|---|" + "---|" * len(metric_keys),
+    ]
+    for m in committed[1:]:
+        vals = " | ".join(
+            f"{m.valid_score[k]:.4f}" if k in m.valid_score else "" for k in metric_keys
+        )
+        lines.append(f"| {m.round} | {len(m.sites)} | {', '.join(m.missing) or '-'} | {vals} |")
+    return "\n".join(lines) + "\n"

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from prefect import flow
 
-from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
+from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef, TrainConfig
 from fedchem.federation.manifest import FitInstructions, SiteUpdateManifest
 from tasks.site import train_round
 
 
-@flow(name="site-round")
+@flow(name="site-round", flow_run_name="round-{round:02d}/{site.name}")
 def site_round(
-    site: SiteConfig,
+    site: SiteConfig | SiteRef,
     hub_url: str,
     run_id: str,
     round: int,

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+from prefect.states import Cancelling
 
 from fedchem.chem.consistency import ConsistencyError
 from fedchem.config import FederationConfig, StrategyConfig
 from fedchem.data.prepare import PrepareReport
 from fedchem.federation import coordinator as coord
-from fedchem.federation.manifest import RoundManifest, SiteUpdateManifest
+from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpdateManifest
 from fedchem.federation.strategies import build_strategy
 from fedchem.storage.hub import HubLayout, HubStore
 
-__all__ = ["aggregate", "read_prepare_reports", "start"]
+__all__ = ["aggregate", "collect_replies", "read_prepare_reports", "start", "trigger_site_round"]
 
 
 def _is_consistency_error(state: Any) -> bool:
@@ -64,3 +67,54 @@ def aggregate(
         {k: round(v, 4) for k, v in manifest.valid_score.items()},
     )  # fmt: skip
     return manifest
+
+
+@task(cache_policy=NO_CACHE)
+def trigger_site_round(
+    config: FederationConfig, rnd: int, site: str, fit: FitInstructions, deadline: float
+) -> tuple[str, str]:
+    """Run ``site``'s own round deployment and wait until it ends or the round's deadline.
+
+    Returns (site, final state name or why not). A run still going at the deadline is
+    cancelled: its update, should it arrive later, is never read for this round.
+    """
+    name = config.deployment.site_round.format(site=site)
+    params = {
+        "site": {"name": site}, "hub_url": config.hub_url, "run_id": config.run_id,
+        "round": rnd, "chem": config.chem.model_dump(mode="json"),
+        "model": config.model.model_dump(mode="json"),
+        "train": config.train.model_dump(mode="json"), "fit": fit.model_dump(mode="json"),
+    }  # fmt: skip
+    timeout = max(deadline - time.time(), 1.0)
+    try:
+        run = run_deployment(
+            name, parameters=params, timeout=timeout,
+            poll_interval=config.deployment.poll_interval_s,
+            flow_run_name=f"round-{rnd:02d}/{site}",
+            tags=["fedchem", f"site:{site}", f"round:{rnd}", f"run:{config.run_id}"],
+            idempotency_key=f"{config.run_id}/{rnd}/{site}",
+        )  # fmt: skip
+    except Exception as exc:  # no deployment, server unreachable: this site is missing
+        return site, f"not started: {type(exc).__name__}: {exc}"
+    state = run.state
+    if state is None or not state.is_final():
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+        return site, f"missed the deadline ({state.name if state else 'no state'}); cancelled"
+    return site, state.name
+
+
+@task(cache_policy=NO_CACHE)
+def collect_replies(
+    hub_url: str, run_id: str, rnd: int, outcomes: list[tuple[str, str]]
+) -> tuple[list[SiteUpdateManifest], dict[str, str]]:
+    """Manifests of the sites whose run completed (read from the hub); the rest, with why."""
+    hub, layout = HubStore(hub_url), HubLayout(run_id)
+    replies, missing = [], {}
+    for site, outcome in outcomes:
+        path = layout.site_manifest(rnd, site)
+        if outcome == "Completed" and hub.exists(path):
+            replies.append(SiteUpdateManifest.model_validate(hub.get_json(path)))
+        else:
+            missing[site] = outcome if outcome != "Completed" else "completed without a manifest"
+    return replies, missing

@@ -9,7 +9,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TaskSpec, TrainConfig
+from fedchem.config import (
+    ChemConfig,
+    ModelConfig,
+    SiteConfig,
+    SiteRef,
+    TaskSpec,
+    TrainConfig,
+    resolve_site,
+)
 from fedchem.data.prepare import PrepareReport, prepare_site
 from fedchem.federation import site as site_lib
 from fedchem.federation.manifest import EvalReport, FitInstructions, SiteUpdateManifest
@@ -48,7 +56,10 @@ class _ArtifactProgress:
 
 
 @task(cache_policy=NO_CACHE)
-def prepare(site: SiteConfig, chem: ChemConfig, tasks: list[TaskSpec]) -> PrepareReport:
+def prepare(
+    site: SiteConfig | SiteRef, chem: ChemConfig, tasks: list[TaskSpec] | None
+) -> PrepareReport:
+    site = resolve_site(site)  # deployed: the site's own config, from its worker's environment
     report = prepare_site(site, chem, tasks, progress=_ArtifactProgress(site.name))
     get_run_logger().info(
         "site %s: %d rows in, %d accepted, %d quarantined; %d molecules (cache %s)",
@@ -68,9 +79,10 @@ def publish_prepare_report(hub_url: str, report: PrepareReport) -> str:
 
 @task(cache_policy=NO_CACHE)
 def train_round(
-    site: SiteConfig, hub_url: str, run_id: str, rnd: int,
+    site: SiteConfig | SiteRef, hub_url: str, run_id: str, rnd: int,
     chem: ChemConfig, model: ModelConfig, train: TrainConfig, fit: FitInstructions,
 ) -> SiteUpdateManifest:  # fmt: skip
+    site = resolve_site(site)
     manifest = site_lib.run_site_round(
         site, HubStore(hub_url), run_id, rnd, chem, model, train, fit
     )
@@ -84,8 +96,10 @@ def train_round(
 
 @task(cache_policy=NO_CACHE)
 def evaluate_global(
-    site: SiteConfig, hub_url: str, run_id: str, rnd: int, chem: ChemConfig, model: ModelConfig
-) -> EvalReport:
+    site: SiteConfig | SiteRef, hub_url: str, run_id: str, rnd: int, chem: ChemConfig,
+    model: ModelConfig,
+) -> EvalReport:  # fmt: skip
+    site = resolve_site(site)
     return site_lib.evaluate_global_at_site(site, HubStore(hub_url), run_id, rnd, chem, model)
 
 

@@ -124,6 +124,30 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack(args: argparse.Namespace) -> int:
+    from fedchem import stack as st
+    from fedchem.demo.sites import bundled_dataset
+
+    directory = Path(args.dir)
+    if args.action == "down":
+        stopped = st.stack_down(directory)
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return 0
+    dataset = Path(args.dataset) if args.dataset else bundled_dataset()
+    stack = st.stack_up(directory, dataset, n_sites=args.sites, rounds=args.rounds,
+                        database_url=args.database_url, run_id=args.run_id)  # fmt: skip
+    ui = stack.api_url.removesuffix("/api")
+    print(json.dumps({"ui": ui, **{k: v for k, v in vars(stack).items() if k != "dir"}}, indent=2))
+    print(f"""
+Prefect UI: {ui}   (everything below runs against it: export PREFECT_API_URL={stack.api_url})
+1. each site prepares its data on its own worker:
+   prefect deployment run 'site-prepare/<site>-prepare' --watch  (sites: {" ".join(stack.sites)})
+2. the federation:
+   prefect deployment run 'coordinator/coordinator' --watch
+stop everything: fedchem stack down --dir {directory}""")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedchem", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,6 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_prepare)
+    sk = sub.add_parser(
+        "stack",
+        help="a real multi-site deployment on this machine: up or down",
+        description="up: Prefect server, S3-compatible hub server, one worker per site (its "
+        "own data only) and a coordinator worker, deployed from a generated prefect.yaml. "
+        "down: stop every process up started, by pid.",
+    )
+    sk.add_argument("action", choices=["up", "down"])
+    sk.add_argument("--dir", default="./fedchem-stack", help="state, logs and site files")
+    sk.add_argument("--sites", type=int, default=2)
+    sk.add_argument("--rounds", type=int, default=2)
+    sk.add_argument("--dataset", help="wide CSV to split into sites (default: bundled Tox21)")
+    sk.add_argument("--database-url", help="Postgres for the Prefect server (default: SQLite)")
+    sk.add_argument("--run-id", default="stack-run")
+    sk.set_defaults(func=_stack)
     return p
 
 

@@ -6,16 +6,25 @@ that names the key instead of a setting silently ignored.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "STRATEGY_NAMES",
     "ChemConfig",
     "ConfigFileError",
+    "DeploymentConfig",
     "FedAdamConfig",
     "FedAvgConfig",
     "FedAvgMConfig",
@@ -23,10 +32,12 @@ __all__ = [
     "FedYogiConfig",
     "FederationConfig",
     "KrumConfig",
+    "LabelConfig",
     "MedianConfig",
     "ModelConfig",
     "PrepareConfig",
     "SiteConfig",
+    "SiteRef",
     "StandardizeConfig",
     "StrategyConfig",
     "TaskSpec",
@@ -34,6 +45,8 @@ __all__ = [
     "TrimmedMeanConfig",
     "load_config",
     "load_federation_config",
+    "resolve_site",
+    "site_from_env",
 ]
 
 
@@ -58,6 +71,26 @@ class StandardizeConfig(_Strict):
     max_tautomers: int = Field(256, ge=1, description="tautomer enumeration bound")
 
 
+class LabelConfig(_Strict):
+    """From measurements to tasks: automatic thresholds and task quorum (MELLODDY's rules).
+
+    Quorum defaults are off (0) so small demo sites keep their tasks; MELLODDY used 25 actives
+    and 25 inactives per classification task, 50 points with 25 uncensored per regression task.
+    """
+
+    auto_thresholds: tuple[float, ...] = Field(
+        (8.0, 7.0, 6.0, 5.0, 4.7, 4.4),
+        description="tried in order for continuous assays without a threshold that the "
+        "catalogue declares as classification",
+    )
+    auto_min_active_fraction: float = Field(0.2, ge=0, le=1)
+    auto_min_per_class: int = Field(25, ge=0)
+    min_actives: int = Field(0, ge=0, description="classification quorum per task and site")
+    min_inactives: int = Field(0, ge=0)
+    min_regression_points: int = Field(0, ge=0, description="regression quorum per task and site")
+    min_uncensored: int = Field(0, ge=0)
+
+
 class ChemConfig(_Strict):
     """What every site must compute identically (the consortium's pinned pipeline).
 
@@ -66,6 +99,7 @@ class ChemConfig(_Strict):
     """
 
     standardize: StandardizeConfig = StandardizeConfig()
+    labels: LabelConfig = LabelConfig()
     featurizer: str = Field(
         "morgan",
         description="a registered featurizer name (morgan, morgan_counts, fcfp, atom_pair) "
@@ -94,6 +128,7 @@ class TaskSpec(_Strict):
 
     name: str
     kind: Literal["classification", "regression"]
+    weight: float = Field(1.0, gt=0, description="the task's weight in the training loss")
 
 
 class ModelConfig(_Strict):
@@ -207,12 +242,41 @@ STRATEGY_NAMES: tuple[str, ...] = tuple(
 )
 
 
+class SiteRef(_Strict):
+    """A site known by name only: its data location lives at the site (deployed mode).
+
+    The site's worker finds its own :class:`SiteConfig` through ``FEDCHEM_SITE_CONFIG``.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class DeploymentConfig(_Strict):
+    """How the coordinator reaches sites in deployed mode: one deployment per site and flow."""
+
+    site_round: str = Field(
+        "site-round/{site}-round", description="deployment of a site's round; {site}: its name"
+    )
+    round_deadline_s: float = Field(900.0, gt=0, description="how long a round waits for sites")
+    min_sites: int | None = Field(
+        None, ge=1, description="quorum: fewest replies a round commits with (default: all)"
+    )
+    poll_interval_s: float = Field(1.0, gt=0)
+
+
 class FederationConfig(_Strict):
-    """The coordinator's view: sites by name, the task catalogue, rounds, model and training."""
+    """The coordinator's view: sites by name, the task catalogue, rounds, model and training.
+
+    ``mode: local`` runs every site's flow as a subflow in this process (simulation; sites are
+    full :class:`SiteConfig`); ``mode: deployed`` triggers each site's own deployment on its own
+    work pool, and sites may be named only (:class:`SiteRef`).
+    """
 
     run_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     hub_url: str
-    sites: list[SiteConfig]
+    mode: Literal["local", "deployed"] = "local"
+    deployment: DeploymentConfig = DeploymentConfig()
+    sites: list[SiteConfig | SiteRef]
     tasks: list[TaskSpec]
     rounds: int = Field(10, ge=1)
     chem: ChemConfig = ChemConfig()
@@ -225,13 +289,31 @@ class FederationConfig(_Strict):
 
     @field_validator("sites")
     @classmethod
-    def _unique_sites(cls, v: list[SiteConfig]) -> list[SiteConfig]:
+    def _unique_sites(cls, v: list[SiteConfig | SiteRef]) -> list[SiteConfig | SiteRef]:
         names = [s.name for s in v]
         if len(set(names)) != len(names):
             raise ValueError(f"site names must be unique, got {names}")
         if not v:
             raise ValueError("a federation needs at least one site")
         return v
+
+    @model_validator(mode="after")
+    def _local_mode_needs_site_configs(self) -> FederationConfig:
+        if self.mode == "local":
+            named = [s.name for s in self.sites if not isinstance(s, SiteConfig)]
+            if named:
+                raise ValueError(f"mode 'local' needs each site's full config; only names: {named}")
+        q = self.deployment.min_sites
+        if q is not None and q > len(self.sites):
+            raise ValueError(f"deployment.min_sites={q} exceeds the {len(self.sites)} sites")
+        return self
+
+    @property
+    def site_names(self) -> list[str]:
+        return [s.name for s in self.sites]
+
+    def quorum(self) -> int:
+        return self.deployment.min_sites or len(self.sites)
 
 
 class PrepareConfig(_Strict):
@@ -283,6 +365,31 @@ def load_config(path: Path, model: type[_M]) -> _M:
             f"  {'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg']}" for e in exc.errors()
         ]
         raise ConfigFileError(f"{path}: {exc.error_count()} error(s)\n" + "\n".join(lines)) from exc
+
+
+#: where a site's worker finds its own config (a YAML with a ``site:`` section)
+SITE_CONFIG_ENV = "FEDCHEM_SITE_CONFIG"
+
+
+def site_from_env(name: str) -> SiteConfig:
+    """The config of site ``name`` from ``$FEDCHEM_SITE_CONFIG`` (the site's own worker).
+
+    The coordinator never holds a site's paths; a worker configured for another site refuses.
+    """
+    path = os.environ.get(SITE_CONFIG_ENV)
+    if not path:
+        raise ConfigFileError(
+            f"site {name!r} was named without its config and ${SITE_CONFIG_ENV} is not set: "
+            "run site flows on the site's own worker"
+        )
+    site = load_config(Path(path), PrepareConfig).site
+    if site.name != name:
+        raise ConfigFileError(f"this worker serves site {site.name!r}, not {name!r} ({path})")
+    return site
+
+
+def resolve_site(site: SiteConfig | SiteRef) -> SiteConfig:
+    return site if isinstance(site, SiteConfig) else site_from_env(site.name)
 
 
 def load_federation_config(path: Path) -> FederationConfig:

@@ -134,3 +134,21 @@ def test_featurize_many_through_the_cache_keeps_input_order_and_repeats(tmp_path
         out.indices[out.indptr[0] : out.indptr[1]].tolist()
         == out.indices[out.indptr[2] : out.indptr[3]].tolist()
     )
+
+
+@pytest.mark.slow
+def test_an_existing_dask_scheduler_by_address_gives_the_same_result(tmp_path: Path):
+    from distributed import LocalCluster
+
+    smiles = pd.read_csv(bundled_dataset())["smiles"].head(300).tolist()
+    chem = ChemConfig(fp_size=512)
+    local = featurize_many(smiles, chem, b"k", n_workers=1)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:  # fmt: skip
+        seen: list[tuple[int, int]] = []
+        remote = featurize_many(smiles, chem, b"k", partition_rows=100, cache_dir=tmp_path,
+                                dask_address=cluster.scheduler_address,
+                                progress=lambda d, t: seen.append((d, t)))  # fmt: skip
+    assert remote.canonical == local.canonical and remote.reason == local.reason
+    assert np.array_equal(remote.indices, local.indices) and np.array_equal(remote.fold, local.fold)
+    assert seen[-1][0] == seen[-1][1] >= 3

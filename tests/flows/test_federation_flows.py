@@ -17,6 +17,7 @@ import pytest
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
+from fedchem.chem.consistency import ConsistencyError
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig
 from fedchem.demo.sites import bundled_dataset, split_into_sites
 from fedchem.storage.hub import HubLayout, HubStore
@@ -105,6 +106,31 @@ def test_two_sites_two_rounds_through_prefect(
     for s in private:
         assert s.encode() not in blob, "a site's row reached the hub"
         assert s not in returned and s not in logs
+
+    # site preparation showed its progress in the UI (counts only)
+    artifact = asyncio.run(_artifact("prepare-site-a"))
+    assert artifact is not None and artifact["type"] == "progress" and artifact["data"] == 100.0
+
+    # a site whose pipeline disagrees (here: another key) stops the next federation
+    prepared = HubLayout.site_prepared("site-b")
+    doc = hub.get_json(prepared)
+    doc["consistency"]["key"] = "0" * 16
+    hub.put_json(prepared, doc)
+    with pytest.raises(ConsistencyError, match="site site-b differs on key"):
+        coordinator(config.model_copy(update={"run_id": "t2"}))
+    assert not hub.exists(HubLayout("t2").round_manifest(0))
+
+
+async def _artifact(key: str) -> dict | None:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:  # the REST filter (the 3.8 client sends nulls it rejects)
+        resp = await client._client.post(
+            "/artifacts/filter",
+            json={"artifacts": {"key": {"any_": [key]}}, "limit": 5, "sort": "UPDATED_DESC"},
+        )
+        found = resp.json()
+        return found[0] if found else None
 
 
 def test_demo_flow_writes_the_comparison(prefect_api: None, tiny_dataset: Path, tmp_path: Path):

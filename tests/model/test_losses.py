@@ -36,3 +36,17 @@ def test_multitask_loss_averages_over_observed_labels_only():
     loss, n = multitask_loss(out, y, censor, is_reg, torch.zeros(2), torch.ones(2))
     assert n == 2
     assert math.isclose(float(loss), (math.log(2) + 0.25) / 2, rel_tol=1e-6)
+
+
+def test_task_weights_scale_each_tasks_terms():
+    out = torch.tensor([[0.0, 1.0]])
+    y = torch.tensor([[1.0, 3.0]])
+    censor = torch.zeros(1, 2, dtype=torch.int8)
+    is_reg = torch.tensor([False, True])
+    mean, std = torch.zeros(2), torch.ones(2)
+    plain, n = multitask_loss(out, y, censor, is_reg, mean, std)
+    ones, _ = multitask_loss(out, y, censor, is_reg, mean, std, torch.ones(2))
+    weighted, _ = multitask_loss(out, y, censor, is_reg, mean, std, torch.tensor([2.0, 0.5]))
+    assert n == 2 and math.isclose(float(plain), float(ones), rel_tol=1e-6)
+    # (2 * ln 2 + 0.5 * (1 - 3)^2) / 2 labels
+    assert math.isclose(float(weighted), (2 * math.log(2) + 0.5 * 4.0) / 2, rel_tol=1e-6)

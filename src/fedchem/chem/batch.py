@@ -249,7 +249,7 @@ def _run_tasks(tasks: list[Any], n_workers: int, dask_address: str | None,
                     progress(done, total)
         return
     with _Counter(total, progress):
-        if n_workers == 1:
+        if n_workers == 1 or len(tasks) == 1:  # one partition: no process start-up to pay
             dask.compute(*tasks, scheduler="synchronous")
         else:
             with dask.config.set({"multiprocessing.context": "spawn"}):

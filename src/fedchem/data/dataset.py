@@ -37,6 +37,8 @@ class SiteDataset:
     fp_size: int
     values: np.ndarray | None = None
     """``nnz`` float32 feature values (count featurizers); ``None`` means every value is 1."""
+    task_weights: np.ndarray | None = None
+    """``T`` float32 loss weights from the task catalogue; ``None`` means all 1."""
 
     def __post_init__(self) -> None:
         n = len(self.fold)
@@ -62,6 +64,7 @@ class SiteDataset:
             indptr=indptr,
             indices=self.indices[take],
             values=self.values[take] if self.values is not None else None,
+            task_weights=self.task_weights,
             fold=self.fold[rows],
             y=self.y[rows],
             censor=self.censor[rows],
@@ -94,6 +97,7 @@ class SiteDataset:
             task_kinds=np.array(self.task_kinds, dtype=str),
             fp_size=np.array(self.fp_size),
             **({"values": self.values} if self.values is not None else {}),  # type: ignore[arg-type]
+            **({"task_weights": self.task_weights} if self.task_weights is not None else {}),  # type: ignore[arg-type]
         )
         tmp.replace(path)
         return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -111,6 +115,7 @@ class SiteDataset:
                 task_kinds=tuple(str(t) for t in z["task_kinds"]),
                 fp_size=int(z["fp_size"]),
                 values=z["values"] if "values" in z.files else None,
+                task_weights=z["task_weights"] if "task_weights" in z.files else None,
             )
 
     @classmethod
@@ -131,6 +136,7 @@ class SiteDataset:
             task_names=first.task_names,
             task_kinds=first.task_kinds,
             fp_size=first.fp_size,
+            task_weights=first.task_weights,
             values=(
                 np.concatenate([p.values if p.values is not None
                                 else np.ones(p.indices.size, np.float32) for p in parts])

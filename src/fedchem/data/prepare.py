@@ -57,6 +57,8 @@ class PrepareReport(BaseModel):
     labels_per_task: dict[str, int]
     label_stats: dict[str, dict[str, float]]
     dataset_sha256: str
+    auto_thresholds: dict[str, float] = Field(default_factory=dict)
+    tasks_below_quorum: dict[str, str] = Field(default_factory=dict)
     consistency: dict[str, str] = Field(
         default_factory=dict,
         description="hashes of the reference set's output, config, versions, key fingerprint",
@@ -160,9 +162,13 @@ def prepare_site(
         quarantined=int(std_bad.sum()),
     )  # fmt: skip
 
-    labelled = rows.loc[~std_bad, ["source_row", "assay_id", "value", "qualifier"]].copy()
+    labelled = rows.loc[
+        ~std_bad, ["source_row", "compound_id", "assay_id", "value", "qualifier", "unit"]
+    ].copy()
     labelled["mol"] = row_parent[~std_bad]
-    tasks = build_tasks(labelled, assays.accepted, catalogue, n_molecules=len(parents))
+    tasks = build_tasks(
+        labelled, assays.accepted, catalogue, n_molecules=len(parents), rules=chem.labels
+    )
 
     # keep only molecules with at least one label
     has_label = np.isfinite(tasks.y).any(axis=1)
@@ -172,6 +178,7 @@ def prepare_site(
         indptr=indptr,
         indices=feats.indices[take],
         values=feats.values[take] if feats.values is not None else None,
+        task_weights=np.array([t.weight for t in catalogue], dtype=np.float32),
         fold=feats.fold[keep],
         y=tasks.y[has_label],
         censor=tasks.censor[has_label],
@@ -213,6 +220,8 @@ def prepare_site(
         label_stats=regression_label_stats(dataset, chem),
         dataset_sha256=sha,
         consistency=consistency_report(chem, key),
+        auto_thresholds=tasks.auto_thresholds,
+        tasks_below_quorum=tasks.below_quorum,
         seconds=time.perf_counter() - start,
     )
     if len(raw) and rows_q / len(raw) > site.max_quarantine_fraction:

@@ -12,12 +12,12 @@ points the same way, else dropped as conflicting. Every dropped row gets its rea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from fedchem.config import TaskSpec
+from fedchem.config import LabelConfig, TaskSpec
 from fedchem.contracts.validate import RowAccount
 from fedchem.data.dataset import CENSOR_CODES
 
@@ -32,6 +32,10 @@ class TaskTable:
     censor: np.ndarray
     quarantine: pd.DataFrame
     account: RowAccount
+    auto_thresholds: dict[str, float] = field(default_factory=dict)
+    """thresholds chosen by the automatic rule, per assay (aggregate metadata)"""
+    below_quorum: dict[str, str] = field(default_factory=dict)
+    """tasks whose labels were dropped at this site, with why"""
 
 
 def _task_kind(assay_type: pd.Series, threshold: pd.Series) -> pd.Series:
@@ -59,16 +63,34 @@ def catalogue_from_assays(assays: pd.DataFrame) -> list[TaskSpec]:
     ]
 
 
+def _auto_threshold(values: pd.Series, rules: LabelConfig) -> float | None:
+    """The first candidate giving enough actives (as a fraction) and enough of each class."""
+    v = values.to_numpy(dtype=float)
+    for t in rules.auto_thresholds:
+        active = int((v >= t).sum())
+        inactive = len(v) - active
+        if (
+            len(v)
+            and active / len(v) >= rules.auto_min_active_fraction
+            and min(active, inactive) >= rules.auto_min_per_class
+        ):
+            return float(t)
+    return None
+
+
 def build_tasks(
-    rows: pd.DataFrame, assays: pd.DataFrame, catalogue: Sequence[TaskSpec], n_molecules: int
-) -> TaskTable:
-    """``rows``: source_row, mol, assay_id, value, qualifier (validated, standardized).
+    rows: pd.DataFrame, assays: pd.DataFrame, catalogue: Sequence[TaskSpec], n_molecules: int,
+    rules: LabelConfig | None = None,
+) -> TaskTable:  # fmt: skip
+    """``rows``: source_row, mol, assay_id, value, qualifier, optionally compound_id and unit.
 
     ``assays``: the accepted assay table. ``mol`` indexes the site's unique molecules.
     """
+    rules = rules or LabelConfig()
     task_index = {t.name: i for i, t in enumerate(catalogue)}
     kinds = {t.name: t.kind for t in catalogue}
-    info = assays.set_index("assay_id")[["assay_type", "threshold", "direction"]]
+    cols = ["assay_type", "threshold", "direction"] + (["unit"] if "unit" in assays else [])
+    info = assays.set_index("assay_id")[cols].rename(columns={"unit": "assay_unit"})
     df = rows.join(info, on="assay_id")
     df["censor"] = df["qualifier"].map(CENSOR_CODES).astype("int8")
     df["kind"] = _task_kind(df["assay_type"], df["threshold"])
@@ -79,7 +101,23 @@ def build_tasks(
         reason.loc[new] = text if isinstance(text, str) else text[new]
 
     drop(~df["assay_id"].isin(task_index), "assay is not in the federation's task catalogue")
+    if "unit" in df and "assay_unit" in df:
+        mu = df["unit"].fillna("").astype(str).str.strip()
+        au = df["assay_unit"].fillna("").astype(str).str.strip()
+        drop((mu != "") & (au != "") & (mu != au),
+             "unit '" + mu + "' does not match the assay's unit '" + au + "'")  # fmt: skip
+    if "compound_id" in df:
+        key = ["compound_id", "assay_id", "value", "qualifier"] + (["unit"] if "unit" in df else [])
+        live = df[reason.isna()]
+        dup = live.duplicated(subset=key, keep="first").reindex(df.index, fill_value=False)
+        drop(dup, "duplicate of an earlier row (same compound, assay, value and qualifier)")
     expected = df["assay_id"].map(kinds)
+    # a continuous assay without threshold that the catalogue wants as classification gets an
+    # automatic threshold (MELLODDY's rule) from this site's exact values
+    auto = (
+        df["assay_type"].eq("continuous") & df["threshold"].isna() & expected.eq("classification")
+    )
+    df.loc[auto, "kind"] = "classification"
     drop(
         expected.notna() & (expected != df["kind"]),
         "assay makes a " + df["kind"] + " task but the catalogue says " + expected.fillna(""),
@@ -88,8 +126,22 @@ def build_tasks(
     drop(binary & ~df["value"].isin([0.0, 1.0]), "binary assay value is not 0 or 1")
     drop(binary & df["censor"].ne(0), "censored value in a binary assay")
 
+    auto_thresholds: dict[str, float] = {}
+    for assay in df.loc[auto & reason.isna(), "assay_id"].unique():
+        mine = auto & reason.isna() & df["assay_id"].eq(assay)
+        sign = np.where(df.loc[mine, "direction"].eq("lower_is_active"), -1.0, 1.0)
+        exact = (df.loc[mine, "value"] * sign)[df.loc[mine, "censor"].eq(0)]
+        t = _auto_threshold(exact, rules)
+        if t is None:
+            drop(mine, f"no automatic threshold in {list(rules.auto_thresholds)} gives "
+                       f">= {rules.auto_min_active_fraction:.0%} actives and "
+                       f">= {rules.auto_min_per_class} per class")  # fmt: skip
+            continue
+        auto_thresholds[str(assay)] = t
+        df.loc[mine, "threshold"] = t * sign  # back in the assay's own orientation
+
     df["label"] = df["value"].astype("float32")
-    thr = df["assay_type"].eq("continuous") & df["threshold"].notna()
+    thr = df["assay_type"].eq("continuous") & df["threshold"].notna() & reason.isna()
     if thr.any():
         lab, amb = _threshold_labels(df[thr])
         df.loc[thr, "label"] = lab
@@ -133,6 +185,13 @@ def build_tasks(
                 y[mol, task] = series.to_numpy(dtype=np.float32)
                 censor[mol, task] = code
 
+    below = _quorum(y, censor, catalogue, rules)
+    for name, why in below.items():
+        j = task_index[name]
+        y[:, j] = np.nan
+        censor[:, j] = 0
+        drop(df["assay_id"].eq(name), f"task below quorum at this site: {why}")
+
     bad = reason.notna()
     quarantine = pd.DataFrame(
         {"source_row": df.loc[bad, "source_row"].to_numpy(), "step": "tasks",
@@ -141,4 +200,28 @@ def build_tasks(
     account = RowAccount(
         step="tasks", rows_in=len(df), accepted=int((~bad).sum()), quarantined=int(bad.sum())
     )
-    return TaskTable(y=y, censor=censor, quarantine=quarantine, account=account)
+    return TaskTable(y=y, censor=censor, quarantine=quarantine, account=account,
+                     auto_thresholds=auto_thresholds, below_quorum=below)  # fmt: skip
+
+
+def _quorum(
+    y: np.ndarray, censor: np.ndarray, catalogue: Sequence[TaskSpec], rules: LabelConfig
+) -> dict[str, str]:
+    """Tasks that miss the quorum, with the counts that miss it (aggregates only)."""
+    out: dict[str, str] = {}
+    for j, task in enumerate(catalogue):
+        col = y[:, j]
+        seen = np.isfinite(col)
+        if not seen.any():
+            continue
+        if task.kind == "classification":
+            act, inact = int((col[seen] == 1).sum()), int((col[seen] == 0).sum())
+            if act < rules.min_actives or inact < rules.min_inactives:
+                out[task.name] = (f"{act} actives / {inact} inactives, needs "
+                                  f"{rules.min_actives} / {rules.min_inactives}")  # fmt: skip
+        else:
+            n, exact = int(seen.sum()), int((seen & (censor[:, j] == 0)).sum())
+            if n < rules.min_regression_points or exact < rules.min_uncensored:
+                need = f"{rules.min_regression_points} ({rules.min_uncensored})"
+                out[task.name] = f"{n} values ({exact} uncensored), needs {need}"
+    return out

@@ -8,16 +8,24 @@ import torch.nn.functional as F
 __all__ = ["censored_mse", "masked_bce", "multitask_loss"]
 
 
-def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum of BCE-with-logits over entries where ``mask``; unobserved labels contribute 0."""
+def masked_bce(
+    logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum of BCE-with-logits over entries where ``mask``; unobserved labels contribute 0.
+
+    ``weight`` (per task, broadcast over the batch) scales each task's terms.
+    """
     target = torch.where(mask, y, torch.zeros_like(y))
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if weight is not None:
+        loss = loss * weight
     return (loss * mask).sum()
 
 
 def censored_mse(
-    pred: torch.Tensor, y: torch.Tensor, censor: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
+    pred: torch.Tensor, y: torch.Tensor, censor: torch.Tensor, mask: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Sum of squared errors where ``mask``; a bound is only penalised when violated.
 
     ``censor`` 0: exact; -1: the true value is at most ``y`` (``<``), so only ``pred > y``
@@ -27,7 +35,8 @@ def censored_mse(
     r = pred - target
     r = torch.where(censor < 0, torch.clamp(r, min=0), r)
     r = torch.where(censor > 0, torch.clamp(r, max=0), r)
-    return (r.square() * mask).sum()
+    sq = r.square() if weight is None else r.square() * weight
+    return (sq * mask).sum()
 
 
 def multitask_loss(
@@ -37,17 +46,25 @@ def multitask_loss(
     is_regression: torch.Tensor,
     y_mean: torch.Tensor,
     y_std: torch.Tensor,
+    task_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Mean loss over the observed labels of a batch, and how many there were.
 
     ``y`` holds raw labels with NaN where unobserved; regression labels are standardized with
-    ``y_mean``/``y_std`` so both kinds of task weigh alike.
+    ``y_mean``/``y_std`` so both kinds of task weigh alike; ``task_weights`` (``T``) scale
+    each task's terms.
     """
     observed = torch.isfinite(y)
     reg = observed & is_regression
     cls = observed & ~is_regression
     y_std_safe = torch.where(y_std > 0, y_std, torch.ones_like(y_std))
     y_reg = (torch.nan_to_num(y) - y_mean) / y_std_safe
-    total = masked_bce(out, torch.nan_to_num(y), cls) + censored_mse(out, y_reg, censor, reg)
+    if task_weights is not None:
+        w = task_weights.to(out.dtype)
+        total = masked_bce(out, torch.nan_to_num(y), cls, w) + censored_mse(
+            out, y_reg, censor, reg, w
+        )
+    else:
+        total = masked_bce(out, torch.nan_to_num(y), cls) + censored_mse(out, y_reg, censor, reg)
     n = int(observed.sum())
     return total / max(n, 1), n

@@ -57,6 +57,11 @@ def train_epochs(
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     is_reg = torch.tensor([k == "regression" for k in ds.task_kinds], device=device)
+    weights = (
+        torch.from_numpy(ds.task_weights).to(device)
+        if ds.task_weights is not None and not np.all(ds.task_weights == 1)
+        else None
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     start = time.perf_counter()
@@ -64,7 +69,7 @@ def train_epochs(
     for _ in range(epochs):
         for b in iter_batches(ds, cfg.batch_size, rng, device):
             out = model(b.indices, b.offsets, b.weights)
-            loss, n = multitask_loss(out, b.y, b.censor, is_reg, model.y_mean, model.y_std)
+            loss, n = multitask_loss(out, b.y, b.censor, is_reg, model.y_mean, model.y_std, weights)
             if n == 0:
                 continue
             data_loss = float(loss.detach())

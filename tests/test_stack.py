@@ -1,0 +1,141 @@
+"""The real deployment on one machine: Prefect server, S3 server, a worker per site, 2 x 2 rounds.
+
+Everything goes through the Prefect CLI a CI pipeline would use (``prefect deployment run
+... --watch``); the test stops every process it started, by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import s3fs
+import yaml
+
+from fedchem.config import ChemConfig, TaskSpec
+from fedchem.demo.sites import bundled_dataset
+from fedchem.stack import S3_KEY, S3_SECRET, Stack, render_prefect_yaml, stack_down, stack_up
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("stack")
+    data = base / "tiny.csv"
+    pd.read_csv(bundled_dataset()).head(300).to_csv(data, index=False)
+    st = stack_up(base / "state", data, n_sites=2, rounds=2, chem=ChemConfig(fp_size=512))
+    try:
+        yield st
+    finally:
+        stack_down(base / "state")
+        assert [name for name, pid in st.pids.items() if _running(pid)] == []
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _run(
+    stack: Stack, deployment: str, *extra: str, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    exe = str(Path(sys.executable).with_name("prefect"))
+    return subprocess.run([exe, "deployment", "run", deployment, "--watch", *extra],
+                          env=stack.env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def _hub(stack: Stack) -> s3fs.S3FileSystem:
+    return s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET,
+                             client_kwargs={"endpoint_url": stack.s3_endpoint})  # fmt: skip
+
+
+def test_sites_prepare_then_two_rounds_commit_on_s3(stack: Stack):
+    for site in stack.sites:
+        res = _run(stack, f"site-prepare/{site}-prepare")
+        assert res.returncode == 0, res.stdout + res.stderr
+    res = _run(stack, "coordinator/coordinator")
+    assert res.returncode == 0, res.stdout + res.stderr
+    fs = _hub(stack)
+    root = "fedchem-hub/hub/runs/stack-run/rounds"
+    manifests = [json.loads(fs.cat(f"{root}/{r:04d}/manifest.json")) for r in (0, 1, 2)]
+    assert [m["round"] for m in manifests] == [0, 1, 2]
+    for m in manifests[1:]:
+        assert m["sites"] == stack.sites and m["missing"] == []
+        assert fs.exists(f"fedchem-hub/hub/{m['global_path']}")
+    for site in stack.sites:
+        assert fs.exists(f"{root}/0002/sites/{site}/update.npz")
+    # the hub holds models and manifests only: no SMILES or compound id of any site
+    blob = b"".join(fs.cat(p) for p in fs.find("fedchem-hub/hub"))
+    for site in stack.sites:
+        rows = pd.read_csv(Path(stack.dir) / "sites" / site / "measurements.csv", dtype=str)
+        for s in set(rows["smiles"]) | set(rows["compound_id"]):
+            if len(s) >= 6:
+                assert s.encode() not in blob
+
+
+def test_each_site_worker_sees_only_its_own_data(stack: Stack):
+    for site in stack.sites:
+        env = Path(f"/proc/{stack.pids[f'worker-{site}']}/environ").read_bytes().split(b"\0")
+        mine = [e for e in env if e.startswith(b"FEDCHEM_SITE_CONFIG=")]
+        assert mine == [
+            f"FEDCHEM_SITE_CONFIG={Path(stack.dir) / 'sites' / site / 'site.yaml'}".encode()
+        ]
+        others = [o for o in stack.sites if o != site]
+        assert not any(f"/sites/{o}/".encode() in e for e in env for o in others)
+    coord = Path(f"/proc/{stack.pids['worker-coordinator']}/environ").read_bytes()
+    assert b"FEDCHEM_SITE_CONFIG" not in coord and b"/sites/" not in coord
+
+
+def test_a_site_down_does_not_block_the_federation(stack: Stack):
+    # stop site-b's worker; with a quorum of 1 the round waits until its deadline, then
+    # commits with site-a and records site-b as missing
+    pid = stack.pids[f"worker-{stack.sites[1]}"]
+    os.killpg(pid, signal.SIGTERM)
+    os.killpg(pid, signal.SIGTERM)
+    params = yaml.safe_load((Path(stack.dir) / "prefect.yaml").read_text())
+    config = next(d for d in params["deployments"] if d["name"] == "coordinator")["parameters"][
+        "config"
+    ]
+    quorum_1 = {**config["deployment"], "min_sites": 1, "round_deadline_s": 20}
+    config = {**config, "run_id": "degraded", "rounds": 1, "deployment": quorum_1}
+    res = _run(stack, "coordinator/coordinator", "--params", json.dumps({"config": config}))
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = json.loads(_hub(stack).cat("fedchem-hub/hub/runs/degraded/rounds/0001/manifest.json"))
+    assert m["sites"] == [stack.sites[0]] and m["missing"] == [stack.sites[1]]
+    # without the quorum the run fails (exit code 1) and commits nothing for the round
+    quorum_2 = {**config["deployment"], "min_sites": 2, "round_deadline_s": 10}
+    strict = {**config, "run_id": "strict", "deployment": quorum_2}
+    res = _run(stack, "coordinator/coordinator", "--params", json.dumps({"config": strict}))
+    assert res.returncode == 1
+    assert not _hub(stack).exists("fedchem-hub/hub/runs/strict/rounds/0001/manifest.json")
+
+
+def test_committed_prefect_yaml_is_what_the_renderer_writes():
+    committed = (REPO / "deployments" / "prefect.yaml").read_text()
+    tasks = [TaskSpec(name=n, kind="classification") for n in ("NR-AR", "SR-p53")]
+    from fedchem.stack import federation_defaults
+
+    fed = federation_defaults(["site-a", "site-b"], tasks, ChemConfig(), 10,
+                              "{{ $FEDCHEM_HUB_URL }}", "weekly")  # fmt: skip
+    assert committed == render_prefect_yaml(["site-a", "site-b"], ChemConfig(), tasks, fed)
+    doc = yaml.safe_load(committed)
+    pools = {d["name"]: d["work_pool"]["name"] for d in doc["deployments"]}
+    assert pools == {"site-a-prepare": "site-a", "site-a-round": "site-a",
+                     "site-b-prepare": "site-b", "site-b-round": "site-b",
+                     "coordinator": "coordinator"}  # fmt: skip
+    coord = next(d for d in doc["deployments"] if d["name"] == "coordinator")
+    assert coord["schedules"][0]["active"] is False
