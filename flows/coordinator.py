@@ -78,6 +78,7 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
     for rnd in range(1, config.rounds + 1):
         if rnd > 1:  # a site may have re-prepared since: no round starts while sites disagree
             read_prepare_reports(config.hub_url, config.site_names)
+        started_at = time.time()
         fit = strategy.configure_fit(rnd)
         missing: dict[str, str] = {}
         if config.mode == "local":
@@ -91,8 +92,10 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
                     f"round {rnd}: {len(replies)} of {len(config.sites)} sites replied, quorum "
                     f"is {config.quorum()}; missing: {missing}. Committed rounds stay intact."
                 )
-        manifest = aggregate(config.hub_url, config.run_id, rnd, replies, config.strategy,
-                             sorted(missing))  # fmt: skip
+        manifest = aggregate(
+            config.hub_url, config.run_id, rnd, replies, config.strategy, sorted(missing),
+            started_at,
+        )  # fmt: skip
         committed.append(manifest)
         create_table_artifact(
             key=_key(config.run_id, f"round-{rnd:02d}"),

@@ -55,10 +55,10 @@ def start(config: FederationConfig, reports: list[PrepareReport]) -> RoundManife
 @task(cache_policy=NO_CACHE)
 def aggregate(
     hub_url: str, run_id: str, rnd: int, replies: list[SiteUpdateManifest],
-    strategy: StrategyConfig, failures: list[str],
+    strategy: StrategyConfig, failures: list[str], started_at: float | None = None,
 ) -> RoundManifest:  # fmt: skip
     manifest = coord.aggregate_round(
-        HubStore(hub_url), run_id, rnd, replies, build_strategy(strategy), failures
+        HubStore(hub_url), run_id, rnd, replies, build_strategy(strategy), failures, started_at
     )
     get_run_logger().info(
         "round %d committed (%s): %d sites, %d examples, global %s, valid %s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from prefect import get_run_logger, task
@@ -18,10 +19,12 @@ from fedchem.config import (
     TrainConfig,
     resolve_site,
 )
-from fedchem.data.prepare import PrepareReport, prepare_site
 from fedchem.federation import site as site_lib
 from fedchem.federation.manifest import EvalReport, FitInstructions, SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
+
+if TYPE_CHECKING:
+    from fedchem.data.prepare import PrepareReport
 
 __all__ = [
     "evaluate_global",
@@ -59,6 +62,10 @@ class _ArtifactProgress:
 def prepare(
     site: SiteConfig | SiteRef, chem: ChemConfig, tasks: list[TaskSpec] | None
 ) -> PrepareReport:
+    from fedchem.data.prepare import (
+        prepare_site,  # RDKit + Dask: only the preparing step needs them
+    )
+
     site = resolve_site(site)  # deployed: the site's own config, from its worker's environment
     report = prepare_site(site, chem, tasks, progress=_ArtifactProgress(site.name))
     get_run_logger().info(

@@ -1,6 +1,5 @@
-"""Site data: from validated measurements to a training-ready ``SiteDataset``."""
+"""Site data: from validated measurements to a training-ready ``SiteDataset``.
 
-from fedchem.data.dataset import SiteDataset
-from fedchem.data.tasks import TaskTable, build_tasks
-
-__all__ = ["SiteDataset", "TaskTable", "build_tasks"]
+Import the submodules directly (``fedchem.data.dataset``, ``.prepare``, ``.tasks``): a site's
+training round loads only what it needs, not the preparation stack (RDKit, Dask, pandas).
+"""

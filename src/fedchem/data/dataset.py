@@ -6,11 +6,13 @@ It stays at the site. It holds no SMILES or compound ids, only what training nee
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fedchem.config import SiteConfig
 from fedchem.data.csr import csr_take
 
 __all__ = ["CENSOR_CODES", "SiteDataset"]
@@ -143,3 +145,13 @@ class SiteDataset:
                 if any(p.values is not None for p in parts) else None
             ),
         )  # fmt: skip
+
+
+def current_dataset_path(site: SiteConfig) -> Path:
+    """Where the latest prepared dataset of ``site`` lies (written by ``prepare_site``)."""
+    pointer = site.workdir / "prepared" / "current.json"
+    if not pointer.exists():
+        raise FileNotFoundError(
+            f"site {site.name} has no prepared data: run site preparation first"
+        )
+    return site.workdir / "prepared" / json.loads(pointer.read_text())["cache_key"] / "dataset.npz"

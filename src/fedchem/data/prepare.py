@@ -31,7 +31,7 @@ from fedchem.contracts import (
     validate_frame,
 )
 from fedchem.data.csr import csr_take
-from fedchem.data.dataset import SiteDataset
+from fedchem.data.dataset import SiteDataset, current_dataset_path
 from fedchem.data.tasks import build_tasks, catalogue_from_assays
 
 __all__ = ["PrepareReport", "current_dataset_path", "prepare_site", "read_key"]
@@ -89,16 +89,6 @@ def _cache_key(
     h.update(json.dumps(tasks).encode())
     h.update(json.dumps(pipeline_fingerprint(chem, key), sort_keys=True).encode())
     return h.hexdigest()[:24]
-
-
-def current_dataset_path(site: SiteConfig) -> Path:
-    """Where the latest prepared dataset of ``site`` lies (written by ``prepare_site``)."""
-    pointer = site.workdir / "prepared" / "current.json"
-    if not pointer.exists():
-        raise FileNotFoundError(
-            f"site {site.name} has no prepared data: run site preparation first"
-        )
-    return site.workdir / "prepared" / json.loads(pointer.read_text())["cache_key"] / "dataset.npz"
 
 
 def prepare_site(

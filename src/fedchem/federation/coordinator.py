@@ -7,6 +7,7 @@ reader that finds a round manifest always finds the model it describes.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -84,6 +85,7 @@ def _commit(
     n_examples: dict[str, int], valid: dict[str, dict[str, float]], *,
     server_state: StateArrays | None = None, missing: Sequence[str] = (),
     excluded: Sequence[str] = (), valid_score: dict[str, float] | None = None,
+    started_at: float | None = None,
 ) -> RoundManifest:  # fmt: skip
     """Write the model (and strategy state), then the manifest that commits them."""
     layout = HubLayout(run_id)
@@ -107,6 +109,7 @@ def _commit(
         n_examples=n_examples,
         valid_summary=valid,
         valid_score=valid_score or {},
+        round_seconds=None if started_at is None else time.time() - started_at,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     hub.put_json(layout.round_manifest(rnd), manifest.model_dump(mode="json"))
@@ -151,6 +154,7 @@ def start_run(
 def aggregate_round(
     hub: HubStore, run_id: str, rnd: int, replies: Sequence[SiteUpdateManifest],
     strategy: Strategy | None = None, failures: Sequence[str] = (),
+    started_at: float | None = None,
 ) -> RoundManifest:  # fmt: skip
     """Aggregate the sites' updates for round ``rnd`` with ``strategy`` (FedAvg), then commit.
 
@@ -180,4 +184,5 @@ def aggregate_round(
         missing=failures,
         excluded=[m.site for m in replies if m.site not in used],
         valid_score=strategy.evaluate(rnd, summaries, {m.site: m.n_examples for m in replies}),
+        started_at=started_at,
     )  # fmt: skip

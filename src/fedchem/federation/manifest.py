@@ -39,6 +39,9 @@ class SiteUpdateManifest(_Manifest):
     base_sha256: str = Field(description="hash of the global model this update started from")
     train_loss: float
     train_seconds: float
+    site_seconds: float = Field(
+        0.0, description="the whole site step: load, train, evaluate, upload"
+    )
     device: str
     valid: EvalReport
 
@@ -65,4 +68,5 @@ class RoundManifest(_Manifest):
     valid_score: dict[str, float] = Field(
         default_factory=dict, description="the strategy's example-weighted validation summary"
     )
+    round_seconds: float | None = Field(None, description="round start to commit, wall time")
     created_at: str

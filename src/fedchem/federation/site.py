@@ -6,13 +6,13 @@ Only the update (weights) and a manifest of counts and aggregate metrics reach t
 from __future__ import annotations
 
 import hashlib
+import time
 import zlib
 
 import torch
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
-from fedchem.data.dataset import SiteDataset
-from fedchem.data.prepare import current_dataset_path
+from fedchem.data.dataset import SiteDataset, current_dataset_path
 from fedchem.federation.manifest import (
     EvalReport,
     FitInstructions,
@@ -93,6 +93,7 @@ def run_site_round(
     ``fit`` carries what the coordinator's strategy asks of every site (e.g. FedProx's mu).
     """
     fit = fit or FitInstructions()
+    start = time.perf_counter()
     ds = load_site_dataset(site)
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
     valid = ds.folds([chem.valid_fold])
@@ -122,6 +123,7 @@ def run_site_round(
         base_sha256=base_sha,
         train_loss=stats.mean_loss,
         train_seconds=stats.seconds,
+        site_seconds=time.perf_counter() - start,
         device=stats.device,
         valid=report,
     )

@@ -8,9 +8,20 @@ A classification task is scored only with at least ``min_per_class`` of each cla
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 __all__ = ["average_precision", "r2", "rmse", "roc_auc", "score_tasks", "summarize"]
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties sharing their mean rank (what ROC-AUC's U statistic needs)."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    mean_rank = (starts + ends + 1) / 2.0  # ranks start..end-1 (0-based) → mean, 1-based
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
 
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -18,7 +29,7 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = pd.Series(p).rank(method="average").to_numpy()
+    ranks = _average_ranks(np.asarray(p, dtype=np.float64))
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
