@@ -50,6 +50,59 @@ def average_precision(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.sum((recall - prev_recall) * precision))
 
 
+def calibrated_average_precision(y: np.ndarray, p: np.ndarray, pi0: float = 0.5) -> float:
+    """PR-AUC with precision recomputed at a reference prevalence ``pi0`` (Siblini et al. 2020).
+
+    ``precision_c = TPR*pi0 / (TPR*pi0 + FPR*(1 - pi0))``: comparable across tasks and sites
+    whose prevalences differ; equals :func:`average_precision` when the prevalence is ``pi0``.
+    """
+    y = np.asarray(y, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(p, dtype=np.float64), kind="mergesort")
+    ys, ps = y[order], np.asarray(p, dtype=np.float64)[order]
+    last = np.r_[ps[1:] != ps[:-1], True]
+    tp, fp = np.cumsum(ys)[last], np.cumsum(~ys)[last]
+    tpr, fpr = tp / n_pos, fp / n_neg
+    precision = tpr * pi0 / (tpr * pi0 + fpr * (1 - pi0))
+    prev = np.r_[0.0, tpr[:-1]]
+    return float(np.sum((tpr - prev) * precision))
+
+
+def brier(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean squared difference between predicted probability and the 0/1 label."""
+    y = np.asarray(y, dtype=np.float64)
+    return float(np.mean((np.asarray(p, dtype=np.float64) - y) ** 2)) if len(y) else float("nan")
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """ECE over ``n_bins`` equal-width probability bins: sum of |accuracy − confidence| × share."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    if not len(y):
+        return float("nan")
+    bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    total = 0.0
+    for b in np.unique(bins):
+        m = bins == b
+        total += abs(float(y[m].mean()) - float(p[m].mean())) * m.sum() / len(y)
+    return total
+
+
+def censored_rmse(y: np.ndarray, p: np.ndarray, censor: np.ndarray) -> float:
+    """RMSE over exact and censored values; a bound counts only when the prediction breaks it."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    r = p - y
+    r = np.where(censor < 0, np.maximum(r, 0.0), r)  # '<': only a prediction above y errs
+    r = np.where(censor > 0, np.minimum(r, 0.0), r)  # '>': only a prediction below y errs
+    return float(np.sqrt(np.mean(r**2))) if len(y) else float("nan")
+
+
+def improve_to_perfect(federated: float, local: float) -> float:
+    """MELLODDY's relative gain ``(MP - SP) / (1 - SP)`` for a metric whose best value is 1."""
+    return (federated - local) / (1.0 - local) if local < 1.0 else float("nan")
+
+
 def rmse(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(y) - np.asarray(p)) ** 2))) if len(y) else float("nan")
 
@@ -78,9 +131,13 @@ def score_tasks(
             yj = y[obs, j] > 0.5
             if yj.sum() < min_per_class or (~yj).sum() < min_per_class:
                 continue
+            pj = pred[obs, j]
             out[name] = {
-                "roc_auc": roc_auc(yj, pred[obs, j]),
-                "pr_auc": average_precision(yj, pred[obs, j]),
+                "roc_auc": roc_auc(yj, pj),
+                "pr_auc": average_precision(yj, pj),
+                "pr_auc_calibrated": calibrated_average_precision(yj, pj),
+                "brier": brier(yj, pj),
+                "ece": expected_calibration_error(yj, pj),
                 "n": float(obs.sum()),
             }
         else:
@@ -90,6 +147,7 @@ def score_tasks(
             out[name] = {
                 "rmse": rmse(y[exact, j], pred[exact, j]),
                 "r2": r2(y[exact, j], pred[exact, j]),
+                "rmse_censored": censored_rmse(y[obs, j], pred[obs, j], censor[obs, j]),
                 "n": float(exact.sum()),
             }
     return out
