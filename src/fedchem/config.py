@@ -184,24 +184,23 @@ class FedProxConfig(_Strict):
     mu: float = Field(0.01, ge=0)
 
 
-class FedAdamConfig(_Strict):
+class _ServerOptimizerConfig(_Strict):
+    server_lr: float = Field(0.01, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0, description="adaptivity: added to sqrt(v)")
+
+
+class FedAdamConfig(_ServerOptimizerConfig):
     """Adam at the server on the FedAvg pseudo-gradient (Reddi et al. 2021)."""
 
     name: Literal["fedadam"] = "fedadam"
-    server_lr: float = Field(0.01, gt=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.99, ge=0, lt=1)
-    tau: float = Field(1e-3, gt=0)
 
 
-class FedYogiConfig(_Strict):
+class FedYogiConfig(_ServerOptimizerConfig):
     """Yogi at the server on the FedAvg pseudo-gradient (Reddi et al. 2021)."""
 
     name: Literal["fedyogi"] = "fedyogi"
-    server_lr: float = Field(0.01, gt=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.99, ge=0, lt=1)
-    tau: float = Field(1e-3, gt=0)
 
 
 class MedianConfig(_Strict):

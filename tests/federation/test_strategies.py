@@ -109,3 +109,10 @@ def test_krum_records_whom_it_left_out(tmp_path: Path):
     m1 = aggregate_round(hub, run, 1, ups, krum)
     assert m1.excluded == ["d"] and m1.sites == ["a", "b", "c"]
     np.testing.assert_allclose(read_round(hub, run, 1)[1]["w"], 1.0, rtol=1e-6)
+
+
+def test_no_reply_is_an_error_for_every_strategy():
+    for name in STRATEGY_NAMES:
+        strategy = build_strategy(ADAPTER.validate_python({"name": name}))
+        with pytest.raises(ValueError, match="no site replied"):
+            strategy.aggregate_fit(2, _arr(0.0), {}, [], failures=["site-a", "site-b"])

@@ -67,7 +67,6 @@ class Strategy(ABC):
         """What every site applies when training round ``rnd`` (plain FedAvg: nothing extra)."""
         return FitInstructions()
 
-    @abstractmethod
     def aggregate_fit(
         self, rnd: int, current: StateArrays, server_state: StateArrays,
         replies: Sequence[SiteReply], failures: Sequence[str],
@@ -75,8 +74,19 @@ class Strategy(ABC):
         """Combine the replies of round ``rnd`` into the next global model.
 
         ``failures`` names the sites that did not reply (or whose update was rejected): a
-        strategy may refuse to proceed; the built-in ones aggregate whoever replied.
+        strategy may refuse to proceed by overriding this; the built-in ones aggregate whoever
+        replied. No reply at all is always an error.
         """
+        if not replies:
+            raise ValueError(f"round {rnd}: no site replied; nothing to aggregate")
+        return self.combine(rnd, current, server_state, replies)
+
+    @abstractmethod
+    def combine(
+        self, rnd: int, current: StateArrays, server_state: StateArrays,
+        replies: Sequence[SiteReply],
+    ) -> Aggregated:  # fmt: skip
+        """The strategy's math over a non-empty list of replies."""
 
     def evaluate(self, rnd: int, summaries: dict[str, dict[str, float]],
                  weights: dict[str, int]) -> dict[str, float]:  # fmt: skip
@@ -102,11 +112,6 @@ def weighted_valid_summary(
     return out
 
 
-def _require(replies: Sequence[SiteReply], rnd: int) -> None:
-    if not replies:
-        raise ValueError(f"round {rnd}: no site replied; nothing to aggregate")
-
-
 def _fedavg(replies: Sequence[SiteReply]) -> StateArrays:
     return aggregate_weighted([(r.arrays, float(r.n_examples)) for r in replies])
 
@@ -120,11 +125,10 @@ class FedAvg(Strategy):
 
     name = "fedavg"
 
-    def aggregate_fit(
+    def combine(
         self, rnd: int, current: StateArrays, server_state: StateArrays,
-        replies: Sequence[SiteReply], failures: Sequence[str],
+        replies: Sequence[SiteReply],
     ) -> Aggregated:  # fmt: skip
-        _require(replies, rnd)
         return Aggregated(_fedavg(replies), {}, _all(replies))
 
 
@@ -148,11 +152,10 @@ class FedAvgM(Strategy):
     def __init__(self, cfg: FedAvgMConfig):
         self.cfg = cfg
 
-    def aggregate_fit(
+    def combine(
         self, rnd: int, current: StateArrays, server_state: StateArrays,
-        replies: Sequence[SiteReply], failures: Sequence[str],
+        replies: Sequence[SiteReply],
     ) -> Aggregated:  # fmt: skip
-        _require(replies, rnd)
         momentum = server_state or None
         x, v = server_momentum_step(
             current, _fedavg(replies), momentum, self.cfg.server_lr, self.cfg.momentum
@@ -168,11 +171,10 @@ class FedAdaptive(Strategy):
         self.name = cfg.name
         self.kind = "adam" if cfg.name == "fedadam" else "yogi"
 
-    def aggregate_fit(
+    def combine(
         self, rnd: int, current: StateArrays, server_state: StateArrays,
-        replies: Sequence[SiteReply], failures: Sequence[str],
+        replies: Sequence[SiteReply],
     ) -> Aggregated:  # fmt: skip
-        _require(replies, rnd)
         c = self.cfg
         x, state = server_adaptive_step(
             current, _fedavg(replies), server_state or None, rnd, kind=self.kind,
@@ -186,11 +188,10 @@ class Median(Strategy):
 
     name = "median"
 
-    def aggregate_fit(
+    def combine(
         self, rnd: int, current: StateArrays, server_state: StateArrays,
-        replies: Sequence[SiteReply], failures: Sequence[str],
+        replies: Sequence[SiteReply],
     ) -> Aggregated:  # fmt: skip
-        _require(replies, rnd)
         return Aggregated(coordinate_median([r.arrays for r in replies]), {}, _all(replies))
 
 
@@ -202,11 +203,10 @@ class TrimmedMean(Strategy):
     def __init__(self, cfg: TrimmedMeanConfig):
         self.cfg = cfg
 
-    def aggregate_fit(
+    def combine(
         self, rnd: int, current: StateArrays, server_state: StateArrays,
-        replies: Sequence[SiteReply], failures: Sequence[str],
+        replies: Sequence[SiteReply],
     ) -> Aggregated:  # fmt: skip
-        _require(replies, rnd)
         merged = trimmed_mean([r.arrays for r in replies], self.cfg.trim_fraction)
         return Aggregated(merged, {}, _all(replies))
 
@@ -219,11 +219,10 @@ class Krum(Strategy):
     def __init__(self, cfg: KrumConfig):
         self.cfg = cfg
 
-    def aggregate_fit(
+    def combine(
         self, rnd: int, current: StateArrays, server_state: StateArrays,
-        replies: Sequence[SiteReply], failures: Sequence[str],
+        replies: Sequence[SiteReply],
     ) -> Aggregated:  # fmt: skip
-        _require(replies, rnd)
         chosen = krum_select([r.arrays for r in replies], self.cfg.n_byzantine, self.cfg.m)
         picked = [replies[i] for i in chosen]
         return Aggregated(_fedavg(picked), {}, _all(picked))
