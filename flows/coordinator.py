@@ -23,7 +23,14 @@ from fedchem.config import FederationConfig, SiteConfig
 from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpdateManifest
 from fedchem.federation.strategies import build_strategy
 from flows.site_round import site_round
-from tasks.hub import aggregate, collect_replies, read_prepare_reports, start, trigger_site_round
+from tasks.hub import (
+    aggregate,
+    collect_replies,
+    read_prepare_reports,
+    record_best,
+    start,
+    trigger_site_round,
+)
 
 
 def _key(run_id: str, suffix: str) -> str:
@@ -79,7 +86,9 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
         if rnd > 1:  # a site may have re-prepared since: no round starts while sites disagree
             read_prepare_reports(config.hub_url, config.site_names)
         started_at = time.time()
-        fit = strategy.configure_fit(rnd)
+        fit = strategy.configure_fit(rnd).model_copy(
+            update={"private_tasks": config.private_tasks()}
+        )
         missing: dict[str, str] = {}
         if config.mode == "local":
             replies = _local_round(config, rnd, fit)
@@ -113,9 +122,16 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
         )
         update_progress_artifact(progress, 100.0 * rnd / config.rounds)
         logger.info("round %d/%d committed", rnd, config.rounds)
+    best = record_best(config.hub_url, config.run_id, committed)
     create_markdown_artifact(
         key=_key(config.run_id, "summary"),
-        markdown=_summary(config, committed),
+        markdown=_summary(config, committed)
+        + (
+            f"\nBest round by the sites' validation {best['metric']}: **{best['round']}** "
+            f"({best['value']:.4f}); kept as `runs/{config.run_id}/best.json` on the hub.\n"
+            if best.get("round")
+            else ""
+        ),
         description=f"federation {config.run_id}: every round",
     )
     return committed

@@ -8,7 +8,7 @@ model, each site's local-only model and the pooled model are scored at each site
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
@@ -40,6 +40,7 @@ def demo(
     model: ModelConfig,
     train: TrainConfig,
     strategy: StrategyConfig = FedAvgMConfig(),  # noqa: B008 (frozen pydantic model)
+    heads: Literal["shared", "private"] = "shared",
 ) -> dict[str, Any]:
     split = make_sites(dataset, smiles_col, n_sites, out / "sites", seed)
     hub_url = str((out / "hub").resolve())
@@ -48,7 +49,7 @@ def demo(
     ]
     config = FederationConfig(
         run_id=run_id, hub_url=hub_url, sites=split.sites, tasks=split.tasks,
-        rounds=rounds, chem=chem, model=model, train=train, strategy=strategy,
+        rounds=rounds, chem=chem, model=model, train=train, strategy=strategy, heads=heads,
     )  # fmt: skip
     coordinator(config)
     budget = rounds * train.local_epochs
@@ -76,7 +77,7 @@ def demo(
     meta = {
         "dataset": dataset.name, "smiles_col": smiles_col, "sites": n_sites, "rounds": rounds,
         "local_epochs": train.local_epochs, "seed": seed, "run_id": run_id,
-        "strategy": strategy.model_dump(),
+        "strategy": strategy.model_dump(), "heads": heads,
         "molecules_per_site": split.molecules_per_site,
         "prepared": {p.site: {"rows_in": p.rows_in, "accepted": p.rows_accepted,
                               "quarantined": p.rows_quarantined} for p in prepared},

@@ -18,7 +18,14 @@ from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpda
 from fedchem.federation.strategies import build_strategy
 from fedchem.storage.hub import HubLayout, HubStore
 
-__all__ = ["aggregate", "collect_replies", "read_prepare_reports", "start", "trigger_site_round"]
+__all__ = [
+    "aggregate",
+    "collect_replies",
+    "read_prepare_reports",
+    "record_best",
+    "start",
+    "trigger_site_round",
+]
 
 
 def _is_consistency_error(state: Any) -> bool:
@@ -118,3 +125,11 @@ def collect_replies(
         else:
             missing[site] = outcome if outcome != "Completed" else "completed without a manifest"
     return replies, missing
+
+
+@task(cache_policy=NO_CACHE)
+def record_best(hub_url: str, run_id: str, committed: list[RoundManifest]) -> dict[str, Any]:
+    """Keep the best round by the sites' validation scores (``runs/<run>/best.json``)."""
+    doc = coord.record_best_round(HubStore(hub_url), run_id, committed)
+    get_run_logger().info("best round by validation: %s", doc)
+    return doc

@@ -49,6 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
         chem=ChemConfig(fp_size=args.fp_size), model=ModelConfig(),
         train=TrainConfig(seed=args.seed, local_epochs=args.local_epochs),
         strategy=TypeAdapter(StrategyConfig).validate_python({"name": args.strategy}),
+        heads=args.heads,
     )  # fmt: skip
     print(render_markdown(report))
     print(
@@ -161,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--strategy", default="fedavgm", choices=STRATEGY_NAMES,
         help="aggregation strategy with its default parameters (default: fedavgm)",
+    )  # fmt: skip
+    d.add_argument(
+        "--heads", default="shared", choices=["shared", "private"],
+        help="private: only the trunk is federated, each site keeps its own task heads",
     )  # fmt: skip
     d.add_argument("--out", default="./fedchem-demo")
     d.add_argument("--seed", type=int, default=0)

@@ -285,6 +285,14 @@ class FederationConfig(_Strict):
         default_factory=FedAvgMConfig,
         description="aggregation strategy, chosen by its name (default: FedAvg + server momentum)",
     )
+    heads: Literal["shared", "private"] = Field(
+        "shared",
+        description="shared: every task head is federated; private: the trunk is federated and "
+        "each site keeps its own heads, except the tasks in shared_tasks",
+    )
+    shared_tasks: list[str] = Field(
+        default_factory=list, description="with heads: private, tasks with a federated head"
+    )
 
     @field_validator("sites")
     @classmethod
@@ -302,10 +310,19 @@ class FederationConfig(_Strict):
             named = [s.name for s in self.sites if not isinstance(s, SiteConfig)]
             if named:
                 raise ValueError(f"mode 'local' needs each site's full config; only names: {named}")
+        unknown = sorted(set(self.shared_tasks) - {t.name for t in self.tasks})
+        if unknown:
+            raise ValueError(f"shared_tasks not in the task catalogue: {unknown}")
         q = self.deployment.min_sites
         if q is not None and q > len(self.sites):
             raise ValueError(f"deployment.min_sites={q} exceeds the {len(self.sites)} sites")
         return self
+
+    def private_tasks(self) -> list[str]:
+        """Tasks whose heads stay at the sites (none unless ``heads: private``)."""
+        if self.heads == "shared":
+            return []
+        return [t.name for t in self.tasks if t.name not in set(self.shared_tasks)]
 
     @property
     def site_names(self) -> list[str]:

@@ -116,3 +116,25 @@ def test_no_reply_is_an_error_for_every_strategy():
         strategy = build_strategy(ADAPTER.validate_python({"name": name}))
         with pytest.raises(ValueError, match="no site replied"):
             strategy.aggregate_fit(2, _arr(0.0), {}, [], failures=["site-a", "site-b"])
+
+
+def test_the_best_round_by_validation_is_recorded(tmp_path: Path):
+    from fedchem.federation.coordinator import best_round, record_best_round
+
+    hub, run = HubStore(str(tmp_path)), "r1"
+    m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+    ms = [m0]
+    for rnd, auc in ((1, 0.61), (2, 0.70), (3, 0.66)):
+        ms.append(_commit(hub, run, rnd, dump_arrays(_arr(float(rnd))), "fedavg", {"a": 1}, {},
+                          valid_score={"mean_roc_auc": auc, "mean_rmse": 1.0}))  # fmt: skip
+    assert best_round(ms) == (2, "mean_roc_auc", 0.70)
+    doc = record_best_round(hub, run, ms)
+    assert (
+        hub.get_json(f"runs/{run}/best.json") == doc and doc["global_sha256"] == ms[2].global_sha256
+    )
+    reg = [
+        m.model_copy(update={"valid_score": {"mean_rmse": v}})
+        for m, v in zip(ms[1:], (0.9, 0.8, 0.85), strict=True)
+    ]
+    assert best_round(reg) == (2, "mean_rmse", 0.8)  # regression: lowest RMSE
+    assert best_round([m0]) is None

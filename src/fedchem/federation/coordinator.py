@@ -26,10 +26,12 @@ from fedchem.types import StateArrays
 
 __all__ = [
     "aggregate_round",
+    "best_round",
     "check_consistency",
     "initial_model",
     "pooled_label_stats",
     "read_round",
+    "record_best_round",
     "start_run",
 ]
 
@@ -186,3 +188,45 @@ def aggregate_round(
         valid_score=strategy.evaluate(rnd, summaries, {m.site: m.n_examples for m in replies}),
         started_at=started_at,
     )  # fmt: skip
+
+
+#: validation metrics by preference, and whether higher is better
+_SELECTION = (
+    ("mean_roc_auc", True),
+    ("mean_pr_auc", True),
+    ("mean_r2", True),
+    ("mean_rmse", False),
+)
+
+
+def best_round(manifests: Sequence[RoundManifest]) -> tuple[int, str, float] | None:
+    """The committed round with the best example-weighted validation score at the sites.
+
+    Classification federations select on ROC-AUC, regression ones on R² (then RMSE).
+    Returns (round, metric, value), or None when no round has a validation score.
+    """
+    scored = [m for m in manifests if m.round > 0 and m.valid_score]
+    for metric, higher in _SELECTION:
+        have = [m for m in scored if np.isfinite(m.valid_score.get(metric, np.nan))]
+        if have:
+            pick = (max if higher else min)(have, key=lambda m: m.valid_score[metric])
+            return pick.round, metric, float(pick.valid_score[metric])
+    return None
+
+
+def record_best_round(
+    hub: HubStore, run_id: str, manifests: Sequence[RoundManifest]
+) -> dict[str, object]:
+    """Write ``runs/<run>/best.json`` (round, metric, value, global model hash): what a registry
+    would publish. Nothing but aggregates and hashes."""
+    best = best_round(manifests)
+    doc: dict[str, object] = {"run_id": run_id, "round": None}
+    if best is not None:
+        rnd, metric, value = best
+        chosen = next(m for m in manifests if m.round == rnd)
+        doc = {
+            "run_id": run_id, "round": rnd, "metric": metric, "value": value,
+            "global_path": chosen.global_path, "global_sha256": chosen.global_sha256,
+        }  # fmt: skip
+    hub.put_json(f"runs/{run_id}/best.json", doc)
+    return doc

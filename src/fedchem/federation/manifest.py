@@ -15,6 +15,11 @@ class FitInstructions(_Manifest):
     """What the coordinator's strategy asks every site to apply in a round."""
 
     proximal_mu: float = Field(0.0, ge=0, description="FedProx: mu/2*||w - w_global||^2")
+    private_tasks: list[str] = Field(
+        default_factory=list,
+        description="tasks whose head rows stay at each site (MELLODDY's private heads): "
+        "trained and kept there between rounds, uploaded as zeros",
+    )
 
 
 class EvalReport(_Manifest):

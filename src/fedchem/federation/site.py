@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
@@ -78,6 +80,32 @@ def _model_for(ds: SiteDataset, cfg: ModelConfig, arrays: StateArrays | None) ->
     return model
 
 
+def _private_rows(ds: SiteDataset, private_tasks: list[str]) -> np.ndarray:
+    index = {t: j for j, t in enumerate(ds.task_names)}
+    return np.array(sorted(index[t] for t in private_tasks if t in index), dtype=np.int64)
+
+
+def _load_private_head(model: MultitaskNet, path: Path, rows: np.ndarray) -> None:
+    """The site's own head rows from earlier rounds (round 1 starts from the global init)."""
+    if not path.exists():
+        return
+    with np.load(path, allow_pickle=False) as z:
+        if not np.array_equal(z["rows"], rows):
+            raise ValueError(f"{path}: private head rows differ from this round's private tasks")
+        with torch.no_grad():
+            model.head.weight[torch.from_numpy(rows)] = torch.from_numpy(z["weight"])
+            model.head.bias[torch.from_numpy(rows)] = torch.from_numpy(z["bias"])
+
+
+def _save_private_head(model: MultitaskNet, path: Path, rows: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    idx = torch.from_numpy(rows)
+    np.savez(tmp, rows=rows, weight=model.head.weight.detach()[idx].numpy(),
+             bias=model.head.bias.detach()[idx].numpy())  # fmt: skip
+    tmp.replace(path)
+
+
 def run_site_round(
     site: SiteConfig,
     hub: HubStore,
@@ -99,6 +127,10 @@ def run_site_round(
     valid = ds.folds([chem.valid_fold])
     arrays, base_sha = fetch_global(hub, run_id, rnd - 1)
     model = _model_for(ds, model_cfg, arrays)
+    private = _private_rows(ds, fit.private_tasks)
+    head_path = site.workdir / "runs" / run_id / "private_head.npz"
+    if private.size:
+        _load_private_head(model, head_path, private)
     # Adam's moments stay at the site between rounds (private state, never uploaded)
     opt_path = site.workdir / "runs" / run_id / "optimizer.pt"
     opt_state = torch.load(opt_path, weights_only=True) if rnd > 1 and opt_path.exists() else None
@@ -109,7 +141,12 @@ def run_site_round(
     opt_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(opt_state, opt_path)
     report = evaluate_at_site(model, valid, site=site.name, model_name=f"round-{rnd}", fold="valid")
-    data = dump_arrays(model_to_arrays(model))
+    upload = model_to_arrays(model)
+    if private.size:  # the site's own heads stay here; the hub gets zeros in their rows
+        _save_private_head(model, head_path, private)
+        for name in ("head.weight", "head.bias"):
+            upload[name][private] = 0.0
+    data = dump_arrays(upload)
     layout = HubLayout(run_id)
     hub.put_bytes(layout.site_update(rnd, site.name), data)
     manifest = SiteUpdateManifest(
@@ -154,9 +191,17 @@ def train_local_only(
 def evaluate_global_at_site(
     site: SiteConfig, hub: HubStore, run_id: str, rnd: int, chem: ChemConfig, model_cfg: ModelConfig
 ) -> EvalReport:
-    """Score the committed global model of round ``rnd`` on the site's test fold."""
+    """Score the committed global model of round ``rnd`` on the site's test fold.
+
+    With private heads, the site's own head rows (kept at the site) complete the model.
+    """
     ds = load_site_dataset(site)
     arrays, _ = fetch_global(hub, run_id, rnd)
     model = _model_for(ds, model_cfg, arrays)
+    head_path = site.workdir / "runs" / run_id / "private_head.npz"
+    if head_path.exists():
+        with np.load(head_path, allow_pickle=False) as z:
+            rows = z["rows"]
+        _load_private_head(model, head_path, rows)
     return evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
                             model_name="federated", fold="test")  # fmt: skip
