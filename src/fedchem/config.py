@@ -144,6 +144,7 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-5, ge=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = Field(True, description="bf16 autocast for the forward pass on CUDA (not CPU)")
 
 
 class SiteConfig(_Strict):

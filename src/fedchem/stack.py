@@ -304,3 +304,15 @@ def stack_down(directory: Path, timeout: float = 20.0) -> list[str]:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def example_prefect_yaml() -> str:
+    """The committed ``deployments/prefect.yaml``: two sites, two Tox21 tasks, placeholders."""
+    tasks = [TaskSpec(name=n, kind="classification") for n in ("NR-AR", "SR-p53")]
+    fed = federation_defaults(["site-a", "site-b"], tasks, ChemConfig(), 10,
+                              "{{ $FEDCHEM_HUB_URL }}", "weekly")  # fmt: skip
+    return render_prefect_yaml(["site-a", "site-b"], ChemConfig(), tasks, fed)
+
+
+if __name__ == "__main__":  # python -m fedchem.stack: rewrite the committed example
+    (REPO / "deployments" / "prefect.yaml").write_text(example_prefect_yaml())

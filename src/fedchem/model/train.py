@@ -62,13 +62,16 @@ def train_epochs(
         if ds.task_weights is not None and not np.all(ds.task_weights == 1)
         else None
     )
+    amp = cfg.bf16 and device.type == "cuda"
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     start = time.perf_counter()
     steps, loss_sum, n_labels = 0, 0.0, 0
     for _ in range(epochs):
         for b in iter_batches(ds, cfg.batch_size, rng, device):
-            out = model(b.indices, b.offsets, b.weights)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(b.indices, b.offsets, b.weights)
+            out = out.float()  # the loss in float32, whatever the forward pass ran in
             loss, n = multitask_loss(out, b.y, b.censor, is_reg, model.y_mean, model.y_std, weights)
             if n == 0:
                 continue
