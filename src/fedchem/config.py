@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -45,6 +45,7 @@ __all__ = [
     "TrimmedMeanConfig",
     "load_config",
     "load_federation_config",
+    "read_yaml_mapping",
     "resolve_site",
     "site_from_env",
 ]
@@ -362,15 +363,21 @@ def _anchor_site_paths(site: object, base: Path) -> None:
             site[k] = str(base / v)
 
 
+def read_yaml_mapping(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """A YAML file whose top level must be a mapping; anything else raises ``error(path: why)``."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a YAML mapping at the top level")
+    return raw
+
+
 def load_config(path: Path, model: type[_M]) -> _M:
     """Read a YAML config into ``model``; an error lists each bad key as a dotted path."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigFileError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigFileError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, ConfigFileError)
     base = path.resolve().parent
     _anchor_site_paths(raw.get("site"), base)
     for site in raw.get("sites") or []:

@@ -138,3 +138,15 @@ def test_the_best_round_by_validation_is_recorded(tmp_path: Path):
     ]
     assert best_round(reg) == (2, "mean_rmse", 0.8)  # regression: lowest RMSE
     assert best_round([m0]) is None
+
+
+def test_a_site_refuses_a_global_model_that_does_not_match_its_manifest(tmp_path: Path):
+    from fedchem.federation.site import fetch_global
+
+    hub, run = HubStore(str(tmp_path)), "r1"
+    m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+    arrays, sha = fetch_global(hub, run, 0)
+    assert sha == m0.global_sha256 and np.array_equal(arrays["w"], _arr(0.0)["w"])
+    hub.put_bytes(m0.global_path, dump_arrays(_arr(5.0)))  # altered after the commit
+    with pytest.raises(ValueError, match=r"global model of round 0 .* refusing it"):
+        fetch_global(hub, run, 0)

@@ -35,6 +35,7 @@ from fedchem.chem.fingerprints import column_permutation, get_featurizer
 from fedchem.chem.folds import fold_of, key_fingerprint, scaffold_of
 from fedchem.chem.standardize import standardizer_for
 from fedchem.config import ChemConfig
+from fedchem.data.csr import csr_take
 
 __all__ = [
     "FeaturizedBatch",
@@ -235,9 +236,14 @@ class _Counter(Callback):
 
 
 def _run_tasks(tasks: list[Any], n_workers: int, dask_address: str | None,
-               progress: Progress | None, total: int) -> None:  # fmt: skip
+               progress: Progress | None, total: int) -> list[Any]:  # fmt: skip
+    """Compute the ``featurize-shard-*`` tasks; results in task order.
+
+    On an existing scheduler by address, or Dask's local process pool; one task, or one
+    worker, runs in this process (no process start-up to pay).
+    """
     if not tasks:
-        return
+        return []
     if dask_address is not None:
         from distributed import Client, as_completed
 
@@ -247,13 +253,13 @@ def _run_tasks(tasks: list[Any], n_workers: int, dask_address: str | None,
                 fut.result()
                 if progress is not None:
                     progress(done, total)
-        return
+            return list(client.gather(futures))
     with _Counter(total, progress):
-        if n_workers == 1 or len(tasks) == 1:  # one partition: no process start-up to pay
-            dask.compute(*tasks, scheduler="synchronous")
-        else:
-            with dask.config.set({"multiprocessing.context": "spawn"}):
-                dask.compute(*tasks, scheduler="processes", num_workers=n_workers, chunksize=1)
+        if n_workers == 1 or len(tasks) == 1:
+            return list(dask.compute(*tasks, scheduler="synchronous"))
+        with dask.config.set({"multiprocessing.context": "spawn"}):
+            return list(dask.compute(*tasks, scheduler="processes", num_workers=n_workers,
+                                     chunksize=1))  # fmt: skip
 
 
 _INDEX = "index.npz"
@@ -428,31 +434,21 @@ def featurize_many(
         )  # fmt: skip
         feats = load_shards(index)
     else:
-        chem_parts = [
-            list(uniq[a : a + partition_rows]) for a in range(0, len(uniq), partition_rows)
+        tasks = [
+            dask.delayed(featurize_partition, pure=False)(
+                list(uniq[a : a + partition_rows]),
+                chem,
+                key,
+                dask_key_name=f"featurize-shard-mem-{a}",
+            )
+            for a in range(0, len(uniq), partition_rows)
         ]
-        if dask_address is None and (n_workers == 1 or len(chem_parts) <= 1):
-            feats = _concat([featurize_partition(p, chem, key) for p in chem_parts])
-        else:
-            tasks = [
-                dask.delayed(featurize_partition, pure=False)(p, chem, key) for p in chem_parts
-            ]
-            if dask_address is not None:
-                from distributed import Client
-
-                with Client(dask_address) as client:
-                    parts = client.gather(client.compute(tasks))
-            else:
-                with dask.config.set({"multiprocessing.context": "spawn"}):
-                    parts = dask.compute(*tasks, scheduler="processes", num_workers=n_workers)
-            feats = _concat(list(parts))
+        feats = _concat(_run_tasks(tasks, n_workers, dask_address, progress, len(tasks)))
     return _take(feats, np.asarray(inverse, dtype=np.int64))
 
 
 def _take(b: FeaturizedBatch, rows: np.ndarray) -> FeaturizedBatch:
     """Rows ``rows`` of ``b`` (repeats allowed), as a new batch."""
-    from fedchem.data.csr import csr_take
-
     indptr, flat = csr_take(b.indptr, rows)
     return FeaturizedBatch(
         canonical=[b.canonical[i] for i in rows],

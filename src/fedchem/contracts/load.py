@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 from open_data_contract_standard.model import OpenDataContractStandard
 
+from fedchem.config import read_yaml_mapping
 from fedchem.contracts.errors import ContractSchemaError
 
 __all__ = ["Contract", "default_contracts_dir", "load_contract"]
@@ -48,12 +48,7 @@ def _validator() -> jsonschema.protocols.Validator:
 def load_contract(path: Path | str) -> Contract:
     """Parse, schema-check and load one contract file."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ContractSchemaError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ContractSchemaError(f"{path}: a contract must be a YAML mapping")
+    raw = read_yaml_mapping(path, ContractSchemaError)
     errors = sorted(_validator().iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [

@@ -118,26 +118,22 @@ def _commit(
     return manifest
 
 
-def _read_checked(hub: HubStore, path: str, sha256: str, what: str) -> bytes:
-    data = hub.get_bytes(path)
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError(f"{what} at {path} does not match its manifest (sha256 mismatch)")
-    return data
-
-
 def read_round(
     hub: HubStore, run_id: str, rnd: int
 ) -> tuple[RoundManifest, StateArrays, StateArrays]:
     """A committed round: its manifest, global model and strategy state, hashes checked."""
     layout = HubLayout(run_id)
     manifest = RoundManifest.model_validate(hub.get_json(layout.round_manifest(rnd)))
-    arrays = load_arrays(_read_checked(hub, manifest.global_path, manifest.global_sha256,
-                                       f"global model of round {rnd}"))  # fmt: skip
+    what = f"round {rnd}"
+    arrays = load_arrays(
+        hub.get_verified(manifest.global_path, manifest.global_sha256, f"global model of {what}")
+    )
     state: StateArrays = {}
     if manifest.server_state_path and manifest.server_state_sha256:
-        state = load_arrays(_read_checked(hub, manifest.server_state_path,
-                                          manifest.server_state_sha256,
-                                          f"server state of round {rnd}"))  # fmt: skip
+        blob = hub.get_verified(
+            manifest.server_state_path, manifest.server_state_sha256, f"server state of {what}"
+        )
+        state = load_arrays(blob)
     return manifest, arrays, state
 
 
@@ -174,7 +170,7 @@ def aggregate_round(
         if m.base_sha256 != previous.global_sha256:
             raise ValueError(f"update of {m.site} for round {rnd} did not start from global "
                              f"model {rnd - 1}")  # fmt: skip
-        data = _read_checked(hub, m.update_path, m.update_sha256, f"update of {m.site}")
+        data = hub.get_verified(m.update_path, m.update_sha256, f"update of {m.site}")
         site_replies.append(SiteReply(m.site, load_arrays(data), m.n_examples))
     result = strategy.aggregate_fit(rnd, current, server_state, site_replies, failures)
     used = {m.site: m for m in replies if m.site in result.used_sites}

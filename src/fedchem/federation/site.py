@@ -52,14 +52,9 @@ def fetch_global(hub: HubStore, run_id: str, rnd: int) -> tuple[StateArrays, str
     """The committed global model of round ``rnd``; its hash must match the round manifest."""
     layout = HubLayout(run_id)
     manifest = RoundManifest.model_validate(hub.get_json(layout.round_manifest(rnd)))
-    data = hub.get_bytes(manifest.global_path)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest.global_sha256:
-        raise ValueError(
-            f"global model of round {rnd} does not match its manifest "
-            f"(sha256 {digest[:12]} != {manifest.global_sha256[:12]}): refusing it"
-        )
-    return load_arrays(data), digest
+    what = f"global model of round {rnd}"
+    data = hub.get_verified(manifest.global_path, manifest.global_sha256, what)
+    return load_arrays(data), manifest.global_sha256
 
 
 def evaluate_at_site(

@@ -15,6 +15,7 @@ by a single PUT. Nothing but models and manifests ever lands here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -80,6 +81,17 @@ class HubStore:
 
     def get_bytes(self, rel: str) -> bytes:
         return bytes(self.fs.cat_file(self._path(rel)))
+
+    def get_verified(self, rel: str, sha256: str, what: str) -> bytes:
+        """``rel``'s bytes, refused unless they hash to ``sha256`` (the manifest's word)."""
+        data = self.get_bytes(rel)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            raise ValueError(
+                f"{what} at {rel} does not match its manifest "
+                f"(sha256 {digest[:12]} != {sha256[:12]}): refusing it"
+            )
+        return data
 
     def put_json(self, rel: str, obj: Any) -> None:
         self.put_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))

@@ -1,0 +1,69 @@
+"""`fedchem prepare` from a site YAML, config errors that say where, a site worker's own config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedchem.cli import main
+from fedchem.config import ConfigFileError, site_from_env
+from tests.conftest import ASSAYS_CSV, MEASUREMENT_HEADER
+
+SMILES = ["CCO", "CCN", "c1ccccc1O", "CC(=O)O", "c1ccncc1", "CCCCCl"]
+ROWS = [f"c{i},{s},tox1,{i % 2},=,\nc{i},{s},sol1,{i / 10},=,log" for i, s in enumerate(SMILES)]
+
+
+def _site_dir(tmp_path: Path, extra: str = "") -> Path:
+    (tmp_path / "measurements.csv").write_text(MEASUREMENT_HEADER + "\n".join(ROWS) + "\n")
+    (tmp_path / "assays.csv").write_text(ASSAYS_CSV)
+    (tmp_path / "consortium.key").write_bytes(b"k")
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text(
+        "site: {name: site-x, measurements: measurements.csv, assays: assays.csv,\n"
+        "       workdir: work, key_file: consortium.key, dask_workers: 1}\n"
+        "chem: {fp_size: 256}\n" + extra
+    )
+    return cfg
+
+
+def test_prepare_from_a_yaml_with_relative_paths_and_derived_tasks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    cfg = _site_dir(tmp_path)
+    monkeypatch.chdir(tmp_path.parent)  # paths resolve against the YAML, not the shell
+    assert main(["prepare", "--config", str(cfg), "--quiet"]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert report["rows_in"] == report["rows_accepted"] == 12 and not report["cache_hit"]
+    # no `tasks:` → one task per assay of the site's table (tox1, pot1, sol1)
+    assert set(report["labels_per_task"]) == {"tox1", "pot1", "sol1"}
+    assert report["labels_per_task"]["tox1"] == 6 and report["labels_per_task"]["pot1"] == 0
+    assert (tmp_path / "work" / "prepared").is_dir()
+    assert main(["prepare", "--config", str(cfg), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["cache_hit"]
+
+
+def test_a_bad_key_in_the_config_is_named_with_its_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    cfg = _site_dir(tmp_path, extra="")
+    cfg.write_text(cfg.read_text().replace("chem: {fp_size: 256}", "chem: {fp_sise: 256}"))
+    assert main(["prepare", "--config", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "chem.fp_sise" in err and "Extra inputs are not permitted" in err
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    assert main(["prepare", "--config", str(tmp_path / "list.yaml")]) == 2
+    assert "expected a YAML mapping" in capsys.readouterr().err
+
+
+def test_a_site_worker_serves_only_its_own_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    cfg = _site_dir(tmp_path)
+    monkeypatch.delenv("FEDCHEM_SITE_CONFIG", raising=False)
+    with pytest.raises(ConfigFileError, match="FEDCHEM_SITE_CONFIG is not set"):
+        site_from_env("site-x")
+    monkeypatch.setenv("FEDCHEM_SITE_CONFIG", str(cfg))
+    assert site_from_env("site-x").measurements == tmp_path / "measurements.csv"
+    with pytest.raises(ConfigFileError, match="serves site 'site-x', not 'site-y'"):
+        site_from_env("site-y")
