@@ -22,6 +22,7 @@ from prefect.artifacts import (
 from fedchem.config import FederationConfig, SiteConfig
 from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpdateManifest
 from fedchem.federation.strategies import build_strategy
+from fedchem.model.train import lr_factor
 from flows.site_round import site_round
 from tasks.hub import (
     aggregate,
@@ -87,7 +88,10 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
             read_prepare_reports(config.hub_url, config.site_names)
         started_at = time.time()
         fit = strategy.configure_fit(rnd).model_copy(
-            update={"private_tasks": config.private_tasks()}
+            update={
+                "private_tasks": config.private_tasks(),
+                "lr_factor": lr_factor(config.train, rnd - 1, config.rounds),
+            }
         )
         missing: dict[str, str] = {}
         if config.mode == "local":

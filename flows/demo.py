@@ -2,7 +2,8 @@
 
 Sites are written out as contract-conformant files, prepared through ``site-prepare``, trained
 through ``coordinator`` (which runs ``site-round`` per site and round), then the final global
-model, each site's local-only model and the pooled model are scored at each site.
+model, each site's local-only model and the pooled model are scored at each site; with shared
+heads, every site also scores every other site's local model (the cross-site matrix).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fedchem.config import (
     TrainConfig,
 )
 from flows.coordinator import coordinator
+from flows.site_cross_evaluate import site_cross_evaluate
 from flows.site_evaluate import site_evaluate
 from flows.site_local_baseline import site_local_baseline
 from flows.site_prepare import site_prepare
@@ -41,8 +43,13 @@ def demo(
     train: TrainConfig,
     strategy: StrategyConfig = FedAvgMConfig(),  # noqa: B008 (frozen pydantic model)
     heads: Literal["shared", "private"] = "shared",
+    task_split: Literal["shared", "disjoint"] = "shared",
+    continuous_as: Literal["regression", "classification"] = "regression",
 ) -> dict[str, Any]:
-    split = make_sites(dataset, smiles_col, n_sites, out / "sites", seed)
+    # the cross-site matrix needs local models on the hub: only with shared heads, so that no
+    # private head ever leaves its site
+    cross_site = heads == "shared" and n_sites > 1
+    split = make_sites(dataset, smiles_col, n_sites, out / "sites", seed, task_split, continuous_as)
     hub_url = str((out / "hub").resolve())
     prepared = [
         site_prepare(site=s, chem=chem, tasks=split.tasks, hub_url=hub_url) for s in split.sites
@@ -69,18 +76,28 @@ def demo(
                 train=train,
                 epochs=budget,
                 label_stats=p.label_stats,
+                publish_to=(hub_url, run_id) if cross_site else None,
             )
             for s, p in zip(split.sites, prepared, strict=True)
         ],
         "pooled": pooled_baseline(split.sites, chem, model, train, budget, stats),
     }
+    names = [s.name for s in split.sites]
+    cross = []
+    if cross_site:
+        for s in split.sites:
+            others = [n for n in names if n != s.name]
+            cross += site_cross_evaluate(
+                site=s, hub_url=hub_url, run_id=run_id, owners=others, chem=chem, model=model
+            )
     meta = {
         "dataset": dataset.name, "smiles_col": smiles_col, "sites": n_sites, "rounds": rounds,
         "local_epochs": train.local_epochs, "seed": seed, "run_id": run_id,
         "strategy": strategy.model_dump(), "heads": heads,
-        "molecules_per_site": split.molecules_per_site,
+        "molecules_per_site": split.molecules_per_site, "task_split": task_split,
+        "tasks_per_site": split.tasks_per_site, "continuous_as": continuous_as,
         "prepared": {p.site: {"rows_in": p.rows_in, "accepted": p.rows_accepted,
                               "quarantined": p.rows_quarantined} for p in prepared},
         "budget_epochs": budget,
     }  # fmt: skip
-    return report(evals, meta, out)
+    return report(evals, meta, out, cross)

@@ -1,4 +1,8 @@
-"""A site's local-only model with the federation's training budget, scored on its test fold."""
+"""A site's local-only model with the federation's training budget, scored on its test fold.
+
+With ``publish_to=(hub_url, run_id)`` its weights also go to the hub, for the cross-site
+evaluation; the demo does that only with shared heads (a private head never leaves its site).
+"""
 
 from __future__ import annotations
 
@@ -13,5 +17,6 @@ from tasks.site import train_local_baseline
 def site_local_baseline(
     site: SiteConfig, chem: ChemConfig, model: ModelConfig, train: TrainConfig,
     epochs: int, label_stats: dict[str, dict[str, float]],
+    publish_to: tuple[str, str] | None = None,
 ) -> EvalReport:  # fmt: skip
-    return train_local_baseline(site, chem, model, train, epochs, label_stats)
+    return train_local_baseline(site, chem, model, train, epochs, label_stats, publish_to)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -18,8 +18,12 @@ __all__ = ["make_sites", "pooled_baseline", "report"]
 
 
 @task(cache_policy=NO_CACHE)
-def make_sites(dataset: Path, smiles_col: str, n_sites: int, out_dir: Path, seed: int) -> DemoSplit:
-    return split_into_sites(dataset, smiles_col, n_sites, out_dir, seed)
+def make_sites(
+    dataset: Path, smiles_col: str, n_sites: int, out_dir: Path, seed: int,
+    task_split: Literal["shared", "disjoint"] = "shared",
+    continuous_as: Literal["regression", "classification"] = "regression",
+) -> DemoSplit:  # fmt: skip
+    return split_into_sites(dataset, smiles_col, n_sites, out_dir, seed, task_split, continuous_as)
 
 
 @task(cache_policy=NO_CACHE)
@@ -32,8 +36,9 @@ def pooled_baseline(
 
 @task(cache_policy=NO_CACHE)
 def report(
-    evals: dict[str, list[EvalReport]], meta: dict[str, Any], out_dir: Path
-) -> dict[str, Any]:
-    rep = build_report(evals, meta)
+    evals: dict[str, list[EvalReport]], meta: dict[str, Any], out_dir: Path,
+    cross: list[EvalReport] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    rep = build_report(evals, meta, cross)
     write_report(rep, out_dir)
     return rep

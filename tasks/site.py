@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from fedchem.data.prepare import PrepareReport
 
 __all__ = [
+    "evaluate_baselines",
     "evaluate_global",
     "prepare",
     "publish_prepare_report",
@@ -114,5 +115,25 @@ def evaluate_global(
 def train_local_baseline(
     site: SiteConfig, chem: ChemConfig, model: ModelConfig, train: TrainConfig,
     epochs: int, label_stats: dict[str, dict[str, float]],
+    publish_to: tuple[str, str] | None = None,
 ) -> EvalReport:  # fmt: skip
-    return site_lib.train_local_only(site, chem, model, train, epochs, label_stats)
+    """The site's local-only model; ``publish_to=(hub_url, run_id)`` also puts its weights on
+    the hub for the cross-site evaluation (shared heads only)."""
+    report, arrays = site_lib.train_local_only(site, chem, model, train, epochs, label_stats)
+    if publish_to is not None:
+        hub_url, run_id = publish_to
+        site_lib.publish_baseline(HubStore(hub_url), run_id, site.name, arrays)
+    return report
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_baselines(
+    site: SiteConfig, hub_url: str, run_id: str, owners: list[str], chem: ChemConfig,
+    model: ModelConfig,
+) -> list[EvalReport]:  # fmt: skip
+    """Other sites' published local-only models, scored on this site's test fold."""
+    hub = HubStore(hub_url)
+    return [
+        site_lib.evaluate_baseline_at_site(site, hub, run_id, owner, chem, model)
+        for owner in owners
+    ]

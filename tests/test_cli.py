@@ -67,3 +67,40 @@ def test_a_site_worker_serves_only_its_own_site(tmp_path: Path, monkeypatch: pyt
     assert site_from_env("site-x").measurements == tmp_path / "measurements.csv"
     with pytest.raises(ConfigFileError, match="serves site 'site-x', not 'site-y'"):
         site_from_env("site-y")
+
+
+def test_demo_settings_come_from_the_yaml_then_the_flags(tmp_path: Path):
+    from fedchem.cli import build_parser, demo_config
+
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(
+        "dataset: data/wide.csv\nsites: 3\nheads: private\ntask_split: disjoint\n"
+        "strategy: {name: fedprox, mu: 0.1}\ntrain: {lr_schedule: cosine}\n"
+    )
+    args = build_parser().parse_args(["demo", "--config", str(cfg), "--rounds", "4"])
+    demo = demo_config(args)
+    assert demo.dataset == str(tmp_path / "data" / "wide.csv")  # relative to the YAML
+    assert (demo.sites, demo.rounds, demo.heads, demo.task_split) == (3, 4, "private", "disjoint")
+    assert demo.strategy.name == "fedprox" and demo.strategy.mu == 0.1
+    assert demo.train.lr_schedule == "cosine" and demo.train.seed == demo.seed == 0
+    args = build_parser().parse_args(["demo", "--config", str(cfg), "--strategy", "median"])
+    assert demo_config(args).strategy.name == "median"  # a flag replaces the file's choice
+    # the defaults are the bundled Tox21 demo
+    plain = demo_config(build_parser().parse_args(["demo"]))
+    assert (plain.dataset, plain.sites, plain.rounds, plain.strategy.name) == (
+        "tox21",
+        4,
+        10,
+        "fedavgm",
+    )
+
+
+def test_a_bad_demo_config_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text("sites: 3\ntrain: {lr_schedule: exponential}\n")
+    assert main(["demo", "--config", str(cfg)]) == 2
+    assert "train.lr_schedule" in capsys.readouterr().err
+    assert main(["demo", "--dataset", str(tmp_path / "missing.csv")]) == 2
+    assert "not a bundled name" in capsys.readouterr().err

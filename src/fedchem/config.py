@@ -142,6 +142,12 @@ class TrainConfig(_Strict):
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant",
+        description="learning rate over the rounds (a local-only baseline: over the same "
+        "epochs): constant, or decaying from lr to lr*lr_min_factor by cosine or linearly",
+    )
+    lr_min_factor: float = Field(0.1, ge=0, le=1, description="the schedule's last factor")
     weight_decay: float = Field(1e-5, ge=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -346,6 +352,29 @@ class PrepareConfig(_Strict):
     tasks: list[TaskSpec] | None = None
 
 
+class DemoConfig(_Strict):
+    """``fedchem demo --config``: a simulated federation on a public table, with baselines.
+
+    ``dataset`` is a bundled name (``tox21``, ``lipophilicity``, ``biogen``, ``chembl``) or a
+    wide CSV path (relative to the YAML file). ``task_split: disjoint`` gives each site its
+    own targets (use with ``heads: private``); ``continuous_as: classification`` thresholds
+    continuous columns at each site by the automatic rule.
+    """
+
+    dataset: str = "tox21"
+    smiles_col: str | None = Field(None, description="default: the bundled set's, else 'smiles'")
+    sites: int = Field(4, ge=1, le=26)
+    rounds: int = Field(10, ge=1)
+    seed: int = Field(0, description="the split's seed, and the training seed")
+    task_split: Literal["shared", "disjoint"] = "shared"
+    continuous_as: Literal["regression", "classification"] = "regression"
+    heads: Literal["shared", "private"] = "shared"
+    strategy: StrategyConfig = Field(default_factory=FedAvgMConfig)
+    chem: ChemConfig = ChemConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
 class ConfigFileError(ValueError):
     """A configuration file that does not validate; the message says where."""
 
@@ -380,7 +409,12 @@ def load_config(path: Path, model: type[_M]) -> _M:
     raw = read_yaml_mapping(path, ConfigFileError)
     base = path.resolve().parent
     _anchor_site_paths(raw.get("site"), base)
-    for site in raw.get("sites") or []:
+    dataset = raw.get("dataset")
+    is_path = isinstance(dataset, str) and ("/" in dataset or "." in dataset)
+    if model is DemoConfig and is_path and not Path(str(dataset)).is_absolute():
+        raw["dataset"] = str(base / str(dataset))
+    sites = raw.get("sites")
+    for site in sites if isinstance(sites, list) else []:
         _anchor_site_paths(site, base)
     try:
         return model.model_validate(raw)

@@ -146,4 +146,37 @@ def test_demo_flow_writes_the_comparison(prefect_api: None, tiny_dataset: Path, 
     for model in ("federated", "local", "pooled"):
         assert set(saved[model]["per_site"]) == {"site-a", "site-b"}
         assert 0.0 <= saved[model]["overall"]["roc_auc"] <= 1.0
-    assert "| federated | **all** |" in (tmp_path / "out" / "report.md").read_text()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| federated | **all** |" in md
+    # the cross-site matrix: every model on every site's test fold; its diagonal of local
+    # models and its federated row are the per-site numbers above
+    matrix = saved["cross_site"]["matrix"]
+    assert saved["cross_site"]["metric"] == "roc_auc" and "Cross-site evaluation" in md
+    assert set(matrix) == {"federated", "local:site-a", "local:site-b", "pooled"}
+    for site in ("site-a", "site-b"):
+        assert matrix[f"local:{site}"][site] == saved["local"]["per_site"][site]["roc_auc"]
+        assert matrix["federated"][site] == saved["federated"]["per_site"][site]["roc_auc"]
+        other = "site-b" if site == "site-a" else "site-a"
+        if matrix["federated"][site] is not None:  # a test fold with a scorable task
+            assert 0.0 <= matrix[f"local:{other}"][site] <= 1.0
+        else:
+            assert matrix[f"local:{other}"][site] is None
+    assert any(v is not None for v in matrix["local:site-b"].values())
+    hub = HubStore(str(tmp_path / "out" / "hub"))
+    assert hub.exists(HubLayout("demo-test").baseline_model("site-a"))
+
+
+def test_private_heads_demo_keeps_local_models_at_their_sites(
+    prefect_api: None, tiny_dataset: Path, tmp_path: Path
+):
+    from flows.demo import demo
+
+    rep = demo(
+        dataset=tiny_dataset, smiles_col="smiles", n_sites=2, rounds=1, out=tmp_path / "out",
+        seed=0, run_id="demo-private", chem=ChemConfig(fp_size=256), model=ModelConfig(hidden=16),
+        train=TrainConfig(batch_size=32), heads="private", task_split="disjoint",
+    )  # fmt: skip
+    assert "cross_site" not in rep
+    assert sum(rep["meta"]["tasks_per_site"].values()) == 12
+    files = HubStore(str(tmp_path / "out" / "hub")).list_files("runs/demo-private")
+    assert files and not any("/baselines/" in f for f in files)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from fedchem.config import ModelConfig, TrainConfig
@@ -47,3 +49,30 @@ def test_fedprox_term_keeps_weights_near_the_global_model():
         moved[mu] = _distance(model_to_arrays(model), start)
         assert np.isfinite(stats.mean_loss)
     assert moved[10.0] < 0.5 * moved[0.0]
+
+
+def test_lr_schedules_decay_from_lr_to_the_floor():
+    from fedchem.model.train import epoch_lr_factors, lr_factor
+
+    const = TrainConfig()
+    assert [lr_factor(const, r, 5) for r in range(5)] == [1.0] * 5
+    cos = TrainConfig(lr_schedule="cosine", lr_min_factor=0.1)
+    f = [lr_factor(cos, r, 5) for r in range(5)]
+    assert f[0] == 1.0 and abs(f[-1] - 0.1) < 1e-12 and abs(f[2] - 0.55) < 1e-12
+    assert all(a > b for a, b in itertools.pairwise(f))
+    lin = TrainConfig(lr_schedule="linear", lr_min_factor=0.0)
+    assert [lr_factor(lin, r, 3) for r in range(3)] == [1.0, 0.5, 0.0]
+    # a baseline trained for rounds*local_epochs epochs in one go follows the same schedule
+    two = TrainConfig(lr_schedule="linear", lr_min_factor=0.0, local_epochs=2)
+    assert epoch_lr_factors(two, 6) == [1.0, 1.0, 0.5, 0.5, 0.0, 0.0]
+
+
+def test_a_zero_learning_rate_epoch_leaves_the_weights_alone():
+    ds = _dataset()
+    cfg = TrainConfig(batch_size=16, device="cpu", weight_decay=0.0)
+    model = build_model(ds.fp_size, 1, ModelConfig(hidden=16), seed=3)
+    start = model_to_arrays(model)
+    train_epochs(model, ds, cfg, 1, seed=11, lr_factors=[0.0])
+    assert _distance(model_to_arrays(model), start) == 0.0
+    train_epochs(model, ds, cfg, 1, seed=11, lr_factors=[1.0])
+    assert _distance(model_to_arrays(model), start) > 0.0

@@ -9,7 +9,7 @@ from fedchem.data.dataset import SiteDataset
 from fedchem.federation.coordinator import initial_model
 from fedchem.federation.manifest import EvalReport
 from fedchem.federation.site import evaluate_at_site, load_site_dataset
-from fedchem.model.train import train_epochs
+from fedchem.model.train import epoch_lr_factors, train_epochs
 
 __all__ = ["train_pooled"]
 
@@ -24,7 +24,8 @@ def train_pooled(
     first = next(iter(data.values()))
     tasks = list(zip(first.task_names, first.task_kinds, strict=True))
     model = initial_model(first.fp_size, tasks, model_cfg, train_cfg.seed, label_stats)
-    train_epochs(model, pooled, train_cfg, epochs, train_cfg.seed)
+    train_epochs(model, pooled, train_cfg, epochs, train_cfg.seed,
+                 lr_factors=epoch_lr_factors(train_cfg, epochs))  # fmt: skip
     return [
         evaluate_at_site(
             model, d.folds([chem.test_fold]), site=name, model_name="pooled", fold="test"

@@ -16,7 +16,7 @@ import numpy as np
 from fedchem.federation.manifest import EvalReport
 from fedchem.model.metrics import improve_to_perfect
 
-__all__ = ["build_report", "render_markdown", "write_report"]
+__all__ = ["build_report", "cross_site_matrix", "render_markdown", "write_report"]
 
 MODELS = ("federated", "local", "pooled")
 
@@ -25,8 +25,38 @@ def _metric_keys(reports: Sequence[EvalReport]) -> list[str]:
     return sorted({k for r in reports for k in r.summary if k.startswith("mean_")})
 
 
-def build_report(evals: dict[str, list[EvalReport]], meta: dict[str, Any]) -> dict[str, Any]:
-    """``evals[model]`` holds one test-fold EvalReport per site."""
+def cross_site_matrix(
+    evals: dict[str, list[EvalReport]], cross: Sequence[EvalReport], metric: str
+) -> dict[str, dict[str, float | None]]:
+    """``matrix[model][site]``: ``metric`` of each model on each site's test fold.
+
+    Rows: ``federated`` (the global model), ``local:<owner>`` (each site's local-only model)
+    and ``pooled``; the diagonal of the local rows is each site's own local model.
+    """
+    key = f"mean_{metric}"
+    rows: dict[str, dict[str, float | None]] = {}
+
+    def put(model: str, r: EvalReport) -> None:
+        v = r.summary.get(key)
+        rows.setdefault(model, {})[r.site] = None if v is None or not np.isfinite(v) else float(v)
+
+    for r in evals["federated"]:
+        put("federated", r)
+    for r in evals["local"]:
+        put(f"local:{r.site}", r)
+    for r in cross:
+        put(r.model, r)
+    for r in evals["pooled"]:
+        put("pooled", r)
+    return rows
+
+
+def build_report(
+    evals: dict[str, list[EvalReport]], meta: dict[str, Any],
+    cross: Sequence[EvalReport] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``evals[model]`` holds one test-fold EvalReport per site; ``cross`` the other sites'
+    local models scored at each site (the off-diagonal of the cross-site matrix)."""
     keys = _metric_keys([r for rs in evals.values() for r in rs])
     out: dict[str, Any] = {"meta": meta, "metrics": [k.removeprefix("mean_") for k in keys]}
     for model in MODELS:
@@ -48,6 +78,9 @@ def build_report(evals: dict[str, list[EvalReport]], meta: dict[str, Any]) -> di
             for site, v in out["federated"]["per_site"].items()
             if v.get("roc_auc") is not None and site in out["local"]["per_site"]
         }
+    if cross:
+        metric = "roc_auc" if "roc_auc" in out["metrics"] else "rmse"
+        out["cross_site"] = {"metric": metric, "matrix": cross_site_matrix(evals, cross, metric)}
     return out
 
 
@@ -76,6 +109,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     if gains:
         lines += ["", "Federated over local-only, (MP − SP) / (1 − SP) on ROC-AUC: "
                   + ", ".join(f"{s} {g:+.3f}" for s, g in sorted(gains.items()))]  # fmt: skip
+    cross = report.get("cross_site")
+    if cross:
+        lines += [
+            "",
+            f"Cross-site evaluation ({cross['metric']} on each site's test fold; "
+            "rows: models, columns: sites):",
+            "",
+            "| model | " + " | ".join(sites) + " |",
+            "|" + "---|" * (len(sites) + 1),
+        ]
+        for model, row in cross["matrix"].items():
+            vals = " | ".join("n/a" if row.get(s) is None else f"{row[s]:.3f}" for s in sites)
+            lines.append(f"| {model} | {vals} |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -21,12 +22,41 @@ from rdkit import Chem
 from fedchem.chem.folds import scaffold_of
 from fedchem.config import SiteConfig, TaskSpec
 
-__all__ = ["DemoSplit", "assay_id_for", "bundled_dataset", "site_names", "split_into_sites"]
+__all__ = [
+    "BUNDLED",
+    "DemoSplit",
+    "assay_id_for",
+    "bundled_dataset",
+    "resolve_dataset",
+    "site_names",
+    "split_into_sites",
+]
 
 
-def bundled_dataset() -> Path:
-    """Tox21 (7,831 molecules, 12 binary assays), shipped inside the package."""
-    return Path(str(resources.files("fedchem.demo").joinpath("tox21.csv.gz")))
+#: bundled public sets (``SOURCES.md`` beside them): name → (file, SMILES column)
+BUNDLED: dict[str, tuple[str, str]] = {
+    "tox21": ("tox21.csv.gz", "smiles"),
+    "lipophilicity": ("lipophilicity.csv.gz", "smiles"),
+    "biogen": ("biogen_adme.csv.gz", "SMILES"),
+    "chembl": ("chembl_5thresh.csv.gz", "smiles"),
+}
+
+
+def bundled_dataset(name: str = "tox21") -> Path:
+    """A bundled set by name; the default is Tox21 (7,831 molecules, 12 binary assays)."""
+    return Path(str(resources.files("fedchem.demo").joinpath(BUNDLED[name][0])))
+
+
+def resolve_dataset(dataset: str, smiles_col: str | None) -> tuple[Path, str]:
+    """A bundled name or a path → (file, SMILES column); a missing file is a clear error."""
+    if dataset in BUNDLED:
+        return bundled_dataset(dataset), smiles_col or BUNDLED[dataset][1]
+    path = Path(dataset)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"dataset {dataset!r}: no such file and not a bundled name ({', '.join(BUNDLED)})"
+        )
+    return path, smiles_col or "smiles"
 
 
 def site_names(n: int) -> list[str]:
@@ -38,6 +68,7 @@ class DemoSplit:
     sites: list[SiteConfig]
     tasks: list[TaskSpec]
     molecules_per_site: dict[str, int]
+    tasks_per_site: dict[str, int]
 
 
 _ID_NAME = re.compile(r"(^|[\s_-])(id|ids|index|idx|number|no)$", re.IGNORECASE)
@@ -80,10 +111,45 @@ def _scaffold_key(smiles: str) -> str:
     return scaffold_of(mol) if mol is not None else f"unparsable:{smiles}"
 
 
+def _deal_by_scaffold(smiles: pd.Series, n_sites: int, seed: int) -> np.ndarray:
+    """Site index per row: whole scaffold groups, to sites of target sizes N, N-1, ..., 1."""
+    groups = pd.Series(range(len(smiles))).groupby(smiles.map(_scaffold_key).to_numpy()).apply(list)
+    rng = np.random.default_rng(seed)
+    sizes = groups.map(len).to_numpy()
+    # largest groups first (random among equals), each to the site furthest below its target
+    order = np.lexsort((rng.random(len(groups)), -sizes))
+    weights = np.arange(n_sites, 0, -1, dtype=float)
+    target = weights / weights.sum() * len(smiles)
+    filled = np.zeros(n_sites)
+    owner = np.empty(len(smiles), dtype=np.int64)
+    for gi in order:
+        members = groups.iloc[gi]
+        s = int(np.argmax((target - filled) / target))
+        owner[members] = s
+        filled[s] += len(members)
+    return owner
+
+
+def _deal_tasks(tasks: list[str], n_sites: int, seed: int) -> list[list[str]]:
+    """Each task to one site (shuffled, dealt in turn): sites own different targets."""
+    order = np.random.default_rng(seed).permutation(len(tasks))
+    return [[tasks[i] for i in order[s::n_sites]] for s in range(n_sites)]
+
+
 def split_into_sites(
-    dataset: Path, smiles_col: str, n_sites: int, out_dir: Path, seed: int
-) -> DemoSplit:
-    """Write ``out_dir/<site>/{measurements,assays}.csv`` and the key; return site configs."""
+    dataset: Path, smiles_col: str, n_sites: int, out_dir: Path, seed: int,
+    task_split: Literal["shared", "disjoint"] = "shared",
+    continuous_as: Literal["regression", "classification"] = "regression",
+) -> DemoSplit:  # fmt: skip
+    """Write ``out_dir/<site>/{measurements,assays}.csv`` and the key; return site configs.
+
+    ``task_split: shared`` deals molecules (whole scaffold groups) to sites that all measure
+    every task; ``disjoint`` deals the *tasks*: each site owns its own targets and holds every
+    molecule measured on them, so chemistry overlaps across sites while tasks do not (as in
+    MELLODDY; folds follow the keyed scaffold hash, so a molecule is in the same fold at every
+    site). ``continuous_as: classification`` makes continuous columns classification tasks,
+    thresholded at each site by the automatic rule.
+    """
     if n_sites < 1:
         raise ValueError("n_sites must be at least 1")
     df = pd.read_csv(dataset)
@@ -103,20 +169,13 @@ def split_into_sites(
     df = df[df[smiles_col].notna()].reset_index(drop=True)
     smiles = df[smiles_col].astype(str)
 
-    groups = pd.Series(range(len(df))).groupby(smiles.map(_scaffold_key).to_numpy()).apply(list)
-    rng = np.random.default_rng(seed)
-    sizes = groups.map(len).to_numpy()
-    # largest groups first (random among equals), each to the site furthest below its target
-    order = np.lexsort((rng.random(len(groups)), -sizes))
-    weights = np.arange(n_sites, 0, -1, dtype=float)
-    target = weights / weights.sum() * len(df)
-    filled = np.zeros(n_sites)
-    owner = np.empty(len(df), dtype=np.int64)
-    for gi in order:
-        members = groups.iloc[gi]
-        s = int(np.argmax((target - filled) / target))
-        owner[members] = s
-        filled[s] += len(members)
+    if task_split == "shared":
+        owner = _deal_by_scaffold(smiles, n_sites, seed)
+        site_rows = [owner == s for s in range(n_sites)]
+        site_tasks = [list(tasks)] * n_sites
+    else:
+        site_tasks = _deal_tasks(list(tasks), n_sites, seed)
+        site_rows = [df[own].notna().any(axis=1).to_numpy() for own in site_tasks]
 
     key = hashlib.sha256(f"fedchem-demo-consortium-key:{seed}".encode()).hexdigest().encode()
     names = site_names(n_sites)
@@ -128,10 +187,10 @@ def split_into_sites(
     for s, name in enumerate(names):
         d = out_dir / name
         d.mkdir(parents=True, exist_ok=True)
-        part = df[owner == s]
+        part = df[site_rows[s]]
         ids = [hashlib.sha256(f"{seed}:{name}:{i}".encode()).hexdigest()[:12] for i in part.index]
         long = part.assign(compound_id=[f"{name[-1].upper()}{x}" for x in ids]).melt(
-            id_vars=["compound_id", smiles_col], value_vars=list(tasks),
+            id_vars=["compound_id", smiles_col], value_vars=site_tasks[s],
             var_name="assay_id", value_name="value",
         )  # fmt: skip
         long = long[long["value"].notna()].rename(columns={smiles_col: "smiles"})
@@ -139,7 +198,7 @@ def split_into_sites(
             ["compound_id", "smiles", "assay_id", "value", "qualifier", "unit"]
         ]
         long.to_csv(d / "measurements.csv", index=False)
-        assays.to_csv(d / "assays.csv", index=False)
+        assays[assays["assay_id"].isin(site_tasks[s])].to_csv(d / "assays.csv", index=False)
         (d / "consortium.key").write_bytes(key)
         sites.append(
             SiteConfig(
@@ -150,9 +209,17 @@ def split_into_sites(
                 key_file=d / "consortium.key",
             )
         )
-        counts[name] = len(part)
+        counts[name] = int(part[site_tasks[s]].notna().any(axis=1).sum())  # measured ones
     specs = [
-        TaskSpec(name=t, kind="classification" if k == "binary" else "regression")
+        TaskSpec(
+            name=t,
+            kind="classification"
+            if k == "binary" or continuous_as == "classification"
+            else "regression",
+        )
         for t, k in tasks.items()
     ]
-    return DemoSplit(sites=sites, tasks=specs, molecules_per_site=counts)
+    return DemoSplit(
+        sites=sites, tasks=specs, molecules_per_site=counts,
+        tasks_per_site={n: len(t) for n, t in zip(names, site_tasks, strict=True)},
+    )  # fmt: skip

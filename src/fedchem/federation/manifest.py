@@ -15,6 +15,9 @@ class FitInstructions(_Manifest):
     """What the coordinator's strategy asks every site to apply in a round."""
 
     proximal_mu: float = Field(0.0, ge=0, description="FedProx: mu/2*||w - w_global||^2")
+    lr_factor: float = Field(
+        1.0, gt=0, description="this round's factor on the sites' learning rate (the schedule)"
+    )
     private_tasks: list[str] = Field(
         default_factory=list,
         description="tasks whose head rows stay at each site (MELLODDY's private heads): "

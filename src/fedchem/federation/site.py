@@ -24,15 +24,17 @@ from fedchem.federation.manifest import (
 from fedchem.model.metrics import score_tasks, summarize
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import arrays_to_model, dump_arrays, load_arrays, model_to_arrays
-from fedchem.model.train import predict, train_epochs
+from fedchem.model.train import epoch_lr_factors, predict, train_epochs
 from fedchem.storage.hub import HubLayout, HubStore
 from fedchem.types import StateArrays
 
 __all__ = [
     "evaluate_at_site",
+    "evaluate_baseline_at_site",
     "evaluate_global_at_site",
     "fetch_global",
     "load_site_dataset",
+    "publish_baseline",
     "run_site_round",
     "site_seed",
     "train_local_only",
@@ -132,6 +134,7 @@ def run_site_round(
     stats, opt_state = train_epochs(
         model, train, train_cfg, train_cfg.local_epochs,
         site_seed(train_cfg.seed, site.name, rnd), opt_state, proximal_mu=fit.proximal_mu,
+        lr_factors=[fit.lr_factor] * train_cfg.local_epochs,
     )  # fmt: skip
     opt_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(opt_state, opt_path)
@@ -170,17 +173,49 @@ def train_local_only(
     train_cfg: TrainConfig,
     epochs: int,
     label_stats: dict[str, dict[str, float]] | None = None,
-) -> EvalReport:
-    """The site's own model with the same budget, scored on its test fold (a baseline)."""
+) -> tuple[EvalReport, StateArrays]:
+    """The site's own model with the same budget, scored on its test fold (a baseline).
+
+    Returns the report and the model's weights (they stay at the site unless published).
+    """
     from fedchem.federation.coordinator import initial_model
 
     ds = load_site_dataset(site)
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
     model = initial_model(ds.fp_size, list(zip(ds.task_names, ds.task_kinds, strict=True)),
                           model_cfg, train_cfg.seed, [label_stats or {}])  # fmt: skip
-    train_epochs(model, train, train_cfg, epochs, site_seed(train_cfg.seed, site.name, 0))
+    train_epochs(model, train, train_cfg, epochs, site_seed(train_cfg.seed, site.name, 0),
+                 lr_factors=epoch_lr_factors(train_cfg, epochs))  # fmt: skip
+    report = evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
+                              model_name="local", fold="test")  # fmt: skip
+    return report, model_to_arrays(model)
+
+
+def publish_baseline(hub: HubStore, run_id: str, site: str, arrays: StateArrays) -> str:
+    """Put a site's local-only model on the hub for the cross-site evaluation (opt-in; the
+    demo does it only with shared heads, so no private head ever leaves its site)."""
+    layout = HubLayout(run_id)
+    data = dump_arrays(arrays)
+    hub.put_bytes(layout.baseline_model(site), data)
+    sha = hashlib.sha256(data).hexdigest()
+    hub.put_json(layout.baseline_manifest(site), {"site": site, "sha256": sha})
+    return sha
+
+
+def evaluate_baseline_at_site(
+    site: SiteConfig, hub: HubStore, run_id: str, owner: str, chem: ChemConfig,
+    model_cfg: ModelConfig,
+) -> EvalReport:  # fmt: skip
+    """Score site ``owner``'s published local-only model on this site's test fold."""
+    layout = HubLayout(run_id)
+    sha = str(hub.get_json(layout.baseline_manifest(owner))["sha256"])
+    arrays = load_arrays(
+        hub.get_verified(layout.baseline_model(owner), sha, f"local model of {owner}")
+    )
+    ds = load_site_dataset(site)
+    model = _model_for(ds, model_cfg, arrays)
     return evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
-                            model_name="local", fold="test")  # fmt: skip
+                            model_name=f"local:{owner}", fold="test")  # fmt: skip
 
 
 def evaluate_global_at_site(

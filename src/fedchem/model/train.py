@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,14 @@ from fedchem.model.batches import iter_batches
 from fedchem.model.losses import multitask_loss
 from fedchem.model.network import MultitaskNet
 
-__all__ = ["TrainStats", "predict", "resolve_device", "train_epochs"]
+__all__ = [
+    "TrainStats",
+    "epoch_lr_factors",
+    "lr_factor",
+    "predict",
+    "resolve_device",
+    "train_epochs",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,25 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """The schedule's factor on ``cfg.lr`` at ``step`` of ``total`` (0-based; rounds)."""
+    if cfg.lr_schedule == "constant" or total <= 1:
+        return 1.0
+    t = min(max(step, 0), total - 1) / (total - 1)
+    lo = cfg.lr_min_factor
+    if cfg.lr_schedule == "linear":
+        return 1.0 - (1.0 - lo) * t
+    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def epoch_lr_factors(cfg: TrainConfig, epochs: int) -> list[float]:
+    """Factors for ``epochs`` epochs in one go, scheduled as the federation schedules its rounds
+    (``cfg.local_epochs`` epochs per round): a baseline gets the federated model's schedule."""
+    per_round = max(cfg.local_epochs, 1)
+    rounds = max(math.ceil(epochs / per_round), 1)
+    return [lr_factor(cfg, e // per_round, rounds) for e in range(epochs)]
+
+
 def train_epochs(
     model: MultitaskNet,
     ds: SiteDataset,
@@ -42,13 +70,17 @@ def train_epochs(
     seed: int,
     optimizer_state: dict[str, Any] | None = None,
     proximal_mu: float = 0.0,
+    lr_factors: Sequence[float] | None = None,
 ) -> tuple[TrainStats, dict[str, Any]]:
     """Train ``model`` in place on every row of ``ds`` for ``epochs`` epochs with Adam.
 
     ``optimizer_state`` resumes Adam's moments (a site keeps them between rounds, privately);
     the new state is returned with the statistics. ``proximal_mu > 0`` adds FedProx's
     ``mu/2 * ||w - w_start||^2`` (``w_start``: the weights the call began with) to the loss.
+    ``lr_factors`` scales ``cfg.lr`` per epoch (the schedule; default 1.0 throughout).
     """
+    if lr_factors is not None and len(lr_factors) != epochs:
+        raise ValueError(f"{len(lr_factors)} learning-rate factors for {epochs} epochs")
     device = resolve_device(cfg.device)
     model.to(device).train()
     torch.manual_seed(seed)
@@ -67,7 +99,9 @@ def train_epochs(
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     start = time.perf_counter()
     steps, loss_sum, n_labels = 0, 0.0, 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        for group in opt.param_groups:  # after any resumed state, which carries its own lr
+            group["lr"] = cfg.lr * (lr_factors[epoch] if lr_factors is not None else 1.0)
         for b in iter_batches(ds, cfg.batch_size, rng, device):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = model(b.indices, b.offsets, b.weights)

@@ -7,6 +7,9 @@ Layout (all under the hub URL)::
     runs/<run_id>/rounds/<NNNN>/manifest.json           round manifest; written last = committed
     runs/<run_id>/rounds/<NNNN>/sites/<site>/update.npz one site's update for round NNNN
     runs/<run_id>/rounds/<NNNN>/sites/<site>/manifest.json
+    runs/<run_id>/baselines/<site>/model.npz            a site's local-only model, opt-in, for
+    runs/<run_id>/baselines/<site>/manifest.json        the cross-site evaluation (shared heads)
+    runs/<run_id>/best.json                             the best round by the sites' validation
     sites/<site>/prepared.json                          the site's preparation report (counts)
 
 Objects are written whole: on a local directory through a temporary name and a rename, on S3
@@ -49,6 +52,12 @@ class HubLayout:
 
     def site_manifest(self, rnd: int, site: str) -> str:
         return f"{self.round_dir(rnd)}/sites/{site}/manifest.json"
+
+    def baseline_model(self, site: str) -> str:
+        return f"runs/{self.run_id}/baselines/{site}/model.npz"
+
+    def baseline_manifest(self, site: str) -> str:
+        return f"runs/{self.run_id}/baselines/{site}/manifest.json"
 
     @staticmethod
     def site_prepared(site: str) -> str:
