@@ -20,6 +20,7 @@ from prefect.artifacts import (
 )
 
 from fedchem.config import FederationConfig, SiteConfig
+from fedchem.federation.coordinator import QuorumError
 from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpdateManifest
 from fedchem.federation.strategies import build_strategy
 from fedchem.model.train import lr_factor
@@ -42,9 +43,13 @@ def _key(run_id: str, suffix: str) -> str:
 
 def _local_round(
     config: FederationConfig, rnd: int, fit: FitInstructions
-) -> list[SiteUpdateManifest]:
-    return [
-        site_round.with_options(flow_run_name=f"round-{rnd:02d}/{site.name}")(
+) -> tuple[list[SiteUpdateManifest], dict[str, str]]:
+    """Every site's round as a subflow; a site whose flow fails is missing, not fatal."""
+    replies, missing = [], {}
+    for site in config.sites:
+        if not isinstance(site, SiteConfig):
+            continue
+        state = site_round.with_options(flow_run_name=f"round-{rnd:02d}/{site.name}")(
             site=site,
             hub_url=config.hub_url,
             run_id=config.run_id,
@@ -53,10 +58,15 @@ def _local_round(
             model=config.model,
             train=config.train,
             fit=fit,
+            return_state=True,
         )
-        for site in config.sites
-        if isinstance(site, SiteConfig)
-    ]
+        if state.is_completed():
+            replies.append(state.result())
+        else:  # the error's type only: its message could carry site data
+            exc = state.result(raise_on_failure=False)
+            kind = type(exc).__name__ if isinstance(exc, BaseException) else state.name
+            missing[site.name] = f"site flow {state.name.lower()} ({kind})"
+    return replies, missing
 
 
 def _deployed_round(
@@ -78,12 +88,13 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
     """Run every round; return the committed round manifests (hashes, counts, metrics)."""
     logger = get_run_logger()
     reports = read_prepare_reports(config.hub_url, config.site_names)
-    committed = [start(config, reports)]
+    committed = start(config, reports)  # a run already on the hub resumes where it stopped
     strategy = build_strategy(config.strategy)
     progress = create_progress_artifact(
-        0.0, key=_key(config.run_id, "progress"), description=f"federation {config.run_id}"
-    )
-    for rnd in range(1, config.rounds + 1):
+        100.0 * (len(committed) - 1) / config.rounds,
+        key=_key(config.run_id, "progress"), description=f"federation {config.run_id}",
+    )  # fmt: skip
+    for rnd in range(len(committed), config.rounds + 1):
         if rnd > 1:  # a site may have re-prepared since: no round starts while sites disagree
             read_prepare_reports(config.hub_url, config.site_names)
         started_at = time.time()
@@ -93,22 +104,18 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
                 "lr_factor": lr_factor(config.train, rnd - 1, config.rounds),
             }
         )
-        missing: dict[str, str] = {}
         if config.mode == "local":
-            replies = _local_round(config, rnd, fit)
+            replies, missing = _local_round(config, rnd, fit)
         else:
             replies, missing = _deployed_round(config, rnd, fit)
-            for site, why in missing.items():
-                logger.warning("round %d: site %s missing: %s", rnd, site, why)
-            if len(replies) < config.quorum():
-                raise RuntimeError(
-                    f"round {rnd}: {len(replies)} of {len(config.sites)} sites replied, quorum "
-                    f"is {config.quorum()}; missing: {missing}. Committed rounds stay intact."
-                )
-        manifest = aggregate(
-            config.hub_url, config.run_id, rnd, replies, config.strategy, sorted(missing),
-            started_at,
-        )  # fmt: skip
+        for site, why in missing.items():
+            logger.warning("round %d: site %s missing: %s", rnd, site, why)
+        if len(replies) < config.quorum():
+            raise QuorumError(
+                f"round {rnd}: {len(replies)} of {len(config.sites)} sites replied, quorum "
+                f"is {config.quorum()}; missing: {missing}. Committed rounds stay intact."
+            )
+        manifest = aggregate(config, rnd, replies, missing, started_at)
         committed.append(manifest)
         create_table_artifact(
             key=_key(config.run_id, f"round-{rnd:02d}"),
@@ -121,7 +128,8 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
                 for s in config.site_names
                 if s in manifest.valid_summary
             ]
-            + [{"site": f"missing: {s}", "examples": 0} for s in manifest.missing],
+            + [{"site": f"missing: {s}", "examples": 0} for s in manifest.missing]
+            + [{"site": f"rejected: {s}", "examples": 0} for s in manifest.rejected],
             description=f"round {rnd} of {config.run_id}: site validation metrics (aggregates)",
         )
         update_progress_artifact(progress, 100.0 * rnd / config.rounds)

@@ -8,10 +8,11 @@ from typing import Any
 from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
 from prefect.states import Cancelling
 
 from fedchem.chem.consistency import ConsistencyError
-from fedchem.config import FederationConfig, StrategyConfig
+from fedchem.config import FederationConfig
 from fedchem.data.prepare import PrepareReport
 from fedchem.federation import coordinator as coord
 from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpdateManifest
@@ -55,19 +56,35 @@ def read_prepare_reports(hub_url: str, sites: list[str]) -> list[PrepareReport]:
 
 
 @task(cache_policy=NO_CACHE)
-def start(config: FederationConfig, reports: list[PrepareReport]) -> RoundManifest:
-    return coord.start_run(HubStore(config.hub_url), config, [r.label_stats for r in reports])
+def start(config: FederationConfig, reports: list[PrepareReport]) -> list[RoundManifest]:
+    """The run's committed rounds: round 0 is committed now if the run is new; a run already
+    on the hub (same run id, same settings) resumes after its last committed round."""
+    hub = HubStore(config.hub_url)
+    coord.start_run(hub, config, [r.label_stats for r in reports])
+    committed = coord.committed_rounds(hub, config.run_id)
+    if len(committed) > 1:
+        get_run_logger().warning(
+            "run %s resumes after committed round %d (global %s)",
+            config.run_id, committed[-1].round, committed[-1].global_sha256[:12],
+        )  # fmt: skip
+    return committed
 
 
 @task(cache_policy=NO_CACHE)
 def aggregate(
-    hub_url: str, run_id: str, rnd: int, replies: list[SiteUpdateManifest],
-    strategy: StrategyConfig, failures: list[str], started_at: float | None = None,
+    config: FederationConfig, rnd: int, replies: list[SiteUpdateManifest],
+    missing: dict[str, str], started_at: float | None = None,
 ) -> RoundManifest:  # fmt: skip
+    """Screen the round's updates, aggregate the accepted ones, commit (or fail the quorum)."""
     manifest = coord.aggregate_round(
-        HubStore(hub_url), run_id, rnd, replies, build_strategy(strategy), failures, started_at
-    )
-    get_run_logger().info(
+        HubStore(config.hub_url), config.run_id, rnd, replies, build_strategy(config.strategy),
+        missing, started_at, members=config.site_names, quorum=config.quorum(),
+        faults=config.faults,
+    )  # fmt: skip
+    logger = get_run_logger()
+    for site, why in manifest.rejected.items():
+        logger.warning("round %d: update of %s rejected: %s", rnd, site, why)
+    logger.info(
         "round %d committed (%s): %d sites, %d examples, global %s, valid %s",
         rnd, manifest.aggregation, len(manifest.sites), sum(manifest.n_examples.values()),
         manifest.global_sha256[:12],
@@ -99,7 +116,9 @@ def trigger_site_round(
             poll_interval=config.deployment.poll_interval_s,
             flow_run_name=f"round-{rnd:02d}/{site}",
             tags=["fedchem", f"site:{site}", f"round:{rnd}", f"run:{config.run_id}"],
-            idempotency_key=f"{config.run_id}/{rnd}/{site}",
+            # one site run per round per coordinator run: a resumed coordinator asks again,
+            # and the site answers with the update it already published
+            idempotency_key=f"{config.run_id}/{rnd}/{site}/{flow_run.id}",
         )  # fmt: skip
     except Exception as exc:  # no deployment, server unreachable: this site is missing
         return site, f"not started: {type(exc).__name__}: {exc}"

@@ -266,9 +266,29 @@ class DeploymentConfig(_Strict):
     )
     round_deadline_s: float = Field(900.0, gt=0, description="how long a round waits for sites")
     min_sites: int | None = Field(
-        None, ge=1, description="quorum: fewest replies a round commits with (default: all)"
+        None,
+        ge=1,
+        description="quorum: fewest accepted updates a round commits with (default: all); "
+        "applies in both modes",
     )
     poll_interval_s: float = Field(1.0, gt=0)
+
+
+class FaultConfig(_Strict):
+    """What a round does when sites fail or send bad updates."""
+
+    policy: Literal["tolerate", "strict"] = Field(
+        "tolerate",
+        description="tolerate: a round commits while the quorum (deployment.min_sites) of "
+        "accepted updates holds; strict: every site must send an accepted update",
+    )
+    max_norm_ratio: float = Field(
+        10.0, gt=1, description="reject an update this many times farther from the global "
+        "model than the round's median update",
+    )  # fmt: skip
+    min_for_norm_check: int = Field(
+        3, ge=2, description="the norm check needs at least this many well-formed updates"
+    )
 
 
 class FederationConfig(_Strict):
@@ -283,6 +303,7 @@ class FederationConfig(_Strict):
     hub_url: str
     mode: Literal["local", "deployed"] = "local"
     deployment: DeploymentConfig = DeploymentConfig()
+    faults: FaultConfig = FaultConfig()
     sites: list[SiteConfig | SiteRef]
     tasks: list[TaskSpec]
     rounds: int = Field(10, ge=1)
@@ -337,6 +358,9 @@ class FederationConfig(_Strict):
         return [s.name for s in self.sites]
 
     def quorum(self) -> int:
+        """Fewest accepted updates a round commits with."""
+        if self.faults.policy == "strict":
+            return len(self.sites)
         return self.deployment.min_sites or len(self.sites)
 
 

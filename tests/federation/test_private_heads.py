@@ -55,7 +55,7 @@ def test_private_heads_never_leave_the_site(tmp_path: Path):
         upload = load_arrays(hub.get_bytes(HubLayout("ph").site_update(2, s.name)))
         assert np.all(upload["head.weight"][rows] == 0) and np.all(upload["head.bias"][rows] == 0)
         assert np.any(upload["head.weight"][0] != 0)  # the shared task's head is federated
-        with np.load(s.workdir / "runs" / "ph" / "private_head.npz") as z:
+        with np.load(s.workdir / "runs" / "ph" / "private_head-0002.npz") as z:
             assert z["rows"].tolist() == rows.tolist()
             assert np.any(z["weight"] != 0)
             heads.append(z["weight"].copy())
@@ -66,7 +66,7 @@ def test_private_heads_never_leave_the_site(tmp_path: Path):
     arrays, _ = fetch_global(hub, "ph", 2)
     bare = arrays_to_model(build_model(ds.fp_size, ds.n_tasks, config.model), arrays)
     completed = arrays_to_model(build_model(ds.fp_size, ds.n_tasks, config.model), arrays)
-    _load_private_head(completed, site.workdir / "runs" / "ph" / "private_head.npz", rows)
+    _load_private_head(completed, site.workdir / "runs" / "ph" / "private_head-0002.npz", rows)
     p_bare, p_site = predict(bare, ds), predict(completed, ds)  # type: ignore[arg-type]
     assert np.allclose(p_bare[:, 0], p_site[:, 0])  # shared task: the federated head
     assert not np.allclose(p_bare[:, rows], p_site[:, rows])  # private tasks: the site's own

@@ -180,3 +180,67 @@ def test_private_heads_demo_keeps_local_models_at_their_sites(
     assert sum(rep["meta"]["tasks_per_site"].values()) == 12
     files = HubStore(str(tmp_path / "out" / "hub")).list_files("runs/demo-private")
     assert files and not any("/baselines/" in f for f in files)
+
+
+def _prepared_sites(tmp_path: Path, tiny_dataset: Path, n: int = 2) -> tuple[list, list, str]:
+    from flows.site_prepare import site_prepare
+
+    split = split_into_sites(tiny_dataset, "smiles", n, tmp_path / "sites", seed=3)
+    hub_url = str(tmp_path / "hub")
+    for s in split.sites:
+        site_prepare(site=s, chem=ChemConfig(fp_size=256), tasks=split.tasks, hub_url=hub_url)
+    return split.sites, split.tasks, hub_url
+
+
+def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
+    prefect_api: None, tiny_dataset: Path, tmp_path: Path
+):
+    from fedchem.federation.coordinator import ResumeError
+    from flows.coordinator import coordinator
+
+    sites, tasks, hub_url = _prepared_sites(tmp_path, tiny_dataset)
+    base = FederationConfig(
+        run_id="ref", hub_url=hub_url, sites=sites, tasks=tasks, rounds=3,
+        chem=ChemConfig(fp_size=256), model=ModelConfig(hidden=16),
+        train=TrainConfig(batch_size=32), heads="private",
+    )  # fmt: skip
+    reference = coordinator(base)[-1]
+    hub, layout = HubStore(hub_url), HubLayout("cut")
+    # stopped after round 1, then again mid-aggregation of round 2: its global model and the
+    # sites' updates are on the hub, its manifest is not, so round 2 is uncommitted
+    coordinator(base.model_copy(update={"run_id": "cut", "rounds": 2}))
+    hub.fs.rm(hub._path(layout.round_manifest(2)))
+    updates_before = {s.name: hub.get_bytes(layout.site_update(2, s.name)) for s in sites}
+    resumed = coordinator(base.model_copy(update={"run_id": "cut"}))
+    assert [m.round for m in resumed] == [0, 1, 2, 3]
+    assert resumed[-1].global_sha256 == reference.global_sha256  # bitwise, private heads too
+    # the sites answered round 2 again with the updates they had published, not new ones
+    for s in sites:
+        assert hub.get_bytes(layout.site_update(2, s.name)) == updates_before[s.name]
+    # a run id on the hub with other model settings is not resumed
+    changed = base.model_copy(update={"run_id": "cut", "train": TrainConfig(lr=0.01)})
+    with pytest.raises(ResumeError, match="other settings in: train"):
+        coordinator(changed)
+
+
+def test_a_failing_site_is_missing_and_the_round_goes_on_with_the_quorum(
+    prefect_api: None, tiny_dataset: Path, tmp_path: Path
+):
+    from fedchem.config import DeploymentConfig, FaultConfig
+    from fedchem.federation.coordinator import QuorumError
+    from flows.coordinator import coordinator
+
+    sites, tasks, hub_url = _prepared_sites(tmp_path, tiny_dataset, n=3)
+    broken = sites[2].model_copy(update={"workdir": tmp_path / "nowhere"})  # its data is gone
+    config = FederationConfig(
+        run_id="tolerate", hub_url=hub_url, sites=[*sites[:2], broken], tasks=tasks, rounds=1,
+        chem=ChemConfig(fp_size=256), model=ModelConfig(hidden=16),
+        train=TrainConfig(batch_size=32), deployment=DeploymentConfig(min_sites=2),
+    )  # fmt: skip
+    m1 = coordinator(config)[-1]
+    assert m1.sites == ["site-a", "site-b"] and m1.missing == ["site-c"]
+    assert m1.missing_reasons["site-c"].startswith("site flow failed")
+    strict = config.model_copy(update={"run_id": "strict", "faults": FaultConfig(policy="strict")})
+    with pytest.raises(QuorumError, match="2 of 3 sites replied, quorum is 3"):
+        coordinator(strict)
+    assert not HubStore(hub_url).exists(HubLayout("strict").round_manifest(1))

@@ -7,6 +7,7 @@ reader that finds a round manifest always finds the model it describes.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -15,19 +16,24 @@ import numpy as np
 import torch
 
 from fedchem.chem.consistency import ConsistencyError, describe_disagreements
-from fedchem.config import FederationConfig, ModelConfig
+from fedchem.config import FaultConfig, FederationConfig, ModelConfig
 from fedchem.data.prepare import PrepareReport
 from fedchem.federation.manifest import RoundManifest, SiteUpdateManifest
-from fedchem.federation.strategies import FedAvg, SiteReply, Strategy
+from fedchem.federation.strategies import FedAvg, Strategy
+from fedchem.federation.validation import screen_updates
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import dump_arrays, load_arrays, model_to_arrays
 from fedchem.storage.hub import HubLayout, HubStore
 from fedchem.types import StateArrays
 
 __all__ = [
+    "QuorumError",
+    "ResumeError",
     "aggregate_round",
     "best_round",
     "check_consistency",
+    "committed_rounds",
+    "config_digest",
     "initial_model",
     "pooled_label_stats",
     "read_round",
@@ -82,14 +88,27 @@ def initial_model(
     return model
 
 
+class QuorumError(RuntimeError):
+    """Too few accepted updates for a round to commit; committed rounds stay as they are."""
+
+
+class ResumeError(RuntimeError):
+    """A run id already on the hub was started with a different configuration."""
+
+
 def _commit(
     hub: HubStore, run_id: str, rnd: int, data: bytes, aggregation: str,
     n_examples: dict[str, int], valid: dict[str, dict[str, float]], *,
-    server_state: StateArrays | None = None, missing: Sequence[str] = (),
-    excluded: Sequence[str] = (), valid_score: dict[str, float] | None = None,
-    started_at: float | None = None,
+    server_state: StateArrays | None = None, missing: dict[str, str] | None = None,
+    rejected: dict[str, str] | None = None, excluded: Sequence[str] = (),
+    valid_score: dict[str, float] | None = None, started_at: float | None = None,
+    config_digest: dict[str, str] | None = None,
 ) -> RoundManifest:  # fmt: skip
-    """Write the model (and strategy state), then the manifest that commits them."""
+    """Write the model (and strategy state), then the manifest that commits them.
+
+    The manifest goes last: a coordinator killed before it leaves an uncommitted round, which
+    readers ignore and a resumed run redoes (overwriting the same paths).
+    """
     layout = HubLayout(run_id)
     hub.put_bytes(layout.global_model(rnd), data)
     state_path = state_sha = None
@@ -97,6 +116,7 @@ def _commit(
         blob = dump_arrays(server_state)
         state_path, state_sha = layout.server_state(rnd), hashlib.sha256(blob).hexdigest()
         hub.put_bytes(state_path, blob)
+    missing = missing or {}
     manifest = RoundManifest(
         run_id=run_id,
         round=rnd,
@@ -107,6 +127,9 @@ def _commit(
         server_state_sha256=state_sha,
         sites=sorted(n_examples),
         missing=sorted(missing),
+        missing_reasons=missing,
+        rejected=rejected or {},
+        config_digest=config_digest or {},
         excluded=sorted(excluded),
         n_examples=n_examples,
         valid_summary=valid,
@@ -137,51 +160,103 @@ def read_round(
     return manifest, arrays, state
 
 
+def committed_rounds(hub: HubStore, run_id: str) -> list[RoundManifest]:
+    """The run's committed rounds 0..k, in order: those whose manifest is on the hub, up to the
+    first gap. Anything else under the run (an uploaded model without its manifest, a
+    temporary file) is uncommitted and ignored."""
+    layout = HubLayout(run_id)
+    out: list[RoundManifest] = []
+    rnd = 0
+    while hub.exists(layout.round_manifest(rnd)):
+        out.append(RoundManifest.model_validate(hub.get_json(layout.round_manifest(rnd))))
+        rnd += 1
+    return out
+
+
+#: the config sections that decide the model a run produces; ``mode``, ``deployment``,
+#: ``faults``, ``hub_url`` and ``rounds`` may change when a run is resumed
+_DIGEST_SECTIONS = ("tasks", "chem", "model", "train", "strategy", "heads", "shared_tasks")
+
+
+def config_digest(config: FederationConfig) -> dict[str, str]:
+    """A hash per config section that decides the model (and of the site names)."""
+    dumped = config.model_dump(mode="json")
+    parts: dict[str, object] = {k: dumped[k] for k in _DIGEST_SECTIONS}
+    parts["sites"] = config.site_names
+    return {
+        k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:16]
+        for k, v in parts.items()
+    }
+
+
 def start_run(
     hub: HubStore, config: FederationConfig, label_stats: Sequence[dict[str, dict[str, float]]]
 ) -> RoundManifest:
-    """Commit round 0 (the initial global model), or return it if this run already has one."""
+    """Commit round 0 (the initial global model), or return it if this run already has one.
+
+    A run that exists must have been started with the same model-deciding settings: resuming
+    it with others is refused, naming the sections that differ.
+    """
     layout = HubLayout(config.run_id)
+    digest = config_digest(config)
     if hub.exists(layout.round_manifest(0)):
-        return RoundManifest.model_validate(hub.get_json(layout.round_manifest(0)))
+        first = RoundManifest.model_validate(hub.get_json(layout.round_manifest(0)))
+        differ = sorted(k for k in digest if first.config_digest.get(k) != digest[k])
+        if first.config_digest and differ:
+            raise ResumeError(
+                f"run {config.run_id!r} exists on the hub with other settings in: "
+                f"{', '.join(differ)}; resume it with its own config or choose a new run_id"
+            )
+        return first
     tasks = [(t.name, t.kind) for t in config.tasks]
     model = initial_model(config.chem.fp_size, tasks, config.model, config.train.seed, label_stats)
-    return _commit(hub, config.run_id, 0, dump_arrays(model_to_arrays(model)), "init", {}, {})
+    data = dump_arrays(model_to_arrays(model))
+    return _commit(hub, config.run_id, 0, data, "init", {}, {}, config_digest=digest)
 
 
 def aggregate_round(
     hub: HubStore, run_id: str, rnd: int, replies: Sequence[SiteUpdateManifest],
-    strategy: Strategy | None = None, failures: Sequence[str] = (),
-    started_at: float | None = None,
+    strategy: Strategy | None = None, failures: dict[str, str] | Sequence[str] = (),
+    started_at: float | None = None, *, members: Sequence[str] | None = None,
+    quorum: int = 1, faults: FaultConfig | None = None,
 ) -> RoundManifest:  # fmt: skip
-    """Aggregate the sites' updates for round ``rnd`` with ``strategy`` (FedAvg), then commit.
+    """Screen the sites' updates for round ``rnd``, aggregate the accepted ones, commit.
 
-    Each update must be for this run and round, start from the committed global model of
-    ``rnd - 1`` and match its hash; the strategy continues from the state committed with it.
+    Updates are checked by :func:`~fedchem.federation.validation.screen_updates` against the
+    committed global model of ``rnd - 1``; rejected ones are recorded with their reason. The
+    round commits only when at least ``quorum`` updates were accepted (else
+    :class:`QuorumError`, and nothing is written). ``members``: the federation's sites
+    (default: the replying ones).
     """
     strategy = strategy or FedAvg()
-    if not replies:
-        raise ValueError(f"round {rnd}: no site replied; nothing to aggregate")
+    faults = faults or FaultConfig()
+    missing = dict(failures) if isinstance(failures, dict) else {s: "no reply" for s in failures}
     previous, current, server_state = read_round(hub, run_id, rnd - 1)
-    site_replies = []
-    for m in replies:
-        if m.round != rnd or m.run_id != run_id:
-            raise ValueError(f"update of {m.site} is for {m.run_id} round {m.round}, not {rnd}")
-        if m.base_sha256 != previous.global_sha256:
-            raise ValueError(f"update of {m.site} for round {rnd} did not start from global "
-                             f"model {rnd - 1}")  # fmt: skip
-        data = hub.get_verified(m.update_path, m.update_sha256, f"update of {m.site}")
-        site_replies.append(SiteReply(m.site, load_arrays(data), m.n_examples))
-    result = strategy.aggregate_fit(rnd, current, server_state, site_replies, failures)
-    used = {m.site: m for m in replies if m.site in result.used_sites}
+    screened = screen_updates(
+        replies, run_id=run_id, rnd=rnd, base_sha256=previous.global_sha256, reference=current,
+        members=list(members) if members is not None else [m.site for m in replies],
+        fetch=lambda m: hub.get_verified(m.update_path, m.update_sha256, f"update of {m.site}"),
+        max_norm_ratio=faults.max_norm_ratio, min_for_norm=faults.min_for_norm_check,
+    )  # fmt: skip
+    if len(screened.accepted) < max(quorum, 1):
+        raise QuorumError(
+            f"round {rnd}: {len(screened.accepted)} accepted update(s), quorum is "
+            f"{max(quorum, 1)}; missing: {missing or '-'}; rejected: {screened.rejected or '-'}. "
+            "Committed rounds stay intact."
+        )
+    result = strategy.aggregate_fit(
+        rnd, current, server_state, screened.accepted, sorted({*missing, *screened.rejected})
+    )
+    used = {m.site: m for m in screened.manifests if m.site in result.used_sites}
     weights = {s: m.n_examples for s, m in used.items()}
-    summaries = {m.site: m.valid.summary for m in replies}
+    summaries = {m.site: m.valid.summary for m in screened.manifests}
     return _commit(
         hub, run_id, rnd, dump_arrays(result.arrays), strategy.name, weights, summaries,
-        server_state=result.server_state,
-        missing=failures,
-        excluded=[m.site for m in replies if m.site not in used],
-        valid_score=strategy.evaluate(rnd, summaries, {m.site: m.n_examples for m in replies}),
+        server_state=result.server_state, missing=missing, rejected=screened.rejected,
+        excluded=[m.site for m in screened.manifests if m.site not in used],
+        valid_score=strategy.evaluate(
+            rnd, summaries, {m.site: m.n_examples for m in screened.manifests}
+        ),
         started_at=started_at,
     )  # fmt: skip
 

@@ -68,6 +68,16 @@ class RoundManifest(_Manifest):
     server_state_sha256: str | None = None
     sites: list[str]
     missing: list[str] = Field(default_factory=list, description="sites that did not reply")
+    missing_reasons: dict[str, str] = Field(
+        default_factory=dict, description="why each missing site is missing (down, late, failed)"
+    )
+    rejected: dict[str, str] = Field(
+        default_factory=dict, description="updates refused before aggregation, with the reason"
+    )
+    config_digest: dict[str, str] = Field(
+        default_factory=dict,
+        description="round 0: a hash per config section; a resumed run must match it",
+    )
     excluded: list[str] = Field(
         default_factory=list, description="sites that replied but the strategy left out (Krum)"
     )

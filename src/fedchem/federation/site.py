@@ -103,6 +103,39 @@ def _save_private_head(model: MultitaskNet, path: Path, rows: np.ndarray) -> Non
     tmp.replace(path)
 
 
+def private_head_path(state_dir: Path, rnd: int) -> Path:
+    """The site's private head rows after round ``rnd`` (small; every round's is kept)."""
+    return state_dir / f"private_head-{rnd:04d}.npz"
+
+
+def _save_optimizer(state: dict[str, object], state_dir: Path, rnd: int) -> None:
+    """Adam's state after round ``rnd``, written atomically; states before ``rnd - 1`` go."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / f"optimizer-{rnd:04d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    for old in state_dir.glob("optimizer-*.pt"):
+        if int(old.stem.split("-")[1]) < rnd - 1:
+            old.unlink(missing_ok=True)
+
+
+def _published_update(
+    hub: HubStore, run_id: str, rnd: int, site: str, base_sha: str
+) -> SiteUpdateManifest | None:
+    """This site's committed update of round ``rnd`` if it exists, intact, from ``base_sha``."""
+    layout = HubLayout(run_id)
+    path = layout.site_manifest(rnd, site)
+    if not hub.exists(path):
+        return None
+    try:
+        m = SiteUpdateManifest.model_validate(hub.get_json(path))
+        hub.get_verified(m.update_path, m.update_sha256, "update")
+    except (ValueError, OSError):
+        return None  # damaged: train again and overwrite
+    return m if m.base_sha256 == base_sha and m.site == site and m.round == rnd else None
+
+
 def run_site_round(
     site: SiteConfig,
     hub: HubStore,
@@ -119,29 +152,33 @@ def run_site_round(
     """
     fit = fit or FitInstructions()
     start = time.perf_counter()
+    arrays, base_sha = fetch_global(hub, run_id, rnd - 1)
+    done = _published_update(hub, run_id, rnd, site.name, base_sha)
+    if done is not None:  # a resumed coordinator asks again: the same answer, not a new one
+        return done
     ds = load_site_dataset(site)
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
     valid = ds.folds([chem.valid_fold])
-    arrays, base_sha = fetch_global(hub, run_id, rnd - 1)
     model = _model_for(ds, model_cfg, arrays)
     private = _private_rows(ds, fit.private_tasks)
-    head_path = site.workdir / "runs" / run_id / "private_head.npz"
+    state_dir = site.workdir / "runs" / run_id
     if private.size:
-        _load_private_head(model, head_path, private)
-    # Adam's moments stay at the site between rounds (private state, never uploaded)
-    opt_path = site.workdir / "runs" / run_id / "optimizer.pt"
+        _load_private_head(model, private_head_path(state_dir, rnd - 1), private)
+    # Adam's moments stay at the site between rounds (private state, never uploaded); kept per
+    # round, so that training round r again after a coordinator restart starts from the same
+    # state as the first time (bitwise-identical result)
+    opt_path = state_dir / f"optimizer-{rnd - 1:04d}.pt"
     opt_state = torch.load(opt_path, weights_only=True) if rnd > 1 and opt_path.exists() else None
     stats, opt_state = train_epochs(
         model, train, train_cfg, train_cfg.local_epochs,
         site_seed(train_cfg.seed, site.name, rnd), opt_state, proximal_mu=fit.proximal_mu,
         lr_factors=[fit.lr_factor] * train_cfg.local_epochs,
     )  # fmt: skip
-    opt_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(opt_state, opt_path)
+    _save_optimizer(opt_state, state_dir, rnd)
     report = evaluate_at_site(model, valid, site=site.name, model_name=f"round-{rnd}", fold="valid")
     upload = model_to_arrays(model)
     if private.size:  # the site's own heads stay here; the hub gets zeros in their rows
-        _save_private_head(model, head_path, private)
+        _save_private_head(model, private_head_path(state_dir, rnd), private)
         for name in ("head.weight", "head.bias"):
             upload[name][private] = 0.0
     data = dump_arrays(upload)
@@ -228,7 +265,7 @@ def evaluate_global_at_site(
     ds = load_site_dataset(site)
     arrays, _ = fetch_global(hub, run_id, rnd)
     model = _model_for(ds, model_cfg, arrays)
-    head_path = site.workdir / "runs" / run_id / "private_head.npz"
+    head_path = private_head_path(site.workdir / "runs" / run_id, rnd)
     if head_path.exists():
         with np.load(head_path, allow_pickle=False) as z:
             rows = z["rows"]

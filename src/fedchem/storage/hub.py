@@ -14,21 +14,99 @@ Layout (all under the hub URL)::
 
 Objects are written whole: on a local directory through a temporary name and a rename, on S3
 by a single PUT. Nothing but models and manifests ever lands here.
+
+Transient storage errors (connection refused or reset, timeouts, HTTP 5xx) are retried with
+exponential backoff (:class:`RetryPolicy`); a missing object, a denied request or a hash
+mismatch is not transient and is raised at once.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import random
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-__all__ = ["HubLayout", "HubStore"]
+__all__ = ["HubLayout", "HubStore", "RetryPolicy", "is_transient"]
+
+_log = logging.getLogger("fedchem.hub")
+_T = TypeVar("_T")
+
+#: errors of the S3 stack (botocore, aiohttp) that mean "try again", by class name
+_TRANSIENT_NAMES = frozenset({
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+    "ConnectionClosedError", "ServerDisconnectedError", "ClientConnectorError",
+    "ClientOSError", "ClientPayloadError", "ResponseStreamingError", "IncompleteReadError",
+})  # fmt: skip
+_TRANSIENT_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+    errno.EAGAIN, errno.EBUSY, errno.EHOSTUNREACH, errno.ENETUNREACH,
+})  # fmt: skip
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return int(status) if status is not None else None
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is worth retrying."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, _PERMANENT):
+            return False
+        if isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in _TRANSIENT_NAMES:
+            return True
+        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+            return True
+        status = _http_status(e)
+        if status is not None:
+            return status >= 500 or status == 429
+        e = e.__cause__ or e.__context__
+    return False
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: ``initial_s * 2**k`` (capped), ``attempts`` in all."""
+
+    attempts: int = 6
+    initial_s: float = 0.5
+    max_s: float = 8.0
+
+    def delays(self) -> list[float]:
+        return [min(self.initial_s * 2**k, self.max_s) for k in range(self.attempts - 1)]
+
+    def call(self, fn: Callable[[], _T], what: str) -> _T:
+        for attempt, delay in enumerate([*self.delays(), None], start=1):
+            try:
+                return fn()
+            except Exception as exc:
+                if delay is None or not is_transient(exc):
+                    raise
+                pause = delay * random.uniform(0.75, 1.25)
+                _log.warning(
+                    "hub: %s failed (%s), retry %d/%d in %.1fs",
+                    what, type(exc).__name__, attempt, self.attempts - 1, pause,
+                )  # fmt: skip
+                time.sleep(pause)
+        raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -67,8 +145,15 @@ class HubLayout:
 class HubStore:
     """Bytes and JSON under a root URL. ``storage_options`` go to fsspec (e.g. an S3 endpoint)."""
 
-    def __init__(self, url: str, **storage_options: Any) -> None:
+    def __init__(self, url: str, retry: RetryPolicy | None = None, **storage_options: Any) -> None:
         self.url = url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        if url.startswith("s3://") and "config_kwargs" not in storage_options:
+            # bounded waits: a frozen endpoint must surface as an error our backoff retries,
+            # not a 60 s read timeout repeated by botocore
+            storage_options["config_kwargs"] = {
+                "connect_timeout": 5, "read_timeout": 20, "retries": {"max_attempts": 2},
+            }  # fmt: skip
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
         self._local = isinstance(self.fs, LocalFileSystem)
 
@@ -76,6 +161,9 @@ class HubStore:
         return f"{self.root.rstrip('/')}/{rel}"
 
     def put_bytes(self, rel: str, data: bytes) -> None:
+        self.retry.call(lambda: self._put(rel, data), f"put {rel}")
+
+    def _put(self, rel: str, data: bytes) -> None:
         path = self._path(rel)
         if self._local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -89,7 +177,7 @@ class HubStore:
             self.fs.pipe_file(path, data)
 
     def get_bytes(self, rel: str) -> bytes:
-        return bytes(self.fs.cat_file(self._path(rel)))
+        return self.retry.call(lambda: bytes(self.fs.cat_file(self._path(rel))), f"get {rel}")
 
     def get_verified(self, rel: str, sha256: str, what: str) -> bytes:
         """``rel``'s bytes, refused unless they hash to ``sha256`` (the manifest's word)."""
@@ -109,12 +197,24 @@ class HubStore:
         return json.loads(self.get_bytes(rel))
 
     def exists(self, rel: str) -> bool:
-        return bool(self.fs.exists(self._path(rel)))
+        # no listings cache: another process may have just committed what we look for
+        self.fs.invalidate_cache()
+        return self.retry.call(lambda: bool(self._exists(rel)), f"exists {rel}")
+
+    def _exists(self, rel: str) -> bool:
+        path = self._path(rel)
+        if self._local:
+            return os.path.exists(path)
+        try:
+            self.fs.info(path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def list_files(self, rel: str = "") -> list[str]:
         """Every file under ``rel``, as paths relative to the hub root."""
         base = self._path(rel).rstrip("/")
-        if not self.fs.exists(base):
-            return []
+        self.fs.invalidate_cache()
+        found = self.retry.call(lambda: list(self.fs.find(base)), f"list {rel}")
         root = self.root.rstrip("/") + "/"
-        return sorted(p[len(root) :] if p.startswith(root) else p for p in self.fs.find(base))
+        return sorted(p[len(root) :] if p.startswith(root) else p for p in found)

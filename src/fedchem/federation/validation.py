@@ -1,0 +1,119 @@
+"""Screening of site updates before aggregation: one broken update must not poison the model.
+
+Every reply is checked in order, each failure rejecting the update with its reason (recorded in
+the round manifest): the site must be a member and reply once; the manifest must be for this
+run and round and start from the committed global model; the file must match its hash and load;
+names, shapes and dtypes must match the global model; every value must be finite; and, with
+at least ``min_for_norm`` such updates, the distance from the global model must not exceed
+``max_norm_ratio`` times the round's median distance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedchem.federation.manifest import SiteUpdateManifest
+from fedchem.federation.strategies import SiteReply
+from fedchem.model.state import load_arrays
+from fedchem.types import StateArrays
+
+__all__ = ["Screened", "check_arrays", "screen_updates", "update_norm"]
+
+
+@dataclass
+class Screened:
+    """The round's accepted replies and, per rejected site, why."""
+
+    accepted: list[SiteReply] = field(default_factory=list)
+    manifests: list[SiteUpdateManifest] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+def check_arrays(arrays: StateArrays, reference: StateArrays) -> str | None:
+    """Why ``arrays`` cannot be the same model as ``reference`` (None when it can)."""
+    if set(arrays) != set(reference):
+        extra, lacking = sorted(set(arrays) - set(reference)), sorted(set(reference) - set(arrays))
+        return f"parameter names differ (unexpected {extra}, missing {lacking})"
+    for name, ref in reference.items():
+        a = arrays[name]
+        if a.shape != ref.shape:
+            return f"{name}: shape {a.shape} != global model's {ref.shape}"
+        if a.dtype != ref.dtype:
+            return f"{name}: dtype {a.dtype} != global model's {ref.dtype}"
+        if not np.isfinite(a).all():
+            return f"{name}: {int((~np.isfinite(a)).sum())} non-finite values (NaN/inf)"
+    return None
+
+
+def update_norm(arrays: StateArrays, reference: StateArrays) -> float:
+    """L2 distance of an update from the global model it started from, over all parameters."""
+    total = sum(
+        float(np.square(arrays[k].astype(np.float64) - reference[k].astype(np.float64)).sum())
+        for k in reference
+    )
+    return float(np.sqrt(total))
+
+
+def screen_updates(
+    replies: Sequence[SiteUpdateManifest],
+    *,
+    run_id: str,
+    rnd: int,
+    base_sha256: str,
+    reference: StateArrays,
+    members: Sequence[str],
+    fetch: Callable[[SiteUpdateManifest], bytes],
+    max_norm_ratio: float = 10.0,
+    min_for_norm: int = 3,
+) -> Screened:
+    """Check every reply of round ``rnd``; ``fetch`` returns an update's verified bytes (and
+    raises ``ValueError`` on a hash mismatch or a missing file)."""
+    out = Screened()
+    seen: set[str] = set()
+    candidates: list[tuple[SiteUpdateManifest, StateArrays]] = []
+    for m in replies:
+        if m.site not in members:
+            out.rejected[m.site] = "unknown site: not a member of this federation"
+            continue
+        if m.site in seen:
+            out.rejected[m.site] = "duplicate upload: the site replied more than once"
+            continue
+        seen.add(m.site)
+        if m.run_id != run_id:
+            out.rejected[m.site] = f"update for run {m.run_id!r}, not {run_id!r}"
+            continue
+        if m.round != rnd:
+            age = "stale" if m.round < rnd else "future"
+            out.rejected[m.site] = f"{age} update: for round {m.round}, not {rnd}"
+            continue
+        if m.base_sha256 != base_sha256:
+            out.rejected[m.site] = (
+                f"stale update: started from global {m.base_sha256[:12]}, "
+                f"not the committed {base_sha256[:12]} of round {rnd - 1}"
+            )
+            continue
+        try:
+            arrays = load_arrays(fetch(m))
+        except (ValueError, OSError, KeyError) as exc:  # hash mismatch, truncated, not npz
+            out.rejected[m.site] = f"unreadable update: {type(exc).__name__}: {exc}"[:300]
+            continue
+        why = check_arrays(arrays, reference)
+        if why is not None:
+            out.rejected[m.site] = f"invalid update: {why}"
+            continue
+        candidates.append((m, arrays))
+    norms = {m.site: update_norm(a, reference) for m, a in candidates}
+    median = float(np.median(list(norms.values()))) if norms else 0.0
+    for m, arrays in candidates:
+        if len(candidates) >= min_for_norm and norms[m.site] > max_norm_ratio * max(median, 1e-12):
+            out.rejected[m.site] = (
+                f"update norm {norms[m.site]:.4g} is more than {max_norm_ratio:g}x the round's "
+                f"median {median:.4g}"
+            )
+            continue
+        out.accepted.append(SiteReply(m.site, arrays, m.n_examples))
+        out.manifests.append(m)
+    return out
