@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tasks flows tests
+	$(VENV)/bin/ruff check src tasks flows tests benchmarks deployments
 	$(VENV)/bin/mypy
 
 clean:

@@ -30,7 +30,15 @@ import yaml
 
 from fedchem.config import ChemConfig, FederationConfig, SiteRef, TaskSpec
 
-__all__ = ["Stack", "pool_for", "render_prefect_yaml", "stack_down", "stack_up"]
+__all__ = [
+    "Stack",
+    "deploy",
+    "pool_for",
+    "render_prefect_yaml",
+    "stack_down",
+    "stack_up",
+    "start_site_worker",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 #: credentials of the loopback S3 server (moto accepts any); never a real account's
@@ -233,12 +241,10 @@ def stack_up(
 
         split = split_into_sites(dataset, smiles_col, n_sites, directory / "sites", seed)
         stack.sites = [s.name for s in split.sites]
-        site_files = {}
-        for s in split.sites:
+        for s in split.sites:  # each site's own config, read by its worker only
             cfg = PrepareConfig(site=s, chem=chem, tasks=split.tasks)
             path = directory / "sites" / s.name / "site.yaml"
             path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-            site_files[s.name] = path
         fed = federation_defaults(stack.sites, split.tasks, chem, rounds, stack.hub_url, run_id)
         (directory / "prefect.yaml").write_text(
             render_prefect_yaml(stack.sites, chem, split.tasks, fed)
@@ -246,16 +252,10 @@ def stack_up(
         _wait_http(f"{stack.api_url}/health", 120, "the Prefect server")
         for pool in [*(pool_for(s) for s in stack.sites), "coordinator"]:
             _prefect(stack, "work-pool", "create", pool, "--type", "process", "--overwrite")
-        deploy_env = stack.env(FEDCHEM_REPO=str(REPO), FEDCHEM_HUB_URL=stack.hub_url)
-        _prefect(stack, "--no-prompt", "deploy", "--all", "--prefect-file",
-                 str(directory / "prefect.yaml"), env=deploy_env)  # fmt: skip
+        deploy(stack, directory / "prefect.yaml")
         exe = str(Path(sys.executable).with_name("prefect"))
         for site in stack.sites:  # each worker sees its own site's config, no other
-            env = stack.env(FEDCHEM_SITE_CONFIG=str(site_files[site]))
-            stack.pids[f"worker-{site}"] = _spawn(
-                [exe, "worker", "start", "--pool", pool_for(site), "--name", f"worker-{site}"],
-                env, directory / f"worker-{site}.log",
-            )  # fmt: skip
+            start_site_worker(stack, site)
         stack.pids["worker-coordinator"] = _spawn(
             [exe, "worker", "start", "--pool", "coordinator", "--name", "worker-coordinator"],
             stack.env(), directory / "worker-coordinator.log",
@@ -266,6 +266,26 @@ def stack_up(
         stack.save()
         stack_down(directory)
         raise
+
+
+def deploy(stack: Stack, prefect_file: Path) -> None:
+    """``prefect deploy --all`` of ``prefect_file`` against the stack's server."""
+    env = stack.env(FEDCHEM_REPO=str(REPO), FEDCHEM_HUB_URL=stack.hub_url)
+    _prefect(stack, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file),
+             env=env)  # fmt: skip
+
+
+def start_site_worker(stack: Stack, site: str) -> int:
+    """Start ``site``'s worker (its own config only in its environment); record its pid."""
+    exe = str(Path(sys.executable).with_name("prefect"))
+    env = stack.env(FEDCHEM_SITE_CONFIG=str(Path(stack.dir) / "sites" / site / "site.yaml"))
+    pid = _spawn(
+        [exe, "worker", "start", "--pool", pool_for(site), "--name", f"worker-{site}"],
+        env, Path(stack.dir) / f"worker-{site}.log",
+    )  # fmt: skip
+    stack.pids[f"worker-{site}"] = pid
+    stack.save()
+    return pid
 
 
 def _alive(pid: int) -> bool:

@@ -217,6 +217,17 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
     # the sites answered round 2 again with the updates they had published, not new ones
     for s in sites:
         assert hub.get_bytes(layout.site_update(2, s.name)) == updates_before[s.name]
+    # the UI screenshot script finds the newest coordinator run and its page
+    from prefect.settings import PREFECT_API_URL
+
+    from deployments.screenshot import browser_command, latest_coordinator_run, run_page
+
+    api = PREFECT_API_URL.value()
+    run = latest_coordinator_run(api)
+    assert run["name"] == "federation/cut" and run["state_name"] == "Completed"
+    page = run_page(api, str(run["id"]))
+    assert page.endswith(f"/runs/flow-run/{run['id']}") and "/api/" not in page
+    assert f"--screenshot={tmp_path}/x.png" in browser_command("chromium", page, tmp_path / "x.png")
     # a run id on the hub with other model settings is not resumed
     changed = base.model_copy(update={"run_id": "cut", "train": TrainConfig(lr=0.01)})
     with pytest.raises(ResumeError, match="other settings in: train"):

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,3 +72,87 @@ def test_s3_hub_roundtrip_through_s3fs(s3_endpoint: str, monkeypatch: pytest.Mon
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="fedchem-hub")
     hub = HubStore("s3://fedchem-hub/consortium", client_kwargs={"endpoint_url": s3_endpoint})
     _roundtrip(hub)
+
+
+def _start_moto(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto server did not start")
+
+
+def test_an_s3_outage_is_retried_with_backoff(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """The S3 server goes away (connections refused) and comes back 3 s later."""
+    import boto3
+
+    from fedchem.storage.hub import RetryPolicy
+
+    for k, v in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                 ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+        monkeypatch.setenv(k, v)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    servers = [_start_moto(port)]
+    try:
+        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="fedchem-flaky")
+        hub = HubStore("s3://fedchem-flaky/hub", retry=RetryPolicy(attempts=20, max_s=2.0),
+                       client_kwargs={"endpoint_url": url})  # fmt: skip
+        hub.put_bytes("a.bin", b"before")
+        servers[0].kill()
+        servers[0].wait()
+
+        def come_back() -> None:
+            servers.append(_start_moto(port))
+            boto3.client("s3", endpoint_url=url).create_bucket(Bucket="fedchem-flaky")
+
+        threading.Timer(3.0, come_back).start()
+        caplog.set_level("WARNING", logger="fedchem.hub")
+        start = time.time()
+        hub.put_bytes("b.bin", b"during the outage")  # refused, retried, then written
+        assert time.time() - start >= 3.0 and hub.get_bytes("b.bin") == b"during the outage"
+        retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+        assert retries and "EndpointConnectionError" in retries[0]
+        # not transient: a missing object is raised at once, never retried
+        caplog.clear()
+        with pytest.raises(FileNotFoundError):
+            hub.get_bytes("missing.bin")
+        assert not caplog.records
+    finally:
+        time.sleep(0.1)
+        for proc in servers:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_transient_errors_are_told_from_permanent_ones():
+    import errno
+
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+    from fedchem.storage.hub import is_transient
+
+    def client_error(status: int) -> ClientError:
+        body = {"Error": {"Code": str(status)}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return ClientError(body, "GetObject")  # type: ignore[arg-type]
+
+    assert is_transient(EndpointConnectionError(endpoint_url="http://x"))
+    assert is_transient(ReadTimeoutError(endpoint_url="http://x"))
+    assert is_transient(client_error(503)) and is_transient(client_error(500))
+    assert is_transient(OSError(errno.ECONNRESET, "reset")) and is_transient(TimeoutError())
+    wrapped = OSError("s3fs said so")
+    wrapped.__cause__ = client_error(502)
+    assert is_transient(wrapped)
+    assert not is_transient(client_error(403)) and not is_transient(client_error(404))
+    assert not is_transient(FileNotFoundError("gone")) and not is_transient(PermissionError())
+    assert not is_transient(ValueError("update does not match its manifest"))

@@ -18,6 +18,7 @@ import numpy as np
 from fedchem.federation.manifest import SiteUpdateManifest
 from fedchem.federation.strategies import SiteReply
 from fedchem.model.state import load_arrays
+from fedchem.storage.hub import IntegrityError
 from fedchem.types import StateArrays
 
 __all__ = ["Screened", "check_arrays", "screen_updates", "update_norm"]
@@ -70,7 +71,7 @@ def screen_updates(
     min_for_norm: int = 3,
 ) -> Screened:
     """Check every reply of round ``rnd``; ``fetch`` returns an update's verified bytes (and
-    raises ``ValueError`` on a hash mismatch or a missing file)."""
+    raises :class:`~fedchem.storage.hub.IntegrityError` on a hash mismatch)."""
     out = Screened()
     seen: set[str] = set()
     candidates: list[tuple[SiteUpdateManifest, StateArrays]] = []
@@ -96,8 +97,16 @@ def screen_updates(
             )
             continue
         try:
-            arrays = load_arrays(fetch(m))
-        except (ValueError, OSError, KeyError) as exc:  # hash mismatch, truncated, not npz
+            data = fetch(m)
+        except IntegrityError as exc:  # altered or truncated after its manifest
+            out.rejected[m.site] = f"hash mismatch: {exc}"[:300]
+            continue
+        except FileNotFoundError as exc:
+            out.rejected[m.site] = f"update missing: {exc}"[:300]
+            continue
+        try:
+            arrays = load_arrays(data)
+        except (ValueError, OSError, KeyError) as exc:  # not an npz of arrays
             out.rejected[m.site] = f"unreadable update: {type(exc).__name__}: {exc}"[:300]
             continue
         why = check_arrays(arrays, reference)

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-__all__ = ["HubLayout", "HubStore", "RetryPolicy", "is_transient"]
+__all__ = ["HubLayout", "HubStore", "IntegrityError", "RetryPolicy", "is_transient"]
 
 _log = logging.getLogger("fedchem.hub")
 _T = TypeVar("_T")
@@ -53,6 +53,10 @@ _TRANSIENT_ERRNOS = frozenset({
     errno.EAGAIN, errno.EBUSY, errno.EHOSTUNREACH, errno.ENETUNREACH,
 })  # fmt: skip
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+class IntegrityError(ValueError):
+    """Bytes on the hub that do not hash to what their manifest says (altered or truncated)."""
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -156,6 +160,8 @@ class HubStore:
             }  # fmt: skip
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
         self._local = isinstance(self.fs, LocalFileSystem)
+        if hasattr(self.fs, "retries"):  # s3fs: one retry loop, ours (logged, configurable)
+            self.fs.retries = 1
 
     def _path(self, rel: str) -> str:
         return f"{self.root.rstrip('/')}/{rel}"
@@ -184,7 +190,7 @@ class HubStore:
         data = self.get_bytes(rel)
         digest = hashlib.sha256(data).hexdigest()
         if digest != sha256:
-            raise ValueError(
+            raise IntegrityError(
                 f"{what} at {rel} does not match its manifest "
                 f"(sha256 {digest[:12]} != {sha256[:12]}): refusing it"
             )

@@ -1,0 +1,70 @@
+"""Check the Prefect UI as a user would: screenshot the latest coordinator run's page.
+
+    PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/screenshot.py [--out run.png]
+
+Finds the newest flow run of the ``coordinator`` flow through the REST API, opens its page
+(``<ui>/runs/flow-run/<id>``: the round-by-round artifacts, the progress bar and the summary)
+in headless Chromium (Debian's ``chromium`` package) and saves a PNG. Not part of CI: it needs
+a browser and a running server (``fedchem stack up`` gives one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def latest_coordinator_run(api_url: str, flow_name: str = "coordinator") -> dict[str, object]:
+    body = json.dumps({"flows": {"name": {"any_": [flow_name]}}, "sort": "START_TIME_DESC",
+                       "limit": 1}).encode()  # fmt: skip
+    req = urllib.request.Request(f"{api_url.rstrip('/')}/flow_runs/filter", data=body,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        runs = json.loads(resp.read())
+    if not runs:
+        raise SystemExit(f"no '{flow_name}' flow run on {api_url}; run the coordinator first")
+    return dict(runs[0])
+
+
+def run_page(api_url: str, run_id: str) -> str:
+    """The UI page of a flow run: the API URL without ``/api`` (Prefect serves both)."""
+    ui = api_url.rstrip("/").removesuffix("/api")
+    return f"{ui}/runs/flow-run/{run_id}"
+
+
+def browser_command(browser: str, url: str, out: Path, size: str = "1600,1400") -> list[str]:
+    return [
+        browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+        f"--window-size={size}", "--virtual-time-budget=15000", f"--screenshot={out}", url,
+    ]  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--api-url", default=os.environ.get("PREFECT_API_URL"))
+    ap.add_argument("--out", default="coordinator-run.png")
+    ap.add_argument("--browser", help=f"default: the first of {', '.join(BROWSERS)} on PATH")
+    args = ap.parse_args()
+    if not args.api_url:
+        ap.error("set PREFECT_API_URL or pass --api-url")
+    browser = args.browser or next((b for b in BROWSERS if shutil.which(b)), None)
+    if browser is None:
+        ap.error("no Chromium found: apt-get install chromium (or pass --browser)")
+    run = latest_coordinator_run(args.api_url)
+    url = run_page(args.api_url, str(run["id"]))
+    out = Path(args.out).resolve()
+    subprocess.run(browser_command(browser, url, out), check=True, timeout=120)
+    print(f"{run['name']} ({run.get('state_name')}): {url} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
