@@ -104,3 +104,37 @@ def test_a_bad_demo_config_is_refused_before_anything_runs(
     assert "train.lr_schedule" in capsys.readouterr().err
     assert main(["demo", "--dataset", str(tmp_path / "missing.csv")]) == 2
     assert "not a bundled name" in capsys.readouterr().err
+
+
+def test_a_federation_config_is_checked_with_errors_that_say_where(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    cfg = tmp_path / "federation.yaml"
+    cfg.write_text(
+        "run_id: weekly\nhub_url: s3://hub/fed\nmode: deployed\n"
+        "sites: [{name: site-a}, {name: site-b}, {name: site-c}]\n"
+        "tasks: [{name: herg, kind: classification}]\n"
+        "deployment: {min_sites: 2, round_deadline_s: 600}\n"
+        "strategy: {name: trimmed_mean, trim_fraction: 0.2}\n"
+    )
+    assert main(["federate", "--config", str(cfg), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "3 sites" in out and "quorum 2 (tolerate)" in out and "trimmed_mean" in out
+    cfg.write_text(cfg.read_text().replace("trim_fraction: 0.2", "trim_fraction: 0.7"))
+    assert main(["federate", "--config", str(cfg), "--check"]) == 2
+    assert "strategy.trimmed_mean.trim_fraction" in capsys.readouterr().err
+    cfg.write_text(cfg.read_text().replace("trim_fraction: 0.7", "trim_fraction: 0.2")
+                   .replace("min_sites: 2", "min_sites: 4"))  # fmt: skip
+    assert main(["federate", "--config", str(cfg), "--check"]) == 2
+    assert "min_sites=4 exceeds the 3 sites" in capsys.readouterr().err
+
+
+def test_a_relative_local_hub_is_relative_to_the_yaml(tmp_path: Path):
+    from fedchem.config import load_federation_config
+
+    cfg = tmp_path / "federation.yaml"
+    body = "run_id: r\nmode: deployed\nsites: [{name: a}]\ntasks: [{name: t, kind: regression}]\n"
+    cfg.write_text(body + "hub_url: hub\n")
+    assert load_federation_config(cfg).hub_url == str(tmp_path / "hub")
+    cfg.write_text(body + "hub_url: s3://bucket/hub\n")
+    assert load_federation_config(cfg).hub_url == "s3://bucket/hub"

@@ -434,6 +434,9 @@ def load_config(path: Path, model: type[_M]) -> _M:
     base = path.resolve().parent
     _anchor_site_paths(raw.get("site"), base)
     dataset = raw.get("dataset")
+    hub = raw.get("hub_url")
+    if isinstance(hub, str) and hub and "://" not in hub and not Path(hub).is_absolute():
+        raw["hub_url"] = str(base / hub)  # a local hub directory, relative to the YAML too
     is_path = isinstance(dataset, str) and ("/" in dataset or "." in dataset)
     if model is DemoConfig and is_path and not Path(str(dataset)).is_absolute():
         raw["dataset"] = str(base / str(dataset))
