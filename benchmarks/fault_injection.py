@@ -115,10 +115,9 @@ class Suite:
         return res.returncode
 
     def start(self, run_id: str, **deployment: Any) -> subprocess.Popen[str]:
-        cfg = {**self.config, "run_id": run_id, "rounds": ROUNDS,
-               "deployment": {**self.config["deployment"], **deployment}}  # fmt: skip
-        return subprocess.Popen(self._cmd("coordinator/coordinator", {"config": cfg}),
-                                env=self.stack.env(), cwd=REPO, stdout=subprocess.DEVNULL,
+        """The coordinator run, in the background (``run`` waits for it)."""
+        cmd = self._cmd("coordinator/coordinator", self._params(run_id, **deployment))
+        return subprocess.Popen(cmd, env=self.stack.env(), cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, text=True)  # fmt: skip
 
     def wait_for(self, path: str, timeout: float = 300) -> None:

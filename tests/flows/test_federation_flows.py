@@ -217,6 +217,13 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
     # the sites answered round 2 again with the updates they had published, not new ones
     for s in sites:
         assert hub.get_bytes(layout.site_update(2, s.name)) == updates_before[s.name]
+        # Adam's state is kept for the last two rounds only; private heads for every round
+        state = s.workdir / "runs" / "cut"
+        assert sorted(p.name for p in state.glob("optimizer-*")) == [
+            "optimizer-0002.pt",
+            "optimizer-0003.pt",
+        ]
+        assert len(list(state.glob("private_head-*.npz"))) == 3
     # the UI screenshot script finds the newest coordinator run and its page
     from prefect.settings import PREFECT_API_URL
 

@@ -166,11 +166,12 @@ def committed_rounds(hub: HubStore, run_id: str) -> list[RoundManifest]:
     temporary file) is uncommitted and ignored."""
     layout = HubLayout(run_id)
     out: list[RoundManifest] = []
-    rnd = 0
-    while hub.exists(layout.round_manifest(rnd)):
-        out.append(RoundManifest.model_validate(hub.get_json(layout.round_manifest(rnd))))
-        rnd += 1
-    return out
+    while True:
+        try:
+            doc = hub.get_json(layout.round_manifest(len(out)))
+        except FileNotFoundError:
+            return out
+        out.append(RoundManifest.model_validate(doc))
 
 
 #: the config sections that decide the model a run produces; ``mode``, ``deployment``,
@@ -299,5 +300,5 @@ def record_best_round(
             "run_id": run_id, "round": rnd, "metric": metric, "value": value,
             "global_path": chosen.global_path, "global_sha256": chosen.global_sha256,
         }  # fmt: skip
-    hub.put_json(f"runs/{run_id}/best.json", doc)
+    hub.put_json(HubLayout(run_id).best(), doc)
     return doc

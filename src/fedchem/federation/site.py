@@ -82,12 +82,17 @@ def _private_rows(ds: SiteDataset, private_tasks: list[str]) -> np.ndarray:
     return np.array(sorted(index[t] for t in private_tasks if t in index), dtype=np.int64)
 
 
-def _load_private_head(model: MultitaskNet, path: Path, rows: np.ndarray) -> None:
-    """The site's own head rows from earlier rounds (round 1 starts from the global init)."""
+def _load_private_head(model: MultitaskNet, path: Path, rows: np.ndarray | None = None) -> None:
+    """The site's own head rows from earlier rounds (round 1 starts from the global init).
+
+    ``rows``: the rows this round expects (checked); None takes the rows the file holds.
+    """
     if not path.exists():
         return
     with np.load(path, allow_pickle=False) as z:
-        if not np.array_equal(z["rows"], rows):
+        if rows is None:
+            rows = z["rows"]
+        elif not np.array_equal(z["rows"], rows):
             raise ValueError(f"{path}: private head rows differ from this round's private tasks")
         with torch.no_grad():
             model.head.weight[torch.from_numpy(rows)] = torch.from_numpy(z["weight"])
@@ -265,10 +270,6 @@ def evaluate_global_at_site(
     ds = load_site_dataset(site)
     arrays, _ = fetch_global(hub, run_id, rnd)
     model = _model_for(ds, model_cfg, arrays)
-    head_path = private_head_path(site.workdir / "runs" / run_id, rnd)
-    if head_path.exists():
-        with np.load(head_path, allow_pickle=False) as z:
-            rows = z["rows"]
-        _load_private_head(model, head_path, rows)
+    _load_private_head(model, private_head_path(site.workdir / "runs" / run_id, rnd))
     return evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
                             model_name="federated", fold="test")  # fmt: skip

@@ -135,6 +135,9 @@ class HubLayout:
     def site_manifest(self, rnd: int, site: str) -> str:
         return f"{self.round_dir(rnd)}/sites/{site}/manifest.json"
 
+    def best(self) -> str:
+        return f"runs/{self.run_id}/best.json"
+
     def baseline_model(self, site: str) -> str:
         return f"runs/{self.run_id}/baselines/{site}/model.npz"
 
