@@ -17,7 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,11 +46,79 @@ def _overheads(manifests: list[dict], site_manifests: list[list[dict]]) -> list[
     ]
 
 
+def _api(stack: Stack, path: str, body: dict | None = None) -> Any:
+    url = f"{stack.api_url}/{path}"
+    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    if body is None:
+        req = urllib.request.Request(url)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _t(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _fetch_timeline(stack: Stack, run_id: str) -> dict[str, Any]:
+    """The site runs of ``run_id`` with their state histories, and the coordinator's tasks."""
+    runs = _api(stack, "flow_runs/filter", {"flow_runs": {"tags": {"all_": [f"run:{run_id}"]}}})
+    for run in runs:
+        run["states"] = _api(stack, f"flow_run_states/?flow_run_id={run['id']}")
+    # a site run's parent is the coordinator's trigger task; its flow run is the coordinator
+    parent = _api(stack, f"task_runs/{runs[0]['parent_task_run_id']}")
+    tasks = _api(stack, "task_runs/filter",
+                 {"task_runs": {"flow_run_id": {"any_": [parent["flow_run_id"]]}}})  # fmt: skip
+    return {"runs": runs, "tasks": tasks}
+
+
+def _phases(timeline: dict[str, Any], site_manifests: list[list[dict]]) -> dict[str, float]:
+    """Where a deployed round's time goes (means over rounds and sites).
+
+    Per site run: created -> Pending (a worker picked it up) -> Running (its process started
+    and the engine loaded the flow) -> Completed; the site's own step is ``site_seconds``.
+    Per round: the coordinator's trigger task started -> the site run created; the last site
+    Completed -> the aggregate task done (the coordinator noticing, collecting, committing).
+    """
+    by_name = {r["name"]: r for r in timeline["runs"]}
+    triggers = {t["name"]: t for t in timeline["tasks"] if t["name"].startswith("trigger-")}
+    aggregates = sorted((t for t in timeline["tasks"] if t["name"].startswith("aggregate")
+                         and t["end_time"]), key=lambda t: _t(t["end_time"]))  # fmt: skip
+    acc: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        acc.setdefault(key, []).append(value)
+
+    for r, sites in enumerate(site_manifests, start=1):
+        ends = []
+        for m in sites:
+            run = by_name[f"round-{r:02d}/{m['site']}"]
+            states = {s["type"]: _t(s["timestamp"]) for s in run["states"]}
+            created = _t(run["created"])
+            trigger = triggers[f"trigger-round-{r:02d}/{m['site']}"]
+            add("trigger task started -> site run created", created - _t(trigger["start_time"]))
+            add("created -> Pending (a worker polled it)", states["PENDING"] - created)
+            add(
+                "Pending -> Running (process start, engine, flow load)",
+                states["RUNNING"] - states["PENDING"],
+            )
+            add(
+                "Running -> Completed, less the site's own step",
+                states["COMPLETED"] - states["RUNNING"] - m["site_seconds"],
+            )
+            ends.append(states["COMPLETED"])
+        agg = next(t for t in aggregates if _t(t["end_time"]) >= max(ends))
+        add("last site Completed -> round committed", _t(agg["end_time"]) - max(ends))
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sites", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--molecules", type=int, default=1500)
+    ap.add_argument("--cold", dest="warm", action="store_false",
+                    help="plain process workers (a fresh interpreter per flow run)")  # fmt: skip
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="fedchem-bench-deploy-"))
@@ -55,7 +126,8 @@ def main() -> None:
     pd.read_csv(bundled_dataset()).head(args.molecules).to_csv(data, index=False)
     chem = ChemConfig(fp_size=2048)
     t0 = time.perf_counter()
-    stack = stack_up(base / "stack", data, n_sites=args.sites, rounds=args.rounds, chem=chem)
+    stack = stack_up(base / "stack", data, n_sites=args.sites, rounds=args.rounds, chem=chem,
+                     warm_workers=args.warm)  # fmt: skip
     print(f"stack up in {time.perf_counter() - t0:.1f}s: {stack.sites}, worker poll 1 s")
     try:
         for site in stack.sites:
@@ -75,6 +147,9 @@ def main() -> None:
         sites = [[json.loads(fs.cat(f"{root}/{r:04d}/sites/{s}/manifest.json"))
                   for s in stack.sites] for r in range(1, args.rounds + 1)]  # fmt: skip
         deployed = _overheads(rounds, sites)
+        timeline = _fetch_timeline(stack, "bench-deployed")
+        (base / "timeline.json").write_text(json.dumps({"timeline": timeline, "sites": sites}))
+        phases = _phases(timeline, sites)
 
         # baseline: local mode on the same prepared sites, in this process
         os.environ.update(
@@ -104,6 +179,12 @@ def main() -> None:
     print(f"per round, deployed: wall {np.mean([m['round_seconds'] for m in rounds]):.2f}s, "
           f"slowest site step {np.mean(slowest):.2f}s, overhead {np.mean(deployed):.2f}s "
           f"(min {min(deployed):.2f}, max {max(deployed):.2f}; target <= 3 s)")  # fmt: skip
+    print(
+        f"where a deployed round's time goes ({'warm' if args.warm else 'process'} workers;"
+        " means over rounds and sites):"
+    )
+    for k, v in phases.items():
+        print(f"  {k:<58} {v:6.2f}s")
     print(f"per round, local mode (subflows, same process): overhead {np.mean(local):.2f}s")
     print(f"ratio deployed / local overhead: {np.mean(deployed) / np.mean(local):.1f}x")
 

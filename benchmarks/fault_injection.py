@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,16 @@ class Suite:
         self.reference = self.committed("f0-fault-free")[-1].global_sha256
         return self.outcome(o, "f0-fault-free", t)
 
+    def run_state(self, run_id: str, name: str) -> str | None:
+        """The state type of the flow run ``name`` of the federation ``run_id``, if any."""
+        body = {"flow_runs": {"name": {"any_": [name]}, "tags": {"all_": [f"run:{run_id}"]}}}
+        req = urllib.request.Request(f"{self.stack.api_url}/flow_runs/filter",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as r:
+            runs = json.loads(r.read())
+        return runs[0]["state_type"] if runs else None
+
     def _params(self, run_id: str, **deployment: Any) -> dict[str, Any]:
         return {"config": {**self.config, "run_id": run_id, "rounds": ROUNDS,
                            "deployment": {**self.config["deployment"], **deployment}}}  # fmt: skip
@@ -175,8 +186,8 @@ class Suite:
         self.wait_for(layout.round_manifest(1))
         pid = self.stack.pids[f"worker-{site}"]
         deadline = time.time() + 60
-        while not _descendants(pid) and time.time() < deadline:  # its round-2 flow run started
-            time.sleep(0.05)
+        while self.run_state(run_id, f"round-02/{site}") != "RUNNING" and time.time() < deadline:
+            time.sleep(0.05)  # until its round-2 flow run is running
         time.sleep(0.5)
         for p in [pid, *_descendants(pid)]:
             with _quiet():

@@ -49,6 +49,12 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir()
+            for c in (t / "children").read_text().split()]  # fmt: skip
+
+
 def _run(
     stack: Stack, deployment: str, *extra: str, timeout: int = 300
 ) -> subprocess.CompletedProcess[str]:
@@ -87,15 +93,21 @@ def test_sites_prepare_then_two_rounds_commit_on_s3(stack: Stack):
                 assert s.encode() not in blob
 
 
+def _site_paths(pid: int, stack: Stack) -> list[bytes]:
+    """The site-data entries of a process's environment."""
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return [e for e in env if e.startswith(b"FEDCHEM_SITE_CONFIG=") or b"/sites/" in e]
+
+
 def test_each_site_worker_sees_only_its_own_data(stack: Stack):
     for site in stack.sites:
-        env = Path(f"/proc/{stack.pids[f'worker-{site}']}/environ").read_bytes().split(b"\0")
-        mine = [e for e in env if e.startswith(b"FEDCHEM_SITE_CONFIG=")]
-        assert mine == [
-            f"FEDCHEM_SITE_CONFIG={Path(stack.dir) / 'sites' / site / 'site.yaml'}".encode()
-        ]
-        others = [o for o in stack.sites if o != site]
-        assert not any(f"/sites/{o}/".encode() in e for e in env for o in others)
+        mine = [f"FEDCHEM_SITE_CONFIG={Path(stack.dir) / 'sites' / site / 'site.yaml'}".encode()]
+        worker = stack.pids[f"worker-{site}"]
+        assert _site_paths(worker, stack) == mine
+        # the warm-start worker's zygote (which forks the site's flow runs) holds the same
+        zygotes = [c for c in _children(worker)
+                   if b"--zygote" in Path(f"/proc/{c}/cmdline").read_bytes()]  # fmt: skip
+        assert len(zygotes) == 1 and _site_paths(zygotes[0], stack) == mine
     coord = Path(f"/proc/{stack.pids['worker-coordinator']}/environ").read_bytes()
     assert b"FEDCHEM_SITE_CONFIG" not in coord and b"/sites/" not in coord
 

@@ -189,7 +189,8 @@ def _stack(args: argparse.Namespace) -> int:
         return 0
     dataset = Path(args.dataset) if args.dataset else bundled_dataset()
     stack = st.stack_up(directory, dataset, n_sites=args.sites, rounds=args.rounds,
-                        database_url=args.database_url, run_id=args.run_id)  # fmt: skip
+                        database_url=args.database_url, run_id=args.run_id,
+                        warm_workers=not args.cold_workers)  # fmt: skip
     ui = stack.api_url.removesuffix("/api")
     print(json.dumps({"ui": ui, **{k: v for k, v in vars(stack).items() if k != "dir"}}, indent=2))
     print(f"""
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--dataset", help="wide CSV to split into sites (default: bundled Tox21)")
     sk.add_argument("--database-url", help="Postgres for the Prefect server (default: SQLite)")
     sk.add_argument("--run-id", default="stack-run")
+    sk.add_argument("--cold-workers", action="store_true",
+                    help="site workers are `prefect worker start` (a fresh interpreter per flow "
+                    "run) instead of fedchem's warm-start worker")  # fmt: skip
     sk.set_defaults(func=_stack)
     return p
 

@@ -271,7 +271,9 @@ class DeploymentConfig(_Strict):
         description="quorum: fewest accepted updates a round commits with (default: all); "
         "applies in both modes",
     )
-    poll_interval_s: float = Field(1.0, gt=0)
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="how often the coordinator checks a site's run (one light API read)"
+    )
 
 
 class FaultConfig(_Strict):

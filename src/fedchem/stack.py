@@ -1,9 +1,11 @@
 """A real multi-site deployment on one machine: ``fedchem stack up`` / ``fedchem stack down``.
 
 ``up`` starts, each as its own process recorded by pid in ``<dir>/stack.json``:
-a Prefect server (SQLite under ``<dir>``, or Postgres by URL), an S3-compatible server for the
-hub (moto, on loopback), one process worker per site whose environment holds only that site's
-config file and the hub's credentials, and the coordinator's worker (hub credentials only).
+a Prefect server (SQLite under ``<dir>``, or Postgres by URL; ``deployments/prefect_server.py``),
+an S3-compatible server for the hub (moto, on loopback), one process worker per site whose
+environment holds only that site's config file and the hub's credentials (by default the
+warm-start worker of ``deployments/warm_worker.py``), and the coordinator's worker (hub
+credentials only).
 It writes every site's contract-conformant files (a scaffold split of a public dataset), a
 ``prefect.yaml`` (from :func:`render_prefect_yaml`), creates the work pools and deploys.
 ``down`` stops everything ``up`` started, by pid.
@@ -145,6 +147,8 @@ class Stack:
     hub_url: str
     sites: list[str]
     pids: dict[str, int] = field(default_factory=dict)
+    #: site workers start flow runs warm (``deployments/warm_worker.py``) or as fresh processes
+    warm_workers: bool = True
 
     def save(self) -> None:
         Path(self.dir, "stack.json").write_text(json.dumps(asdict(self), indent=2))
@@ -206,9 +210,14 @@ def _prefect(stack: Stack, *args: str, env: dict[str, str] | None = None) -> Non
 def stack_up(
     directory: Path, dataset: Path, n_sites: int = 2, rounds: int = 2, seed: int = 0,
     database_url: str | None = None, chem: ChemConfig | None = None,
-    run_id: str = "stack-run", smiles_col: str = "smiles",
+    run_id: str = "stack-run", smiles_col: str = "smiles", warm_workers: bool = True,
 ) -> Stack:  # fmt: skip
-    """Start the whole stack (see the module docstring); stop it with :func:`stack_down`."""
+    """Start the whole stack (see the module docstring); stop it with :func:`stack_down`.
+
+    ``warm_workers``: each site's worker forks its flow runs from a process that imported
+    Prefect, torch and the flows once (``deployments/warm_worker.py``); otherwise the plain
+    ``prefect worker start`` process worker, which starts a fresh interpreter per run.
+    """
     from fedchem.config import PrepareConfig
     from fedchem.demo.sites import split_into_sites
 
@@ -218,14 +227,15 @@ def stack_up(
     api_port, s3_port = _free_port(), _free_port()
     stack = Stack(dir=str(directory), api_url=f"http://127.0.0.1:{api_port}/api",
                   s3_endpoint=f"http://127.0.0.1:{s3_port}", hub_url="s3://fedchem-hub/hub",
-                  sites=[])  # fmt: skip
+                  sites=[], warm_workers=warm_workers)  # fmt: skip
     try:
         server_env = stack.env()
         if database_url:
             server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+        # ``prefect server start``, with SQLite write transactions begun IMMEDIATE (see there)
         stack.pids["prefect-server"] = _spawn(
-            [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
-             "127.0.0.1", "--port", str(api_port)], server_env, directory / "prefect-server.log",
+            [sys.executable, "-m", "deployments.prefect_server", "--host", "127.0.0.1",
+             "--port", str(api_port)], server_env, directory / "prefect-server.log",
         )  # fmt: skip
         stack.pids["s3"] = _spawn(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
@@ -279,10 +289,10 @@ def start_site_worker(stack: Stack, site: str) -> int:
     """Start ``site``'s worker (its own config only in its environment); record its pid."""
     exe = str(Path(sys.executable).with_name("prefect"))
     env = stack.env(FEDCHEM_SITE_CONFIG=str(Path(stack.dir) / "sites" / site / "site.yaml"))
-    pid = _spawn(
-        [exe, "worker", "start", "--pool", pool_for(site), "--name", f"worker-{site}"],
-        env, Path(stack.dir) / f"worker-{site}.log",
-    )  # fmt: skip
+    name = ["--pool", pool_for(site), "--name", f"worker-{site}"]
+    cmd = ([sys.executable, "-m", "deployments.warm_worker", *name] if stack.warm_workers
+           else [exe, "worker", "start", *name])  # fmt: skip
+    pid = _spawn(cmd, env, Path(stack.dir) / f"worker-{site}.log")
     stack.pids[f"worker-{site}"] = pid
     stack.save()
     return pid
