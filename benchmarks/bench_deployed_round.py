@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--molecules", type=int, default=1500)
     ap.add_argument("--cold", dest="warm", action="store_false",
                     help="plain process workers (a fresh interpreter per flow run)")  # fmt: skip
+    ap.add_argument("--deferred-sqlite", dest="immediate", action="store_false",
+                    help="plain `prefect server start` (SQLite writes begun DEFERRED)")  # fmt: skip
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="fedchem-bench-deploy-"))
@@ -127,7 +129,7 @@ def main() -> None:
     chem = ChemConfig(fp_size=2048)
     t0 = time.perf_counter()
     stack = stack_up(base / "stack", data, n_sites=args.sites, rounds=args.rounds, chem=chem,
-                     warm_workers=args.warm)  # fmt: skip
+                     warm_workers=args.warm, sqlite_immediate=args.immediate)  # fmt: skip
     print(f"stack up in {time.perf_counter() - t0:.1f}s: {stack.sites}, worker poll 1 s")
     try:
         for site in stack.sites:
@@ -180,8 +182,8 @@ def main() -> None:
           f"slowest site step {np.mean(slowest):.2f}s, overhead {np.mean(deployed):.2f}s "
           f"(min {min(deployed):.2f}, max {max(deployed):.2f}; target <= 3 s)")  # fmt: skip
     print(
-        f"where a deployed round's time goes ({'warm' if args.warm else 'process'} workers;"
-        " means over rounds and sites):"
+        f"where a deployed round's time goes ({'warm' if args.warm else 'process'} workers, "
+        f"SQLite {'IMMEDIATE' if args.immediate else 'DEFERRED'}; means over rounds and sites):"
     )
     for k, v in phases.items():
         print(f"  {k:<58} {v:6.2f}s")

@@ -211,12 +211,15 @@ def stack_up(
     directory: Path, dataset: Path, n_sites: int = 2, rounds: int = 2, seed: int = 0,
     database_url: str | None = None, chem: ChemConfig | None = None,
     run_id: str = "stack-run", smiles_col: str = "smiles", warm_workers: bool = True,
+    sqlite_immediate: bool = True,
 ) -> Stack:  # fmt: skip
     """Start the whole stack (see the module docstring); stop it with :func:`stack_down`.
 
     ``warm_workers``: each site's worker forks its flow runs from a process that imported
     Prefect, torch and the flows once (``deployments/warm_worker.py``); otherwise the plain
     ``prefect worker start`` process worker, which starts a fresh interpreter per run.
+    ``sqlite_immediate``: the server begins SQLite write transactions IMMEDIATE
+    (``deployments/prefect_server.py``); otherwise plain ``prefect server start``.
     """
     from fedchem.config import PrepareConfig
     from fedchem.demo.sites import split_into_sites
@@ -233,9 +236,14 @@ def stack_up(
         if database_url:
             server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
         # ``prefect server start``, with SQLite write transactions begun IMMEDIATE (see there)
+        server = (
+            [sys.executable, "-m", "deployments.prefect_server"]
+            if sqlite_immediate
+            else [str(Path(sys.executable).with_name("prefect")), "server", "start"]
+        )
         stack.pids["prefect-server"] = _spawn(
-            [sys.executable, "-m", "deployments.prefect_server", "--host", "127.0.0.1",
-             "--port", str(api_port)], server_env, directory / "prefect-server.log",
+            [*server, "--host", "127.0.0.1", "--port", str(api_port)], server_env,
+            directory / "prefect-server.log",
         )  # fmt: skip
         stack.pids["s3"] = _spawn(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
