@@ -84,6 +84,8 @@ def _run_child(request: dict[str, Any], protocol_fd: int) -> None:
         SettingsContext(profile=get_settings_context().profile, settings=Settings()).__enter__()
         import runpy
 
+        # runpy notes that prefect.engine is already imported (preloaded): expected here
+        warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
         sys.argv = ["prefect.engine", request["flow_run_id"]]
         try:
             runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
@@ -121,26 +123,27 @@ def zygote_main(preload: list[str]) -> None:
     out = os.fdopen(protocol_fd, "w")
     children: set[int] = set()
     _send(out, {"ready": os.getpid(), "preloaded": preload})
-    stdin = sys.stdin
-    open_ = True
+    pending, open_ = b"", True
     while open_ or children:
-        readable, _, _ = select.select([stdin] if open_ else [], [], [], 0.1)
+        readable, _, _ = select.select([0] if open_ else [], [], [], 0.1)
         if readable:
-            line = stdin.readline()
-            if not line:  # the worker is gone: no new runs; let the running ones finish
+            chunk = os.read(0, 1 << 16)  # unbuffered: select stays true to what is unread
+            if not chunk:  # the worker is gone: no new runs; let the running ones finish
                 open_ = False
-            else:
-                request = json.loads(line)
-                main = threading.main_thread()
-                threads = [t.name for t in threading.enumerate() if t is not main]
-                if threads:
-                    _send(out, {"error": f"zygote has threads {threads}; not forking"})
-                    continue
-                pid = os.fork()
-                if pid == 0:
-                    _run_child(request, protocol_fd)
-                children.add(pid)
-                _send(out, {"pid": pid})
+            pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            request = json.loads(line)
+            main = threading.main_thread()
+            threads = [t.name for t in threading.enumerate() if t is not main]
+            if threads:
+                _send(out, {"error": f"zygote has threads {threads}; not forking"})
+                continue
+            pid = os.fork()
+            if pid == 0:
+                _run_child(request, protocol_fd)
+            children.add(pid)
+            _send(out, {"pid": pid})
         while children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
