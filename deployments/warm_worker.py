@@ -194,8 +194,8 @@ class Zygote:
             self._pending.pop(0).set_result(msg["pid"])
         elif "error" in msg:
             self._pending.pop(0).set_exception(RuntimeError(msg["error"]))
-        elif "exit" in msg:
-            fut = self._exits.pop(msg["exit"], None)
+        elif "exit" in msg:  # kept until waited for: a fast child may exit before the wait
+            fut = self._exits.get(msg["exit"])
             if fut is not None and not fut.done():
                 fut.set_result(msg["code"])
 
@@ -210,9 +210,9 @@ class Zygote:
         for pending in self._pending:
             pending.set_exception(err)
         self._pending.clear()
-        for pid, fut in list(self._exits.items()):
-            self._orphans.add(asyncio.ensure_future(self._poll_orphan(pid, fut)))
-        self._exits.clear()
+        for pid, fut in self._exits.items():  # still running: watched until they end
+            if not fut.done():
+                self._orphans.add(asyncio.ensure_future(self._poll_orphan(pid, fut)))
 
     @staticmethod
     async def _poll_orphan(pid: int, fut: asyncio.Future[int | None]) -> None:
@@ -238,8 +238,14 @@ class Zygote:
             return await fut
 
     async def wait(self, pid: int) -> int | None:
+        """The exit code of ``pid`` (None: unknown, its zygote died before it ended)."""
         fut = self._exits.get(pid)
-        return None if fut is None else await fut
+        if fut is None:
+            return None
+        try:
+            return await fut
+        finally:
+            self._exits.pop(pid, None)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -36,6 +36,9 @@ def test_zygote_forks_one_process_per_run_and_reports_its_exit_code(tmp_path: Pa
             b = await z.fork(_env(), str(tmp_path), "not-a-flow-run-id")
             assert len({a, b, zygote_pid, os.getpid()}) == 4
             assert await asyncio.wait_for(z.wait(a), 60) == 1
+            while Path(f"/proc/{b}").exists():  # b ends (and is reaped) before anyone waits
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
             assert await asyncio.wait_for(z.wait(b), 60) == 1
             assert z.proc is not None and z.proc.poll() is None  # the zygote lives on
         finally:

@@ -74,11 +74,24 @@ def test_s3_hub_roundtrip_through_s3fs(s3_endpoint: str, monkeypatch: pytest.Mon
     _roundtrip(hub)
 
 
-def _start_moto(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+_MOTO_WITH_BUCKET = (
+    "import sys\n"
+    "from moto.core import DEFAULT_ACCOUNT_ID\n"
+    "from moto.s3.models import s3_backends\n"
+    "from moto.server import main\n"
+    "s3_backends[DEFAULT_ACCOUNT_ID]['global'].create_bucket(sys.argv[1], 'us-east-1')\n"
+    "main(['-H', '127.0.0.1', '-p', sys.argv[2]])\n"
+)
+
+
+def _start_moto(port: int, bucket: str | None = None) -> subprocess.Popen[bytes]:
+    """moto's S3 server on ``port``; with ``bucket``, the bucket exists before it listens."""
+    cmd = (
+        [sys.executable, "-c", _MOTO_WITH_BUCKET, bucket, str(port)]
+        if bucket
+        else [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -113,8 +126,8 @@ def test_an_s3_outage_is_retried_with_backoff(
         servers[0].wait()
 
         def come_back() -> None:
-            servers.append(_start_moto(port))
-            boto3.client("s3", endpoint_url=url).create_bucket(Bucket="fedchem-flaky")
+            # the restarted server is empty: its bucket must exist before the first retry lands
+            servers.append(_start_moto(port, bucket="fedchem-flaky"))
 
         threading.Timer(3.0, come_back).start()
         caplog.set_level("WARNING", logger="fedchem.hub")
