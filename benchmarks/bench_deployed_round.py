@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import yaml
 
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, PrepareConfig, load_config
 from fedchem.demo.sites import bundled_dataset
-from fedchem.stack import REPO, S3_KEY, S3_SECRET, Stack, stack_down, stack_up
+from fedchem.stack import REPO, S3_KEY, S3_SECRET, Stack, prefect_api, stack_down, stack_up
 
 
 def _prefect(stack: Stack, *args: str) -> None:
@@ -46,28 +45,20 @@ def _overheads(manifests: list[dict], site_manifests: list[list[dict]]) -> list[
     ]
 
 
-def _api(stack: Stack, path: str, body: dict | None = None) -> Any:
-    url = f"{stack.api_url}/{path}"
-    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    if body is None:
-        req = urllib.request.Request(url)
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
 def _t(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _fetch_timeline(stack: Stack, run_id: str) -> dict[str, Any]:
     """The site runs of ``run_id`` with their state histories, and the coordinator's tasks."""
-    runs = _api(stack, "flow_runs/filter", {"flow_runs": {"tags": {"all_": [f"run:{run_id}"]}}})
+    api = stack.api_url
+    runs = prefect_api(api, "flow_runs/filter",
+                       {"flow_runs": {"tags": {"all_": [f"run:{run_id}"]}}})  # fmt: skip
     for run in runs:
-        run["states"] = _api(stack, f"flow_run_states/?flow_run_id={run['id']}")
+        run["states"] = prefect_api(api, f"flow_run_states/?flow_run_id={run['id']}")
     # a site run's parent is the coordinator's trigger task; its flow run is the coordinator
-    parent = _api(stack, f"task_runs/{runs[0]['parent_task_run_id']}")
-    tasks = _api(stack, "task_runs/filter",
+    parent = prefect_api(api, f"task_runs/{runs[0]['parent_task_run_id']}")
+    tasks = prefect_api(api, "task_runs/filter",
                  {"task_runs": {"flow_run_id": {"any_": [parent["flow_run_id"]]}}})  # fmt: skip
     return {"runs": runs, "tasks": tasks}
 

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,14 @@ import yaml  # noqa: E402
 from fedchem.config import ChemConfig  # noqa: E402
 from fedchem.demo.sites import bundled_dataset  # noqa: E402
 from fedchem.federation.manifest import RoundManifest  # noqa: E402
-from fedchem.stack import Stack, deploy, stack_down, stack_up, start_site_worker  # noqa: E402
+from fedchem.stack import (  # noqa: E402
+    Stack,
+    deploy,
+    prefect_api,
+    stack_down,
+    stack_up,
+    start_site_worker,
+)
 from fedchem.storage.hub import HubLayout, HubStore  # noqa: E402
 
 ROUNDS = 3
@@ -166,11 +172,7 @@ class Suite:
     def run_state(self, run_id: str, name: str) -> str | None:
         """The state type of the flow run ``name`` of the federation ``run_id``, if any."""
         body = {"flow_runs": {"name": {"any_": [name]}, "tags": {"all_": [f"run:{run_id}"]}}}
-        req = urllib.request.Request(f"{self.stack.api_url}/flow_runs/filter",
-                                     data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=10) as r:
-            runs = json.loads(r.read())
+        runs = prefect_api(self.stack.api_url, "flow_runs/filter", body)
         return runs[0]["state_type"] if runs else None
 
     def _params(self, run_id: str, **deployment: Any) -> dict[str, Any]:

@@ -11,24 +11,20 @@ a browser and a running server (``fedchem stack up`` gives one).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
+
+from fedchem.stack import prefect_api
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
 def latest_coordinator_run(api_url: str, flow_name: str = "coordinator") -> dict[str, object]:
-    body = json.dumps({"flows": {"name": {"any_": [flow_name]}}, "sort": "START_TIME_DESC",
-                       "limit": 1}).encode()  # fmt: skip
-    req = urllib.request.Request(f"{api_url.rstrip('/')}/flow_runs/filter", data=body,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        runs = json.loads(resp.read())
+    body = {"flows": {"name": {"any_": [flow_name]}}, "sort": "START_TIME_DESC", "limit": 1}
+    runs = prefect_api(api_url, "flow_runs/filter", body)
     if not runs:
         raise SystemExit(f"no '{flow_name}' flow run on {api_url}; run the coordinator first")
     return dict(runs[0])

@@ -36,6 +36,7 @@ __all__ = [
     "Stack",
     "deploy",
     "pool_for",
+    "prefect_api",
     "render_prefect_yaml",
     "stack_down",
     "stack_up",
@@ -178,6 +179,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def prefect_api(api_url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One call to a Prefect server's REST API: POST ``body`` as JSON, or GET without one."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{api_url.rstrip('/')}/{path}", data=data,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
 
 
 def _wait_http(url: str, timeout: float, what: str) -> None:

@@ -84,13 +84,9 @@ _MOTO_WITH_BUCKET = (
 )
 
 
-def _start_moto(port: int, bucket: str | None = None) -> subprocess.Popen[bytes]:
-    """moto's S3 server on ``port``; with ``bucket``, the bucket exists before it listens."""
-    cmd = (
-        [sys.executable, "-c", _MOTO_WITH_BUCKET, bucket, str(port)]
-        if bucket
-        else [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    )
+def _start_moto(port: int, bucket: str) -> subprocess.Popen[bytes]:
+    """moto's S3 server on ``port``, ``bucket`` created before it listens."""
+    cmd = [sys.executable, "-c", _MOTO_WITH_BUCKET, bucket, str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -107,8 +103,6 @@ def test_an_s3_outage_is_retried_with_backoff(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
     """The S3 server goes away (connections refused) and comes back 3 s later."""
-    import boto3
-
     from fedchem.storage.hub import RetryPolicy
 
     for k, v in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
@@ -116,9 +110,8 @@ def test_an_s3_outage_is_retried_with_backoff(
         monkeypatch.setenv(k, v)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    servers = [_start_moto(port)]
+    servers = [_start_moto(port, bucket="fedchem-flaky")]
     try:
-        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="fedchem-flaky")
         hub = HubStore("s3://fedchem-flaky/hub", retry=RetryPolicy(attempts=20, max_s=2.0),
                        client_kwargs={"endpoint_url": url})  # fmt: skip
         hub.put_bytes("a.bin", b"before")
