@@ -52,6 +52,48 @@ DEFAULT_PRELOAD = (
     "prefect.task_engine", "prefect.runner", "prefect.deployments.steps",
     "prefect.utilities.visualization", "anyio._backends._asyncio",
 )  # fmt: skip
+#: the coordinator's worker (``--preload`` for its pool): the coordinator flow and the same
+#: engine modules; its runs trigger the sites with ``run_deployment``
+COORDINATOR_PRELOAD = (
+    "flows.coordinator", "s3fs",
+    "prefect.task_engine", "prefect.runner", "prefect.deployments.steps",
+    "prefect.utilities.visualization", "anyio._backends._asyncio",
+)  # fmt: skip
+PRESETS = {"site": DEFAULT_PRELOAD, "coordinator": COORDINATOR_PRELOAD}
+
+
+def share_client_tls_contexts() -> None:
+    """Every Prefect API client reuses one TLS context per CA file instead of building its own.
+
+    ``PrefectClient`` and ``SyncPrefectClient`` call ``ssl.create_default_context(cafile=...)``
+    in their constructors, which parses certifi's CA bundle: about 40 ms of CPU each time
+    (60+ ms with three runs starting on two cores), and a flow run's engine creates eight or so
+    clients before its first task, the worker three more per run (found with py-spy on a
+    deployed round). An ``SSLContext`` is meant to be shared between connections; the contexts
+    are built with the same arguments every time, so one per distinct call is what was built
+    anyway. Only Prefect's client module sees the memoized function; ``ssl`` itself is untouched.
+    """
+    import functools
+    import ssl
+    import types
+
+    import prefect.client.orchestration as orchestration
+
+    if getattr(orchestration.ssl, "_fedchem_shared", False):
+        return
+
+    @functools.lru_cache(maxsize=16)
+    def create_default_context(
+        purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH, *, cafile: str | None = None,
+        capath: str | None = None, cadata: str | bytes | None = None,
+    ) -> ssl.SSLContext:  # fmt: skip
+        return ssl.create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
+
+    shim = types.ModuleType("ssl")
+    shim.__dict__.update({k: v for k, v in vars(ssl).items() if not k.startswith("__")})
+    shim.create_default_context = create_default_context  # type: ignore[attr-defined]
+    shim._fedchem_shared = True  # type: ignore[attr-defined]
+    orchestration.ssl = shim
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,6 +159,11 @@ def zygote_main(preload: list[str]) -> None:
 
     for name in preload:
         importlib.import_module(name)
+    share_client_tls_contexts()
+    import certifi
+    from prefect.client.orchestration import ssl as client_ssl
+
+    client_ssl.create_default_context(cafile=certifi.where())  # built once, inherited by forks
     # the protocol keeps the original stdout; anything printed from here on goes to stderr
     protocol_fd = os.dup(1)
     os.dup2(2, 1)
@@ -216,11 +263,7 @@ class Zygote:
 
     @staticmethod
     async def _poll_orphan(pid: int, fut: asyncio.Future[int | None]) -> None:
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while _running(pid):
             await asyncio.sleep(0.5)
         if not fut.done():
             fut.set_result(None)  # exit code unknown: the engine's own final state stands
@@ -257,6 +300,19 @@ class Zygote:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs: it exists and is not a zombie (an orphan's zombie lingers
+    until whatever adopted it reaps it, which need not be soon)."""
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class _ForkedChild:
@@ -322,7 +378,15 @@ def _build_worker_class() -> Any:
                 raise
             child = _ForkedChild(pid)
             task_status.started(ProcessHandle(child))  # type: ignore[arg-type]
-            child.returncode = await self.zygote.wait(pid)
+            code = await self.zygote.wait(pid)
+            if code is None:
+                # its zygote died before it (e.g. the worker's process tree was killed), so the
+                # exit code is lost: report a failure. Prefect then marks the run Crashed if it
+                # had not ended, and refuses the proposal if it had (a terminal state stays).
+                print(f"flow run {flow_run.id}: exit code lost with the warm-start process; "
+                      "reported as 1", file=sys.stderr)  # fmt: skip
+                code = 1
+            child.returncode = code
 
     # same dispatch key as ProcessWorker ("process", the pool type): Prefect warns and lets
     # this class answer for it in this process, which is the point
@@ -396,8 +460,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", help="the work pool (a site's own: site-<name>)")
     ap.add_argument("--name", help="the worker's name (default: Prefect's)")
-    ap.add_argument("--preload", nargs="*", default=list(DEFAULT_PRELOAD),
-                    help="modules the zygote imports once (default: %(default)s)")  # fmt: skip
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="site",
+                    help="what the zygote imports: a site's or the coordinator's")  # fmt: skip
+    ap.add_argument("--preload", nargs="*", default=None,
+                    help="modules the zygote imports once, instead of the preset's")  # fmt: skip
     ap.add_argument("--limit", type=int, default=None, help="concurrent flow runs at most")
     ap.add_argument("--zygote", nargs="*", metavar="MODULE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -407,9 +473,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.pool:
         ap.error("--pool is required")
     worker_cls = _build_worker_class()
+    share_client_tls_contexts()
 
+    preload = args.preload if args.preload is not None else list(PRESETS[args.preset])
     worker = worker_cls(work_pool_name=args.pool, name=args.name, limit=args.limit,
-                        preload=args.preload)  # fmt: skip
+                        preload=preload)  # fmt: skip
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)  # unwinds the worker: its zygote is stopped too

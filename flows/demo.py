@@ -64,7 +64,13 @@ def demo(
     evals = {
         "federated": [
             site_evaluate(
-                site=s, hub_url=hub_url, run_id=run_id, round=rounds, chem=chem, model=model
+                site=s,
+                hub_url=hub_url,
+                run_id=run_id,
+                round=rounds,
+                chem=chem,
+                model=model,
+                select=train.select,
             )
             for s in split.sites
         ],
@@ -98,6 +104,6 @@ def demo(
         "tasks_per_site": split.tasks_per_site, "continuous_as": continuous_as,
         "prepared": {p.site: {"rows_in": p.rows_in, "accepted": p.rows_accepted,
                               "quarantined": p.rows_quarantined} for p in prepared},
-        "budget_epochs": budget,
+        "budget_epochs": budget, "select": train.select,
     }  # fmt: skip
     return report(evals, meta, out, cross)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig
@@ -11,6 +13,8 @@ from tasks.site import evaluate_global
 
 @flow(name="site-evaluate", flow_run_name="evaluate/{site.name}")
 def site_evaluate(
-    site: SiteConfig, hub_url: str, run_id: str, round: int, chem: ChemConfig, model: ModelConfig
-) -> EvalReport:
-    return evaluate_global(site, hub_url, run_id, round, chem, model)
+    site: SiteConfig, hub_url: str, run_id: str, round: int, chem: ChemConfig, model: ModelConfig,
+    select: Literal["last", "best_valid"] = "last",
+) -> EvalReport:  # fmt: skip
+    """``select="best_valid"``: the round up to ``round`` best on the site's validation fold."""
+    return evaluate_global(site, hub_url, run_id, round, chem, model, select)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from uuid import UUID
 
 from prefect import get_run_logger, task
@@ -105,10 +105,12 @@ def train_round(
 @task(cache_policy=NO_CACHE)
 def evaluate_global(
     site: SiteConfig | SiteRef, hub_url: str, run_id: str, rnd: int, chem: ChemConfig,
-    model: ModelConfig,
+    model: ModelConfig, select: Literal["last", "best_valid"] = "last",
 ) -> EvalReport:  # fmt: skip
     site = resolve_site(site)
-    return site_lib.evaluate_global_at_site(site, HubStore(hub_url), run_id, rnd, chem, model)
+    return site_lib.evaluate_global_at_site(
+        site, HubStore(hub_url), run_id, rnd, chem, model, select
+    )
 
 
 @task(cache_policy=NO_CACHE)

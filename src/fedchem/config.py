@@ -152,6 +152,12 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(True, description="bf16 autocast for the forward pass on CUDA (not CPU)")
+    select: Literal["last", "best_valid"] = Field(
+        "last",
+        description="the model a site reports: the last round's, or the round best on the "
+        "site's own validation fold (the local-only and pooled baselines then pick their "
+        "epoch the same way, so every model gets the same selection)",
+    )
 
 
 class SiteConfig(_Strict):

@@ -284,10 +284,12 @@ def stack_up(
         exe = str(Path(sys.executable).with_name("prefect"))
         for site in stack.sites:  # each worker sees its own site's config, no other
             start_site_worker(stack, site)
+        name = ["--pool", "coordinator", "--name", "worker-coordinator"]
+        cmd = ([sys.executable, "-m", "deployments.warm_worker", *name, "--preset", "coordinator"]
+               if warm_workers else [exe, "worker", "start", *name])  # fmt: skip
         stack.pids["worker-coordinator"] = _spawn(
-            [exe, "worker", "start", "--pool", "coordinator", "--name", "worker-coordinator"],
-            stack.env(), directory / "worker-coordinator.log",
-        )  # fmt: skip
+            cmd, stack.env(), directory / "worker-coordinator.log"
+        )
         stack.save()
         return stack
     except BaseException:

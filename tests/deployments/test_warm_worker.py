@@ -67,6 +67,35 @@ def test_zygote_is_started_again_after_it_dies(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_run_killed_with_its_zygote_is_not_waited_for_forever(tmp_path: Path) -> None:
+    import socket
+
+    silent = socket.socket()  # an API that accepts and never answers: the engine waits
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    api = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
+
+    async def scenario() -> None:
+        z = Zygote([], cwd=REPO)
+        await z.start()
+        assert z.proc is not None
+        try:
+            run_id = "00000000-0000-4000-8000-000000000000"
+            pid = await z.fork(_env(PREFECT_API_URL=api), str(tmp_path), run_id)
+            await asyncio.sleep(1.0)
+            for p in (z.proc.pid, pid):  # the whole tree at once, as a kill -9 of a group
+                os.kill(p, signal.SIGKILL)
+            # the child's exit code went with its parent; the wait ends all the same
+            assert await asyncio.wait_for(z.wait(pid), 30) is None
+        finally:
+            z.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        silent.close()
+
+
 def test_zygote_refuses_to_fork_once_it_has_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,3 +128,28 @@ def test_worker_is_a_process_worker_with_the_same_pool_type() -> None:
     assert cls.get_default_base_job_template() == ProcessWorker.get_default_base_job_template()
     preload = sys.modules["deployments.warm_worker"].DEFAULT_PRELOAD
     assert {"flows.site_round", "flows.site_prepare", "torch._dynamo"} <= set(preload)
+
+
+def test_prefect_clients_share_one_verified_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    import prefect.client.orchestration as orchestration
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+
+    from deployments.warm_worker import share_client_tls_contexts
+
+    def tls(client: PrefectClient | SyncPrefectClient) -> ssl.SSLContext:
+        return client._client._transport._pool._ssl_context  # type: ignore[union-attr]
+
+    api = "http://127.0.0.1:9/api"
+    assert tls(PrefectClient(api)) is not tls(PrefectClient(api))  # Prefect's own behaviour
+    monkeypatch.setattr(orchestration, "ssl", orchestration.ssl)  # restored after the test
+    share_client_tls_contexts()
+    share_client_tls_contexts()  # a second call changes nothing
+    contexts = {id(tls(PrefectClient(api))), id(tls(PrefectClient(api))),
+                id(tls(SyncPrefectClient(api)))}  # fmt: skip
+    assert len(contexts) == 1
+    shared = tls(PrefectClient(api))
+    assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
+    # only Prefect's client module sees the shared contexts; ssl itself is as it was
+    assert ssl.create_default_context() is not ssl.create_default_context()

@@ -15,6 +15,7 @@ from fedchem.federation.coordinator import aggregate_round, start_run
 from fedchem.federation.manifest import FitInstructions
 from fedchem.federation.site import (
     _load_private_head,
+    evaluate_at_site,
     evaluate_global_at_site,
     fetch_global,
     load_site_dataset,
@@ -72,6 +73,23 @@ def test_private_heads_never_leave_the_site(tmp_path: Path):
     assert not np.allclose(p_bare[:, rows], p_site[:, rows])  # private tasks: the site's own
     rep = evaluate_global_at_site(site, hub, "ph", 2, chem, config.model)
     assert rep.model == "federated" and rep.n_molecules == len(ds.folds([chem.test_fold]))
+    assert rep.selected is None
+    # model selection at the site: the round whose model (global + own heads) scores best on
+    # the site's validation fold, reported on the test fold
+    valid_auc = []
+    for rnd in (1, 2):
+        m = arrays_to_model(build_model(ds.fp_size, ds.n_tasks, config.model),
+                            fetch_global(hub, "ph", rnd)[0])  # fmt: skip
+        _load_private_head(m, site.workdir / "runs" / "ph" / f"private_head-{rnd:04d}.npz")
+        valid_auc.append(
+            evaluate_at_site(
+                m, ds.folds([chem.valid_fold]), site=site.name, model_name="m", fold="valid"
+            ).summary["mean_roc_auc"]
+        )
+    chosen = evaluate_global_at_site(site, hub, "ph", 2, chem, config.model, "best_valid")
+    assert chosen.selected == int(np.argmax(valid_auc)) + 1
+    that_round = evaluate_global_at_site(site, hub, "ph", chosen.selected, chem, config.model)
+    assert chosen.summary == that_round.summary
 
 
 def test_shared_tasks_must_be_in_the_catalogue(tmp_path: Path):

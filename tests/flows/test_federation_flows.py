@@ -172,11 +172,16 @@ def test_private_heads_demo_keeps_local_models_at_their_sites(
     from flows.demo import demo
 
     rep = demo(
-        dataset=tiny_dataset, smiles_col="smiles", n_sites=2, rounds=1, out=tmp_path / "out",
+        dataset=tiny_dataset, smiles_col="smiles", n_sites=2, rounds=2, out=tmp_path / "out",
         seed=0, run_id="demo-private", chem=ChemConfig(fp_size=256), model=ModelConfig(hidden=16),
-        train=TrainConfig(batch_size=32), heads="private", task_split="disjoint",
+        train=TrainConfig(batch_size=32, select="best_valid"), heads="private",
+        task_split="disjoint",
     )  # fmt: skip
     assert "cross_site" not in rep
+    # every model is selected on validation: a round (federated, per site) or an epoch
+    for model in ("federated", "local", "pooled"):
+        assert {p["selected"] for p in rep[model]["per_site"].values()} <= {1, 2}
+    assert "best on the validation fold" in (tmp_path / "out" / "report.md").read_text()
     assert sum(rep["meta"]["tasks_per_site"].values()) == 12
     files = HubStore(str(tmp_path / "out" / "hub")).list_files("runs/demo-private")
     assert files and not any("/baselines/" in f for f in files)

@@ -76,3 +76,30 @@ def test_a_zero_learning_rate_epoch_leaves_the_weights_alone():
     assert _distance(model_to_arrays(model), start) == 0.0
     train_epochs(model, ds, cfg, 1, seed=11, lr_factors=[1.0])
     assert _distance(model_to_arrays(model), start) > 0.0
+
+
+def test_the_epoch_best_on_validation_is_kept_and_restored():
+    from fedchem.federation.site import EpochSelector, evaluate_at_site
+
+    def balanced(n: int, seed: int) -> SiteDataset:  # active: any of the first 8 bits set
+        ds = _dataset(n=n, seed=seed)
+        rows = ds.indices.reshape(n, 8)
+        y = (rows < 8).any(axis=1).astype(np.float32)[:, None]
+        return SiteDataset(indptr=ds.indptr, indices=ds.indices, fold=ds.fold, y=y,
+                           censor=np.zeros_like(y, np.int8), task_names=ds.task_names,
+                           task_kinds=ds.task_kinds, fp_size=ds.fp_size)  # fmt: skip
+
+    train, valid = balanced(192, 0), balanced(96, 1)
+    assert 0.3 < valid.y.mean() < 0.9
+    cfg = TrainConfig(batch_size=16, device="cpu", lr=0.05)
+    model = build_model(train.fp_size, 1, ModelConfig(hidden=16), seed=3)
+    selector = EpochSelector(model, valid, "a")
+    train_epochs(model, train, cfg, 6, seed=11, after_epoch=selector)
+    scores = [s["mean_roc_auc"] for s in selector.summaries]
+    assert len(scores) == 6
+    last = evaluate_at_site(model, valid, site="a", model_name="m", fold="valid").summary
+    assert last["mean_roc_auc"] == scores[-1]  # scoring in between did not disturb training
+    best = selector.restore()
+    assert best == int(np.argmax(scores)) + 1 < 6, scores  # (here the best is not the last)
+    again = evaluate_at_site(model, valid, site="a", model_name="m", fold="valid").summary
+    assert again["mean_roc_auc"] == max(scores)

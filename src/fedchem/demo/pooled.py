@@ -8,7 +8,7 @@ from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.data.dataset import SiteDataset
 from fedchem.federation.coordinator import initial_model
 from fedchem.federation.manifest import EvalReport
-from fedchem.federation.site import evaluate_at_site, load_site_dataset
+from fedchem.federation.site import EpochSelector, evaluate_at_site, load_site_dataset
 from fedchem.model.train import epoch_lr_factors, train_epochs
 
 __all__ = ["train_pooled"]
@@ -24,11 +24,16 @@ def train_pooled(
     first = next(iter(data.values()))
     tasks = list(zip(first.task_names, first.task_kinds, strict=True))
     model = initial_model(first.fp_size, tasks, model_cfg, train_cfg.seed, label_stats)
+    selector = None
+    if train_cfg.select == "best_valid":  # on every site's validation fold together
+        valid = SiteDataset.concat([d.folds([chem.valid_fold]) for d in data.values()])
+        selector = EpochSelector(model, valid, "pooled")
     train_epochs(model, pooled, train_cfg, epochs, train_cfg.seed,
-                 lr_factors=epoch_lr_factors(train_cfg, epochs))  # fmt: skip
+                 lr_factors=epoch_lr_factors(train_cfg, epochs), after_epoch=selector)  # fmt: skip
+    selected = selector.restore() if selector is not None else None
     return [
         evaluate_at_site(
             model, d.folds([chem.test_fold]), site=name, model_name="pooled", fold="test"
-        )
+        ).model_copy(update={"selected": selected})
         for name, d in data.items()
     ]

@@ -62,7 +62,7 @@ def build_report(
     for model in MODELS:
         per_site = {r.site: {k.removeprefix("mean_"): r.summary.get(k) for k in keys}
                     | {"n_tasks_scored": r.summary.get("n_tasks_scored", 0.0),
-                       "n_test_molecules": r.n_molecules}
+                       "n_test_molecules": r.n_molecules, "selected": r.selected}
                     for r in evals[model]}  # fmt: skip
         overall = {
             k.removeprefix("mean_"): float(
@@ -94,6 +94,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{meta['local_epochs']} local epoch(s); each model trained for the same number of "
         "epochs over its data. Scores are each site's own test fold (scaffold folds)."
     )
+    if meta.get("select") == "best_valid":
+        picked = {m: sorted({p.get("selected") for p in report[m]["per_site"].values()} - {None})
+                  for m in MODELS}  # fmt: skip
+        lines.append(
+            "Every model is the one best on the validation fold: the federated model's round "
+            "chosen by each site on its own, the baselines' epoch likewise (chosen: "
+            + "; ".join(f"{m} {', '.join(map(str, picked[m])) or 'n/a'}" for m in MODELS)
+            + ")."
+        )
     lines.append("")
     header = "| model | site | " + " | ".join(metrics) + " |"
     lines += [header, "|" + "---|" * (len(metrics) + 2)]

@@ -21,6 +21,7 @@ from fedchem.data.prepare import PrepareReport
 from fedchem.federation.manifest import RoundManifest, SiteUpdateManifest
 from fedchem.federation.strategies import FedAvg, Strategy
 from fedchem.federation.validation import screen_updates
+from fedchem.model.metrics import pick_best
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import dump_arrays, load_arrays, model_to_arrays
 from fedchem.storage.hub import HubLayout, HubStore
@@ -262,15 +263,6 @@ def aggregate_round(
     )  # fmt: skip
 
 
-#: validation metrics by preference, and whether higher is better
-_SELECTION = (
-    ("mean_roc_auc", True),
-    ("mean_pr_auc", True),
-    ("mean_r2", True),
-    ("mean_rmse", False),
-)
-
-
 def best_round(manifests: Sequence[RoundManifest]) -> tuple[int, str, float] | None:
     """The committed round with the best example-weighted validation score at the sites.
 
@@ -278,12 +270,11 @@ def best_round(manifests: Sequence[RoundManifest]) -> tuple[int, str, float] | N
     Returns (round, metric, value), or None when no round has a validation score.
     """
     scored = [m for m in manifests if m.round > 0 and m.valid_score]
-    for metric, higher in _SELECTION:
-        have = [m for m in scored if np.isfinite(m.valid_score.get(metric, np.nan))]
-        if have:
-            pick = (max if higher else min)(have, key=lambda m: m.valid_score[metric])
-            return pick.round, metric, float(pick.valid_score[metric])
-    return None
+    best = pick_best([m.valid_score for m in scored])
+    if best is None:
+        return None
+    i, metric, value = best
+    return scored[i].round, metric, value
 
 
 def record_best_round(

@@ -34,6 +34,11 @@ class EvalReport(_Manifest):
     n_molecules: int
     per_task: dict[str, dict[str, float]]
     summary: dict[str, float]
+    selected: int | None = Field(
+        None,
+        description="the round (federated) or epoch (baselines, from 1) chosen on the site's "
+        "validation fold; None: the last one",
+    )
 
 
 class SiteUpdateManifest(_Manifest):

@@ -9,6 +9,7 @@ import hashlib
 import time
 import zlib
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from fedchem.federation.manifest import (
     RoundManifest,
     SiteUpdateManifest,
 )
-from fedchem.model.metrics import score_tasks, summarize
+from fedchem.model.metrics import pick_best, score_tasks, summarize
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import arrays_to_model, dump_arrays, load_arrays, model_to_arrays
 from fedchem.model.train import epoch_lr_factors, predict, train_epochs
@@ -29,6 +30,7 @@ from fedchem.storage.hub import HubLayout, HubStore
 from fedchem.types import StateArrays
 
 __all__ = [
+    "EpochSelector",
     "evaluate_at_site",
     "evaluate_baseline_at_site",
     "evaluate_global_at_site",
@@ -68,6 +70,35 @@ def evaluate_at_site(
         site=site, model=model_name, fold=fold, n_molecules=len(ds),
         per_task=per_task, summary=summarize(per_task),
     )  # fmt: skip
+
+
+class EpochSelector:
+    """Model selection for a baseline trained epoch by epoch (``train_epochs(after_epoch=)``):
+    scores the model on a validation fold after every epoch, keeps the best epoch's weights
+    (``SELECTION_METRICS``; the earliest wins a tie) and puts them back in ``restore``."""
+
+    def __init__(self, model: MultitaskNet, valid: SiteDataset, site: str) -> None:
+        self.model, self.valid, self.site = model, valid, site
+        self.summaries: list[dict[str, float]] = []
+        self.best_epoch: int | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, epoch: int) -> None:
+        report = evaluate_at_site(self.model, self.valid, site=self.site,
+                                  model_name=f"epoch-{epoch + 1}", fold="valid")  # fmt: skip
+        self.summaries.append(report.summary)
+        best = pick_best(self.summaries)
+        if best is not None and best[0] == len(self.summaries) - 1:
+            self.best_epoch = best[0] + 1
+            self._best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            }
+
+    def restore(self) -> int | None:
+        """Load the best epoch's weights into the model; returns that epoch (from 1)."""
+        if self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+        return self.best_epoch
 
 
 def _model_for(ds: SiteDataset, cfg: ModelConfig, arrays: StateArrays | None) -> MultitaskNet:
@@ -226,11 +257,14 @@ def train_local_only(
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
     model = initial_model(ds.fp_size, list(zip(ds.task_names, ds.task_kinds, strict=True)),
                           model_cfg, train_cfg.seed, [label_stats or {}])  # fmt: skip
+    selector = (EpochSelector(model, ds.folds([chem.valid_fold]), site.name)
+                if train_cfg.select == "best_valid" else None)  # fmt: skip
     train_epochs(model, train, train_cfg, epochs, site_seed(train_cfg.seed, site.name, 0),
-                 lr_factors=epoch_lr_factors(train_cfg, epochs))  # fmt: skip
+                 lr_factors=epoch_lr_factors(train_cfg, epochs), after_epoch=selector)  # fmt: skip
+    selected = selector.restore() if selector is not None else None
     report = evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
                               model_name="local", fold="test")  # fmt: skip
-    return report, model_to_arrays(model)
+    return report.model_copy(update={"selected": selected}), model_to_arrays(model)
 
 
 def publish_baseline(hub: HubStore, run_id: str, site: str, arrays: StateArrays) -> str:
@@ -261,15 +295,34 @@ def evaluate_baseline_at_site(
 
 
 def evaluate_global_at_site(
-    site: SiteConfig, hub: HubStore, run_id: str, rnd: int, chem: ChemConfig, model_cfg: ModelConfig
-) -> EvalReport:
+    site: SiteConfig, hub: HubStore, run_id: str, rnd: int, chem: ChemConfig,
+    model_cfg: ModelConfig, select: Literal["last", "best_valid"] = "last",
+) -> EvalReport:  # fmt: skip
     """Score the committed global model of round ``rnd`` on the site's test fold.
 
     With private heads, the site's own head rows (kept at the site) complete the model.
+    ``select="best_valid"``: the committed round up to ``rnd`` that scores best on this site's
+    validation fold instead (its number is ``selected`` in the report; nothing else leaves).
     """
     ds = load_site_dataset(site)
-    arrays, _ = fetch_global(hub, run_id, rnd)
-    model = _model_for(ds, model_cfg, arrays)
-    _load_private_head(model, private_head_path(site.workdir / "runs" / run_id, rnd))
-    return evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
-                            model_name="federated", fold="test")  # fmt: skip
+    state_dir = site.workdir / "runs" / run_id
+
+    def model_of(r: int) -> MultitaskNet:
+        arrays, _ = fetch_global(hub, run_id, r)
+        model = _model_for(ds, model_cfg, arrays)
+        _load_private_head(model, private_head_path(state_dir, r))
+        return model
+
+    chosen, selected = rnd, None
+    if select == "best_valid":
+        layout, valid = HubLayout(run_id), ds.folds([chem.valid_fold])
+        rounds = [r for r in range(1, rnd + 1) if hub.exists(layout.round_manifest(r))]
+        summaries = [evaluate_at_site(model_of(r), valid, site=site.name,
+                                      model_name=f"round-{r}", fold="valid").summary
+                     for r in rounds]  # fmt: skip
+        best = pick_best(summaries)
+        if best is not None:
+            chosen = selected = rounds[best[0]]
+    report = evaluate_at_site(model_of(chosen), ds.folds([chem.test_fold]), site=site.name,
+                              model_name="federated", fold="test")  # fmt: skip
+    return report.model_copy(update={"selected": selected})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,7 @@ def train_epochs(
     optimizer_state: dict[str, Any] | None = None,
     proximal_mu: float = 0.0,
     lr_factors: Sequence[float] | None = None,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> tuple[TrainStats, dict[str, Any]]:
     """Train ``model`` in place on every row of ``ds`` for ``epochs`` epochs with Adam.
 
@@ -78,6 +79,8 @@ def train_epochs(
     the new state is returned with the statistics. ``proximal_mu > 0`` adds FedProx's
     ``mu/2 * ||w - w_start||^2`` (``w_start``: the weights the call began with) to the loss.
     ``lr_factors`` scales ``cfg.lr`` per epoch (the schedule; default 1.0 throughout).
+    ``after_epoch(epoch)`` is called after each epoch (0-based), e.g. to score the model on a
+    validation fold; training resumes in train mode afterwards.
     """
     if lr_factors is not None and len(lr_factors) != epochs:
         raise ValueError(f"{len(lr_factors)} learning-rate factors for {epochs} epochs")
@@ -120,6 +123,9 @@ def train_epochs(
             steps += 1
             loss_sum += data_loss
             n_labels += n
+        if after_epoch is not None:
+            after_epoch(epoch)
+            model.train()
     model.cpu()
     state = opt.state_dict()
     for per_param in state["state"].values():
@@ -140,12 +146,13 @@ def train_epochs(
 def predict(model: MultitaskNet, ds: SiteDataset, batch_size: int = 1024) -> np.ndarray:
     """``N x T`` predictions: probabilities for classification, raw units for regression."""
     model.eval()
+    device = next(model.parameters()).device  # where training left it (during training: GPU)
     is_reg = np.array([k == "regression" for k in ds.task_kinds])
     outs = [
-        model(b.indices, b.offsets, b.weights).numpy()
-        for b in iter_batches(ds, batch_size, None, torch.device("cpu"))
+        model(b.indices, b.offsets, b.weights).float().cpu().numpy()
+        for b in iter_batches(ds, batch_size, None, device)
     ]
     raw = np.concatenate(outs) if outs else np.zeros((0, ds.n_tasks), np.float32)
-    mean, std = model.y_mean.numpy(), model.y_std.numpy()
+    mean, std = model.y_mean.cpu().numpy(), model.y_std.cpu().numpy()
     prob = 1.0 / (1.0 + np.exp(-raw))
     return np.where(is_reg, raw * std + mean, prob).astype(np.float32)
