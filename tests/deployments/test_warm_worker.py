@@ -153,3 +153,18 @@ def test_prefect_clients_share_one_verified_tls_context(monkeypatch: pytest.Monk
     assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
     # only Prefect's client module sees the shared contexts; ssl itself is as it was
     assert ssl.create_default_context() is not ssl.create_default_context()
+
+
+def test_the_settings_environment_is_prefects_computed_once() -> None:
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    from deployments.warm_worker import _build_worker_class, settings_environment
+
+    env = settings_environment()
+    assert env == get_current_settings().to_environment_variables(exclude_unset=True)
+    assert settings_environment() is env  # the same settings: not serialized again
+    job = _build_worker_class().job_configuration
+    assert job._base_environment() == env
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        other = settings_environment()  # other settings: computed for them
+        assert other["PREFECT_API_URL"] == "http://127.0.0.1:9/api" and other is not env
