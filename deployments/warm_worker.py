@@ -52,7 +52,7 @@ DEFAULT_PRELOAD = (
     "prefect.task_engine", "prefect.runner", "prefect.deployments.steps",
     "prefect.utilities.visualization", "anyio._backends._asyncio",
 )  # fmt: skip
-#: the coordinator's worker (``--preload`` for its pool): the coordinator flow and the same
+#: the coordinator's worker (``--preset coordinator``): the coordinator flow and the same
 #: engine modules; its runs trigger the sites with ``run_deployment``
 COORDINATOR_PRELOAD = (
     "flows.coordinator", "s3fs",
@@ -266,7 +266,7 @@ class Zygote:
         while _running(pid):
             await asyncio.sleep(0.5)
         if not fut.done():
-            fut.set_result(None)  # exit code unknown: the engine's own final state stands
+            fut.set_result(None)  # exit code unknown (the starter reports the run as failed)
 
     async def fork(self, env: dict[str, str], cwd: str | None, flow_run_id: str) -> int:
         async with self._lock:
@@ -400,7 +400,8 @@ def _build_worker_class() -> Any:
             if code is None:
                 # its zygote died before it (e.g. the worker's process tree was killed), so the
                 # exit code is lost: report a failure. Prefect then marks the run Crashed if it
-                # had not ended, and refuses the proposal if it had (a terminal state stays).
+                # had not ended; the server aborts Crashed for a run already in a terminal state
+                # (HandleFlowTerminalStateTransitions), so a finished run keeps its state.
                 print(f"flow run {flow_run.id}: exit code lost with the warm-start process; "
                       "reported as 1", file=sys.stderr)  # fmt: skip
                 code = 1
