@@ -46,19 +46,17 @@ from typing import IO, Any
 #: first use, found by listing ``sys.modules`` in a forked run (900 modules, ~2.5 s):
 #: torch's optimizers import ``torch._dynamo`` (and with it sympy) on their first step, the hub
 #: imports s3fs, the site data pyarrow, the engine its runner, pull steps and task engine.
-DEFAULT_PRELOAD = (
-    "flows.site_round", "flows.site_prepare",
-    "s3fs", "pyarrow.parquet", "torch._dynamo",
-    "prefect.task_engine", "prefect.runner", "prefect.deployments.steps",
+_ENGINE_PRELOAD = (
+    "s3fs", "prefect.task_engine", "prefect.runner", "prefect.deployments.steps",
     "prefect.utilities.visualization", "anyio._backends._asyncio",
+)  # fmt: skip
+DEFAULT_PRELOAD = (
+    "flows.site_round", "flows.site_prepare", "pyarrow.parquet", "torch._dynamo",
+    *_ENGINE_PRELOAD,
 )  # fmt: skip
 #: the coordinator's worker (``--preset coordinator``): the coordinator flow and the same
 #: engine modules; its runs trigger the sites with ``run_deployment``
-COORDINATOR_PRELOAD = (
-    "flows.coordinator", "s3fs",
-    "prefect.task_engine", "prefect.runner", "prefect.deployments.steps",
-    "prefect.utilities.visualization", "anyio._backends._asyncio",
-)  # fmt: skip
+COORDINATOR_PRELOAD = ("flows.coordinator", *_ENGINE_PRELOAD)
 PRESETS = {"site": DEFAULT_PRELOAD, "coordinator": COORDINATOR_PRELOAD}
 
 
@@ -302,7 +300,7 @@ class Zygote:
                 proc.wait()
 
 
-_SETTINGS_ENV: list[tuple[Any, dict[str, str]]] = []
+_settings_env: tuple[Any, dict[str, str]] | None = None  # (settings object, its environment)
 
 
 def settings_environment() -> dict[str, str]:
@@ -312,13 +310,11 @@ def settings_environment() -> dict[str, str]:
     although a worker's settings do not change while it runs."""
     from prefect.settings import get_current_settings
 
+    global _settings_env
     settings = get_current_settings()
-    for known, env in _SETTINGS_ENV:
-        if known is settings:
-            return env
-    env = settings.to_environment_variables(exclude_unset=True)
-    _SETTINGS_ENV[:] = [(settings, env)]  # the settings object is held: its id stays unique
-    return env
+    if _settings_env is None or _settings_env[0] is not settings:
+        _settings_env = (settings, settings.to_environment_variables(exclude_unset=True))
+    return _settings_env[1]
 
 
 def _running(pid: int) -> bool:

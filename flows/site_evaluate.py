@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import flow
 
-from fedchem.config import ChemConfig, ModelConfig, SiteConfig
+from fedchem.config import ChemConfig, ModelConfig, Selection, SiteConfig
 from fedchem.federation.manifest import EvalReport
 from tasks.site import evaluate_global
 
@@ -14,7 +12,7 @@ from tasks.site import evaluate_global
 @flow(name="site-evaluate", flow_run_name="evaluate/{site.name}")
 def site_evaluate(
     site: SiteConfig, hub_url: str, run_id: str, round: int, chem: ChemConfig, model: ModelConfig,
-    select: Literal["last", "best_valid"] = "last",
+    select: Selection = "last",
 ) -> EvalReport:  # fmt: skip
     """``select="best_valid"``: the round up to ``round`` best on the site's validation fold."""
     return evaluate_global(site, hub_url, run_id, round, chem, model, select)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from prefect import get_run_logger, task
@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from fedchem.config import (
     ChemConfig,
     ModelConfig,
+    Selection,
     SiteConfig,
     SiteRef,
     TaskSpec,
@@ -105,7 +106,7 @@ def train_round(
 @task(cache_policy=NO_CACHE)
 def evaluate_global(
     site: SiteConfig | SiteRef, hub_url: str, run_id: str, rnd: int, chem: ChemConfig,
-    model: ModelConfig, select: Literal["last", "best_valid"] = "last",
+    model: ModelConfig, select: Selection = "last",
 ) -> EvalReport:  # fmt: skip
     site = resolve_site(site)
     return site_lib.evaluate_global_at_site(

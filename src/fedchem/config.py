@@ -36,6 +36,7 @@ __all__ = [
     "MedianConfig",
     "ModelConfig",
     "PrepareConfig",
+    "Selection",
     "SiteConfig",
     "SiteRef",
     "StandardizeConfig",
@@ -138,6 +139,10 @@ class ModelConfig(_Strict):
     depth: int = Field(1, ge=1, le=4, description="dense layers after the sparse input layer")
 
 
+#: which model a site reports: the last round's (epoch's), or the best on its validation fold
+Selection = Literal["last", "best_valid"]
+
+
 class TrainConfig(_Strict):
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -152,7 +157,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(True, description="bf16 autocast for the forward pass on CUDA (not CPU)")
-    select: Literal["last", "best_valid"] = Field(
+    select: Selection = Field(
         "last",
         description="the model a site reports: the last round's, or the round best on the "
         "site's own validation fold (the local-only and pooled baselines then pick their "

@@ -281,15 +281,12 @@ def stack_up(
         for pool in [*(pool_for(s) for s in stack.sites), "coordinator"]:
             _prefect(stack, "work-pool", "create", pool, "--type", "process", "--overwrite")
         deploy(stack, directory / "prefect.yaml")
-        exe = str(Path(sys.executable).with_name("prefect"))
         for site in stack.sites:  # each worker sees its own site's config, no other
             start_site_worker(stack, site)
-        name = ["--pool", "coordinator", "--name", "worker-coordinator"]
-        cmd = ([sys.executable, "-m", "deployments.warm_worker", *name, "--preset", "coordinator"]
-               if warm_workers else [exe, "worker", "start", *name])  # fmt: skip
         stack.pids["worker-coordinator"] = _spawn(
-            cmd, stack.env(), directory / "worker-coordinator.log"
-        )
+            _worker_command(stack, "coordinator", "worker-coordinator", "coordinator"), stack.env(),
+            directory / "worker-coordinator.log",
+        )  # fmt: skip
         stack.save()
         return stack
     except BaseException:
@@ -305,14 +302,20 @@ def deploy(stack: Stack, prefect_file: Path) -> None:
              env=env)  # fmt: skip
 
 
+def _worker_command(stack: Stack, pool: str, name: str, preset: str) -> list[str]:
+    """``pool``'s worker: fedchem's warm-start worker (its zygote preloads ``preset``'s
+    modules) or, with ``stack.warm_workers`` off, ``prefect worker start``."""
+    name_args = ["--pool", pool, "--name", name]
+    if stack.warm_workers:
+        return [sys.executable, "-m", "deployments.warm_worker", *name_args, "--preset", preset]
+    return [str(Path(sys.executable).with_name("prefect")), "worker", "start", *name_args]
+
+
 def start_site_worker(stack: Stack, site: str) -> int:
     """Start ``site``'s worker (its own config only in its environment); record its pid."""
-    exe = str(Path(sys.executable).with_name("prefect"))
     env = stack.env(FEDCHEM_SITE_CONFIG=str(Path(stack.dir) / "sites" / site / "site.yaml"))
-    name = ["--pool", pool_for(site), "--name", f"worker-{site}"]
-    cmd = ([sys.executable, "-m", "deployments.warm_worker", *name] if stack.warm_workers
-           else [exe, "worker", "start", *name])  # fmt: skip
-    pid = _spawn(cmd, env, Path(stack.dir) / f"worker-{site}.log")
+    pid = _spawn(_worker_command(stack, pool_for(site), f"worker-{site}", "site"), env,
+                 Path(stack.dir) / f"worker-{site}.log")  # fmt: skip
     stack.pids[f"worker-{site}"] = pid
     stack.save()
     return pid

@@ -9,12 +9,11 @@ import hashlib
 import time
 import zlib
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
+from fedchem.config import ChemConfig, ModelConfig, Selection, SiteConfig, TrainConfig
 from fedchem.data.dataset import SiteDataset, current_dataset_path
 from fedchem.federation.manifest import (
     EvalReport,
@@ -72,6 +71,19 @@ def evaluate_at_site(
     )  # fmt: skip
 
 
+class _BestSoFar:
+    """Validation summaries of candidate models, offered one at a time: ``offer`` says whether
+    the latest is now the best (``pick_best``; the earliest wins a tie)."""
+
+    def __init__(self) -> None:
+        self.summaries: list[dict[str, float]] = []
+
+    def offer(self, summary: dict[str, float]) -> bool:
+        self.summaries.append(summary)
+        best = pick_best(self.summaries)
+        return best is not None and best[0] == len(self.summaries) - 1
+
+
 class EpochSelector:
     """Model selection for a baseline trained epoch by epoch (``train_epochs(after_epoch=)``):
     scores the model on a validation fold after every epoch, keeps the best epoch's weights
@@ -79,20 +91,23 @@ class EpochSelector:
 
     def __init__(self, model: MultitaskNet, valid: SiteDataset, site: str) -> None:
         self.model, self.valid, self.site = model, valid, site
-        self.summaries: list[dict[str, float]] = []
+        self._best = _BestSoFar()
         self.best_epoch: int | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
 
     def __call__(self, epoch: int) -> None:
         report = evaluate_at_site(self.model, self.valid, site=self.site,
                                   model_name=f"epoch-{epoch + 1}", fold="valid")  # fmt: skip
-        self.summaries.append(report.summary)
-        best = pick_best(self.summaries)
-        if best is not None and best[0] == len(self.summaries) - 1:
-            self.best_epoch = best[0] + 1
+        if self._best.offer(report.summary):
+            self.best_epoch = epoch + 1
             self._best_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
             }
+
+    @property
+    def summaries(self) -> list[dict[str, float]]:
+        """The validation summary of every epoch so far."""
+        return self._best.summaries
 
     def restore(self) -> int | None:
         """Load the best epoch's weights into the model; returns that epoch (from 1)."""
@@ -296,7 +311,7 @@ def evaluate_baseline_at_site(
 
 def evaluate_global_at_site(
     site: SiteConfig, hub: HubStore, run_id: str, rnd: int, chem: ChemConfig,
-    model_cfg: ModelConfig, select: Literal["last", "best_valid"] = "last",
+    model_cfg: ModelConfig, select: Selection = "last",
 ) -> EvalReport:  # fmt: skip
     """Score the committed global model of round ``rnd`` on the site's test fold.
 
@@ -313,16 +328,16 @@ def evaluate_global_at_site(
         _load_private_head(model, private_head_path(state_dir, r))
         return model
 
-    chosen, selected = rnd, None
-    if select == "best_valid":
-        layout, valid = HubLayout(run_id), ds.folds([chem.valid_fold])
-        rounds = [r for r in range(1, rnd + 1) if hub.exists(layout.round_manifest(r))]
-        summaries = [evaluate_at_site(model_of(r), valid, site=site.name,
-                                      model_name=f"round-{r}", fold="valid").summary
-                     for r in rounds]  # fmt: skip
-        best = pick_best(summaries)
-        if best is not None:
-            chosen = selected = rounds[best[0]]
-    report = evaluate_at_site(model_of(chosen), ds.folds([chem.test_fold]), site=site.name,
+    model, selected = None, None
+    if select == "best_valid":  # one round's model in memory at a time: the best so far
+        layout, valid, best = HubLayout(run_id), ds.folds([chem.valid_fold]), _BestSoFar()
+        for r in (r for r in range(1, rnd + 1) if hub.exists(layout.round_manifest(r))):
+            candidate = model_of(r)
+            scored = evaluate_at_site(candidate, valid, site=site.name, model_name=f"round-{r}",
+                                      fold="valid")  # fmt: skip
+            if best.offer(scored.summary):
+                model, selected = candidate, r
+    report = evaluate_at_site(model if model is not None else model_of(rnd),
+                              ds.folds([chem.test_fold]), site=site.name,
                               model_name="federated", fold="test")  # fmt: skip
     return report.model_copy(update={"selected": selected})
