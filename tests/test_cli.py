@@ -102,6 +102,10 @@ def test_a_bad_demo_config_is_refused_before_anything_runs(
     cfg.write_text("sites: 3\ntrain: {lr_schedule: exponential}\n")
     assert main(["demo", "--config", str(cfg)]) == 2
     assert "train.lr_schedule" in capsys.readouterr().err
+    cfg.write_text("sites: 3\ntrain: {select: best}\n")  # model selection: last or best_valid
+    assert main(["demo", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "train.select" in err and "best_valid" in err
     assert main(["demo", "--dataset", str(tmp_path / "missing.csv")]) == 2
     assert "not a bundled name" in capsys.readouterr().err
 
