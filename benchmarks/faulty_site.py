@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from prefect import flow
+from prefect.states import State
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef, TrainConfig
 from fedchem.federation.manifest import FitInstructions, SiteUpdateManifest
@@ -43,8 +44,14 @@ def faulty_site_round(
     model: ModelConfig,
     train: TrainConfig,
     fit: FitInstructions | None = None,
-) -> SiteUpdateManifest:
-    manifest = site_round.fn(site, hub_url, run_id, round, chem, model, train, fit)
+    ticket: str | None = None,
+    open_timeout_s: float = 1800.0,
+) -> SiteUpdateManifest | State:
+    manifest = site_round.fn(
+        site, hub_url, run_id, round, chem, model, train, fit, ticket, open_timeout_s
+    )
+    if not isinstance(manifest, SiteUpdateManifest):  # superseded: nothing was published
+        return manifest
     fault = _plan(run_id, site.name, round)
     hub = HubStore(hub_url)
     if fault == "corrupt":

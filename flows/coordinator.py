@@ -2,7 +2,8 @@
 
 It sees only what sites publish: preparation counts, update manifests, weights on the hub.
 ``mode: local`` runs each site's round as a subflow here (the one-machine simulation);
-``mode: deployed`` triggers every site's own deployment concurrently on its own work pool and
+``mode: deployed`` runs every site's own deployment on its own work pool, booked a round
+ahead so that the runs' start overlaps the round before (``fedchem.federation.rounds``), and
 waits until the round's deadline, then commits with the sites that answered if they reach
 the quorum. The UI shows a progress artifact for the run and a table of site metrics per round.
 """
@@ -10,35 +11,32 @@ the quorum. The UI shows a progress artifact for the run and a table of site met
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact
+from prefect.futures import PrefectFuture, wait
 
 from fedchem.config import FederationConfig, SiteConfig
 from fedchem.federation.coordinator import QuorumError
 from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpdateManifest
+from fedchem.federation.rounds import new_ticket
 from fedchem.federation.strategies import build_strategy
 from fedchem.model.train import lr_factor
 from flows.site_round import site_round
 from tasks.hub import (
     aggregate,
+    artifact_key,
+    await_site_runs,
+    book_site_runs,
+    cancel_site_runs,
     collect_replies,
+    open_site_round,
     read_prepare_reports,
     record_best,
+    report_round,
     start,
-    trigger_site_round,
 )
-
-
-def _key(run_id: str, suffix: str) -> str:
-    """An artifact key (lowercase letters, digits, dashes) for this run."""
-    slug = "".join(c if c.isalnum() else "-" for c in run_id.lower()).strip("-")
-    return f"fedchem-{slug}-{suffix}"[:120]
 
 
 def _local_round(
@@ -69,74 +67,90 @@ def _local_round(
     return replies, missing
 
 
-def _deployed_round(
-    config: FederationConfig, rnd: int, fit: FitInstructions
-) -> tuple[list[SiteUpdateManifest], dict[str, str]]:
-    deadline = time.time() + config.deployment.round_deadline_s
-    futures = [
-        trigger_site_round.with_options(task_run_name=f"trigger-round-{rnd:02d}/{name}").submit(
-            config, rnd, name, fit, deadline
+class _DeployedRounds:
+    """Deployed mode: every site's own deployment, one run per round, booked rounds ahead.
+
+    While round ``r`` trains, the runs of rounds up to ``r + deployment.book_ahead`` are
+    created; the sites' workers pick them up and start them, and they wait on the hub until
+    their round opens (``fedchem.federation.rounds``). A round's deadline counts from its
+    opening.
+    """
+
+    def __init__(self, config: FederationConfig) -> None:
+        self.config, self.ticket = config, new_ticket()
+        self.ahead: dict[int, PrefectFuture[tuple[dict[str, str], dict[str, str]]]] = {}
+
+    def run(
+        self, rnd: int, fit: FitInstructions, check: PrefectFuture[Any] | None = None
+    ) -> tuple[list[SiteUpdateManifest], dict[str, str]]:
+        """Round ``rnd``: top up its booked runs, open it once ``check`` (the sites'
+        consistency, run meanwhile) passed, book the rounds ahead once its runs are running,
+        and wait for them until the deadline."""
+        config = self.config
+        booked = self.ahead.pop(rnd).result()[0] if rnd in self.ahead else None
+        # sites not booked yet, or whose booked run already ended (their worker died)
+        booked, failed = book_site_runs.with_options(task_run_name=f"book-round-{rnd:02d}")(
+            config, rnd, self.ticket, booked
         )
-        for name in config.site_names
-    ]
-    outcomes = [f.result() for f in futures]
-    return collect_replies(config.hub_url, config.run_id, rnd, outcomes)
+        try:
+            if check is not None:
+                check.result()  # no round opens while sites disagree
+        except BaseException:
+            if booked:
+                cancel_site_runs(booked)
+            raise
+        open_site_round.with_options(task_run_name=f"open-round-{rnd:02d}")(
+            config, rnd, self.ticket, fit
+        )
+        deadline = time.time() + config.deployment.round_deadline_s
+        await_round = await_site_runs.with_options(task_run_name=f"await-round-{rnd:02d}")
+        ahead = min(rnd + config.deployment.book_ahead, config.rounds)
+        if ahead > rnd:  # once this round's runs run: their starts and the next rounds' apart
+            await_round(config, booked, deadline, until_running=True)
+            for later in range(rnd + 1, ahead + 1):
+                self._book(later)
+        outcomes = await_round(config, booked, deadline)
+        return collect_replies(config.hub_url, config.run_id, rnd, [*outcomes, *failed.items()])
+
+    def _book(self, rnd: int) -> None:
+        if rnd not in self.ahead:
+            self.ahead[rnd] = book_site_runs.with_options(
+                task_run_name=f"book-round-{rnd:02d}"
+            ).submit(self.config, rnd, self.ticket)
+
+    def close(self) -> None:
+        """The federation stopped: runs booked for rounds that will not open are cancelled."""
+        booked = {}
+        for rnd, future in sorted(self.ahead.items()):
+            booked.update({f"{site}@{rnd}": run for site, run in future.result()[0].items()})
+        self.ahead.clear()
+        if booked:
+            cancel_site_runs(booked)
 
 
 @flow(name="coordinator", flow_run_name="federation/{config.run_id}")
 def coordinator(config: FederationConfig) -> list[RoundManifest]:
     """Run every round; return the committed round manifests (hashes, counts, metrics)."""
-    logger = get_run_logger()
     reports = read_prepare_reports(config.hub_url, config.site_names)
     committed = start(config, reports)  # a run already on the hub resumes where it stopped
-    strategy = build_strategy(config.strategy)
     progress = create_progress_artifact(
         100.0 * (len(committed) - 1) / config.rounds,
-        key=_key(config.run_id, "progress"), description=f"federation {config.run_id}",
+        key=artifact_key(config.run_id, "progress"), description=f"federation {config.run_id}",
     )  # fmt: skip
-    for rnd in range(len(committed), config.rounds + 1):
-        if rnd > 1:  # a site may have re-prepared since: no round starts while sites disagree
-            read_prepare_reports(config.hub_url, config.site_names)
-        started_at = time.time()
-        fit = strategy.configure_fit(rnd).model_copy(
-            update={
-                "private_tasks": config.private_tasks(),
-                "lr_factor": lr_factor(config.train, rnd - 1, config.rounds),
-            }
-        )
-        if config.mode == "local":
-            replies, missing = _local_round(config, rnd, fit)
-        else:
-            replies, missing = _deployed_round(config, rnd, fit)
-        for site, why in missing.items():
-            logger.warning("round %d: site %s missing: %s", rnd, site, why)
-        if len(replies) < config.quorum():
-            raise QuorumError(
-                f"round {rnd}: {len(replies)} of {len(config.sites)} sites replied, quorum "
-                f"is {config.quorum()}; missing: {missing}. Committed rounds stay intact."
-            )
-        manifest = aggregate(config, rnd, replies, missing, started_at)
-        committed.append(manifest)
-        create_table_artifact(
-            key=_key(config.run_id, f"round-{rnd:02d}"),
-            table=[
-                {
-                    "site": s,
-                    "examples": manifest.n_examples.get(s, 0),
-                    **{k: round(v, 4) for k, v in manifest.valid_summary.get(s, {}).items()},
-                }
-                for s in config.site_names
-                if s in manifest.valid_summary
-            ]
-            + [{"site": f"missing: {s}", "examples": 0} for s in manifest.missing]
-            + [{"site": f"rejected: {s}", "examples": 0} for s in manifest.rejected],
-            description=f"round {rnd} of {config.run_id}: site validation metrics (aggregates)",
-        )
-        update_progress_artifact(progress, 100.0 * rnd / config.rounds)
-        logger.info("round %d/%d committed", rnd, config.rounds)
+    deployed = _DeployedRounds(config) if config.mode == "deployed" else None
+    reported = []
+    try:
+        for rnd in range(len(committed), config.rounds + 1):
+            committed.append(_round(config, rnd, deployed))
+            # the round's table and the progress bar: not on the next round's critical path
+            reported.append(report_round.submit(config, committed[-1], progress))
+    finally:
+        if deployed is not None:
+            deployed.close()
+        wait(reported)
     best = record_best(config.hub_url, config.run_id, committed)
     create_markdown_artifact(
-        key=_key(config.run_id, "summary"),
+        key=artifact_key(config.run_id, "summary"),
         markdown=_summary(config, committed)
         + (
             f"\nBest round by the sites' validation {best['metric']}: **{best['round']}** "
@@ -147,6 +161,41 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
         description=f"federation {config.run_id}: every round",
     )
     return committed
+
+
+def _round(config: FederationConfig, rnd: int, deployed: _DeployedRounds | None) -> RoundManifest:
+    """One round: the sites' replies (subflows, or their own deployments), then the commit."""
+    logger = get_run_logger()
+    started_at = time.time()
+    # a site may have re-prepared since: no round starts while sites disagree (checked while
+    # the round's runs are topped up)
+    check = read_prepare_reports.submit(config.hub_url, config.site_names) if rnd > 1 else None
+    fit = (
+        build_strategy(config.strategy)
+        .configure_fit(rnd)
+        .model_copy(
+            update={
+                "private_tasks": config.private_tasks(),
+                "lr_factor": lr_factor(config.train, rnd - 1, config.rounds),
+            }
+        )
+    )
+    if deployed is None:
+        if check is not None:
+            check.result()
+        replies, missing = _local_round(config, rnd, fit)
+    else:
+        replies, missing = deployed.run(rnd, fit, check)
+    for site, why in missing.items():
+        logger.warning("round %d: site %s missing: %s", rnd, site, why)
+    if len(replies) < config.quorum():
+        raise QuorumError(
+            f"round {rnd}: {len(replies)} of {len(config.sites)} sites replied, quorum "
+            f"is {config.quorum()}; missing: {missing}. Committed rounds stay intact."
+        )
+    manifest = aggregate(config, rnd, replies, missing, started_at)
+    logger.info("round %d/%d committed", rnd, config.rounds)
+    return manifest
 
 
 def _summary(config: FederationConfig, committed: list[RoundManifest]) -> str:

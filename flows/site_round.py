@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import Cancelled, State
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef, TrainConfig
 from fedchem.federation.manifest import FitInstructions, SiteUpdateManifest
-from tasks.site import train_round
+from tasks.site import await_round, train_round
 
 
 @flow(name="site-round", flow_run_name="round-{round:02d}/{site.name}")
@@ -19,9 +20,19 @@ def site_round(
     model: ModelConfig,
     train: TrainConfig,
     fit: FitInstructions | None = None,
-) -> SiteUpdateManifest:
+    ticket: str | None = None,
+    open_timeout_s: float = 1800.0,
+) -> SiteUpdateManifest | State:
     """Returns the site's manifest (counts, aggregate metrics, hashes); weights stay on the hub.
 
     ``fit`` is what the coordinator's strategy asks of every site this round (FedProx's mu).
+    With a ``ticket`` (deployed mode) the run was booked ahead: it first waits until the
+    coordinator opens the round under that ticket, and takes ``fit`` from the opening; a run
+    whose coordinator attempt was replaced ends Cancelled without training.
     """
+    if ticket is not None:
+        opened = await_round(hub_url, run_id, round, ticket, open_timeout_s)
+        if opened is None:
+            return Cancelled(message=f"round {round}: superseded by a newer coordinator attempt")
+        fit = opened
     return train_round(site, hub_url, run_id, round, chem, model, train, fit or FitInstructions())

@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from uuid import UUID
 
 from prefect import get_client, get_run_logger, task
+from prefect.artifacts import create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import State, StateType
 from prefect.deployments import run_deployment
-from prefect.runtime import flow_run
-from prefect.states import Cancelling
+from prefect.states import Cancelled, Cancelling
 
 from fedchem.chem.consistency import ConsistencyError
 from fedchem.config import FederationConfig
 from fedchem.data.prepare import PrepareReport
 from fedchem.federation import coordinator as coord
 from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpdateManifest
+from fedchem.federation.rounds import open_round
 from fedchem.federation.strategies import build_strategy
 from fedchem.storage.hub import HubLayout, HubStore
 
 __all__ = [
     "aggregate",
+    "artifact_key",
+    "await_site_runs",
+    "book_site_runs",
+    "cancel_site_runs",
     "collect_replies",
+    "open_site_round",
     "read_prepare_reports",
     "record_best",
+    "report_round",
     "start",
-    "trigger_site_round",
 ]
 
 
@@ -45,12 +55,11 @@ def _is_consistency_error(state: Any) -> bool:
 )  # fmt: skip
 def read_prepare_reports(hub_url: str, sites: list[str]) -> list[PrepareReport]:
     hub = HubStore(hub_url)
-    missing = [s for s in sites if not hub.exists(HubLayout.site_prepared(s))]
+    paths = [HubLayout.site_prepared(s) for s in sites]
+    missing = [s for s, there in zip(sites, hub.map(hub.exists, paths), strict=True) if not there]
     if missing:
         raise RuntimeError(f"sites without published preparation: {missing}; run site_prepare")
-    reports = [
-        PrepareReport.model_validate(hub.get_json(HubLayout.site_prepared(s))) for s in sites
-    ]
+    reports = [PrepareReport.model_validate(doc) for doc in hub.map(hub.get_json, paths)]
     coord.check_consistency(reports)  # a disagreement is not transient: no retry helps
     return reports
 
@@ -93,41 +102,142 @@ def aggregate(
     return manifest
 
 
-@task(cache_policy=NO_CACHE)
-def trigger_site_round(
-    config: FederationConfig, rnd: int, site: str, fit: FitInstructions, deadline: float
-) -> tuple[str, str]:
-    """Run ``site``'s own round deployment and wait until it ends or the round's deadline.
-
-    Returns (site, final state name or why not). A run still going at the deadline is
-    cancelled: its update, should it arrive later, is never read for this round.
-    """
-    name = config.deployment.site_round.format(site=site)
-    params = {
+def _params(config: FederationConfig, rnd: int, site: str, ticket: str) -> dict[str, Any]:
+    """A booked site run's parameters: settings and the ticket, no fit (that comes with the
+    round's opening) and no site data (the site's worker resolves its own config)."""
+    return {
         "site": {"name": site}, "hub_url": config.hub_url, "run_id": config.run_id,
         "round": rnd, "chem": config.chem.model_dump(mode="json"),
         "model": config.model.model_dump(mode="json"),
-        "train": config.train.model_dump(mode="json"), "fit": fit.model_dump(mode="json"),
+        "train": config.train.model_dump(mode="json"), "ticket": ticket,
+        # booked rounds ahead: wait at most through the rounds before and their commits
+        "open_timeout_s": (config.deployment.book_ahead + 1) * config.deployment.round_deadline_s
+        + 60,
     }  # fmt: skip
-    timeout = max(deadline - time.time(), 1.0)
-    try:
-        run = run_deployment(
-            name, parameters=params, timeout=timeout,
-            poll_interval=config.deployment.poll_interval_s,
-            flow_run_name=f"round-{rnd:02d}/{site}",
-            tags=["fedchem", f"site:{site}", f"round:{rnd}", f"run:{config.run_id}"],
-            # one site run per round per coordinator run: a resumed coordinator asks again,
-            # and the site answers with the update it already published
-            idempotency_key=f"{config.run_id}/{rnd}/{site}/{flow_run.id}",
-        )  # fmt: skip
-    except Exception as exc:  # no deployment, server unreachable: this site is missing
-        return site, f"not started: {type(exc).__name__}: {exc}"
-    state = run.state
-    if state is None or not state.is_final():
+
+
+def _cancel(client: SyncPrefectClient, run_id: UUID, state: State | None) -> None:
+    """A run not started yet is Cancelled at once; a running one is asked to stop (its worker
+    kills it), so that no update of it is read for this round."""
+    started = state is not None and state.type not in (StateType.SCHEDULED, StateType.PENDING)
+    client.set_flow_run_state(run_id, Cancelling() if started else Cancelled(), force=True)
+
+
+def _final(state: State | None) -> bool:
+    return state is not None and state.is_final()
+
+
+def _states(client: SyncPrefectClient, ids: list[UUID]) -> dict[UUID, State | None]:
+    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    return {r.id: r.state for r in runs}
+
+
+@task(cache_policy=NO_CACHE)
+def book_site_runs(
+    config: FederationConfig, rnd: int, ticket: str, booked: dict[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Create round ``rnd``'s run of every site (its own deployment on its own pool) that has
+    no live one in ``booked``; the runs wait until the round is opened under ``ticket``.
+
+    Returns (site -> flow run id, site -> why its run could not be created). A booked run that
+    already ended before its round opened (its worker died, an operator cancelled it) is
+    booked again.
+    """
+    booked, rebook = dict(booked or {}), set()
+    if booked:
         with get_client(sync_client=True) as client:
-            client.set_flow_run_state(run.id, Cancelling(), force=True)
-        return site, f"missed the deadline ({state.name if state else 'no state'}); cancelled"
-    return site, state.name
+            states = _states(client, [UUID(v) for v in booked.values()])
+        for site, run_id in list(booked.items()):
+            state = states.get(UUID(run_id))
+            if state is None or _final(state):
+                get_run_logger().warning(
+                    "round %d: %s's booked run ended before the round opened (%s); booking "
+                    "again", rnd, site, state.name if state else "gone",
+                )  # fmt: skip
+                del booked[site]
+                rebook.add(site)
+
+    def create(site: str) -> str:
+        """The run's id, or why it could not be created (no deployment, no server)."""
+        try:
+            run = run_deployment(
+                config.deployment.site_round.format(site=site),
+                parameters=_params(config, rnd, site, ticket), timeout=0,
+                flow_run_name=f"round-{rnd:02d}/{site}",
+                tags=["fedchem", f"site:{site}", f"round:{rnd}", f"run:{config.run_id}"],
+                # one run per site, round and booking of this coordinator attempt: a retried
+                # task gets the run it already created
+                idempotency_key=f"{config.run_id}/{rnd}/{site}/{ticket}"
+                + ("/again" if site in rebook else ""),
+            )  # fmt: skip
+        except Exception as exc:
+            return f"not started: {type(exc).__name__}: {exc}"
+        return str(run.id)
+
+    failed = {}
+    for site in config.site_names:  # in turn: run_deployment links each run to this task
+        if site in booked:
+            continue
+        made = create(site)
+        if made.startswith("not started: "):
+            failed[site] = made
+        else:
+            booked[site] = made
+    return booked, failed
+
+
+@task(cache_policy=NO_CACHE)
+def open_site_round(config: FederationConfig, rnd: int, ticket: str, fit: FitInstructions) -> None:
+    """The go for round ``rnd``: its booked runs start training from the last global model."""
+    open_round(HubStore(config.hub_url), config.run_id, rnd, ticket, fit)
+
+
+@task(cache_policy=NO_CACHE)
+def await_site_runs(
+    config: FederationConfig, booked: dict[str, str], deadline: float, until_running: bool = False
+) -> list[tuple[str, str]]:
+    """Wait until every booked run ends or the round's deadline passes (one API read per
+    poll for all sites). Returns (site, final state name or why not); a run still going at
+    the deadline is cancelled: its update, should it arrive later, is never read.
+
+    ``until_running``: return as soon as every run is running or ended (nothing cancelled).
+    """
+    ids = {site: UUID(run_id) for site, run_id in booked.items()}
+
+    def started(state: State | None) -> bool:
+        return _final(state) or (state is not None and state.type == StateType.RUNNING)
+
+    with get_client(sync_client=True) as client:
+        while True:
+            states = _states(client, list(ids.values()))
+            done = all((started if until_running else _final)(states.get(i)) for i in ids.values())
+            left = deadline - time.time()
+            if done or left <= 0:
+                break
+            time.sleep(min(config.deployment.poll_interval_s, left))
+        if until_running:
+            return []
+        outcomes: list[tuple[str, str]] = []
+        for site, run_id in ids.items():
+            state = states.get(run_id)
+            if state is not None and state.is_final():
+                outcomes.append((site, str(state.name)))
+                continue
+            _cancel(client, run_id, state)
+            name = state.name if state else "no state"
+            outcomes.append((site, f"missed the deadline ({name}); cancelled"))
+    return outcomes
+
+
+@task(cache_policy=NO_CACHE)
+def cancel_site_runs(booked: dict[str, str]) -> None:
+    """Cancel runs booked for rounds that will not open (the federation stopped); ``booked``
+    maps any label to a flow run id."""
+    with get_client(sync_client=True) as client:
+        states = _states(client, [UUID(v) for v in booked.values()])
+        for run_id, state in states.items():
+            if not _final(state):
+                _cancel(client, run_id, state)
 
 
 @task(cache_policy=NO_CACHE)
@@ -137,10 +247,13 @@ def collect_replies(
     """Manifests of the sites whose run completed (read from the hub); the rest, with why."""
     hub, layout = HubStore(hub_url), HubLayout(run_id)
     replies, missing = [], {}
+    done = [site for site, outcome in outcomes if outcome == "Completed"]
+    paths = [layout.site_manifest(rnd, site) for site in done]
+    docs = dict(zip(done, hub.map(lambda p: hub.get_json(p) if hub.exists(p) else None, paths),
+                    strict=True))  # fmt: skip
     for site, outcome in outcomes:
-        path = layout.site_manifest(rnd, site)
-        if outcome == "Completed" and hub.exists(path):
-            replies.append(SiteUpdateManifest.model_validate(hub.get_json(path)))
+        if docs.get(site) is not None:
+            replies.append(SiteUpdateManifest.model_validate(docs[site]))
         else:
             missing[site] = outcome if outcome != "Completed" else "completed without a manifest"
     return replies, missing
@@ -152,3 +265,32 @@ def record_best(hub_url: str, run_id: str, committed: list[RoundManifest]) -> di
     doc = coord.record_best_round(HubStore(hub_url), run_id, committed)
     get_run_logger().info("best round by validation: %s", doc)
     return doc
+
+
+def artifact_key(run_id: str, suffix: str) -> str:
+    """An artifact key (lowercase letters, digits, dashes) for this run."""
+    slug = "".join(c if c.isalnum() else "-" for c in run_id.lower()).strip("-")
+    return f"fedchem-{slug}-{suffix}"[:120]
+
+
+@task(cache_policy=NO_CACHE)
+def report_round(config: FederationConfig, manifest: RoundManifest, progress: UUID) -> None:
+    """The UI's view of a committed round: a table of the sites' validation aggregates, and
+    the run's progress bar."""
+    rnd = manifest.round
+    create_table_artifact(
+        key=artifact_key(config.run_id, f"round-{rnd:02d}"),
+        table=[
+            {
+                "site": s,
+                "examples": manifest.n_examples.get(s, 0),
+                **{k: round(v, 4) for k, v in manifest.valid_summary.get(s, {}).items()},
+            }
+            for s in config.site_names
+            if s in manifest.valid_summary
+        ]
+        + [{"site": f"missing: {s}", "examples": 0} for s in manifest.missing]
+        + [{"site": f"rejected: {s}", "examples": 0} for s in manifest.rejected],
+        description=f"round {rnd} of {config.run_id}: site validation metrics (aggregates)",
+    )
+    update_progress_artifact(progress, 100.0 * rnd / config.rounds)

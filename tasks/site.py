@@ -22,12 +22,14 @@ from fedchem.config import (
 )
 from fedchem.federation import site as site_lib
 from fedchem.federation.manifest import EvalReport, FitInstructions, SiteUpdateManifest
+from fedchem.federation.rounds import RoundSuperseded, await_round_open
 from fedchem.storage.hub import HubLayout, HubStore
 
 if TYPE_CHECKING:
     from fedchem.data.prepare import PrepareReport
 
 __all__ = [
+    "await_round",
     "evaluate_baselines",
     "evaluate_global",
     "prepare",
@@ -84,6 +86,19 @@ def publish_prepare_report(hub_url: str, report: PrepareReport) -> str:
     path = HubLayout.site_prepared(report.site)
     HubStore(hub_url).put_json(path, report.model_dump(mode="json"))
     return path
+
+
+@task(cache_policy=NO_CACHE)
+def await_round(
+    hub_url: str, run_id: str, rnd: int, ticket: str, timeout_s: float
+) -> FitInstructions | None:
+    """Wait until the coordinator opens round ``rnd`` under ``ticket``: its fit instructions,
+    or None when a newer coordinator attempt opened the round (this run is superseded)."""
+    try:
+        return await_round_open(HubStore(hub_url), run_id, rnd, ticket, timeout_s).fit
+    except RoundSuperseded as exc:
+        get_run_logger().warning("%s", exc)
+        return None
 
 
 @task(cache_policy=NO_CACHE)

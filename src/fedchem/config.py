@@ -283,7 +283,14 @@ class DeploymentConfig(_Strict):
         "applies in both modes",
     )
     poll_interval_s: float = Field(
-        0.5, gt=0, description="how often the coordinator checks a site's run (one light API read)"
+        0.25, gt=0, description="how often the coordinator checks the sites' runs (one API read)"
+    )
+    book_ahead: int = Field(
+        1,
+        ge=0,
+        description="create the site runs of this many rounds ahead: they start and wait on "
+        "the hub until their round opens, so that a run's start (worker poll, process, engine) "
+        "overlaps the rounds before; 0: create each round's runs when it starts",
     )
 
 

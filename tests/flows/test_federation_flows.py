@@ -267,3 +267,24 @@ def test_a_failing_site_is_missing_and_the_round_goes_on_with_the_quorum(
     with pytest.raises(QuorumError, match="2 of 3 sites replied, quorum is 3"):
         coordinator(strict)
     assert not HubStore(hub_url).exists(HubLayout("strict").round_manifest(1))
+
+
+def test_a_booked_site_run_of_a_replaced_coordinator_ends_cancelled(
+    prefect_api: None, tmp_path: Path
+) -> None:
+    """A run booked ahead waits for its round's opening; when a newer coordinator attempt
+    opened the round instead, the run ends Cancelled without touching the site's data."""
+    from fedchem.config import SiteRef
+    from fedchem.federation.manifest import FitInstructions
+    from fedchem.federation.rounds import new_ticket, open_round
+    from flows.site_round import site_round
+
+    hub_url = str(tmp_path / "hub")
+    old, new = new_ticket(1_000.0), new_ticket(2_000.0)
+    open_round(HubStore(hub_url), "booked", 2, new, FitInstructions())
+    state = site_round(
+        site=SiteRef(name="nowhere"), hub_url=hub_url, run_id="booked", round=2,
+        chem=ChemConfig(), model=ModelConfig(), train=TrainConfig(), ticket=old,
+        open_timeout_s=30, return_state=True,
+    )  # fmt: skip
+    assert state.is_cancelled() and "superseded" in (state.message or "")

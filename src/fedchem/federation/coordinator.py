@@ -216,6 +216,19 @@ def start_run(
     return _commit(hub, config.run_id, 0, data, "init", {}, {}, config_digest=digest)
 
 
+def _read_or_error(hub: HubStore, rel: str) -> bytes | Exception:
+    try:
+        return hub.get_bytes(rel)
+    except Exception as exc:
+        return exc
+
+
+def _raise(blob: bytes | Exception) -> bytes:
+    if isinstance(blob, Exception):
+        raise blob
+    return blob
+
+
 def aggregate_round(
     hub: HubStore, run_id: str, rnd: int, replies: Sequence[SiteUpdateManifest],
     strategy: Strategy | None = None, failures: dict[str, str] | Sequence[str] = (),
@@ -234,10 +247,15 @@ def aggregate_round(
     faults = faults or FaultConfig()
     missing = dict(failures) if isinstance(failures, dict) else {s: "no reply" for s in failures}
     previous, current, server_state = read_round(hub, run_id, rnd - 1)
+    # the updates are read concurrently; a read error surfaces when its update is screened
+    paths = [m.update_path for m in replies]
+    blobs = dict(zip(paths, hub.map(lambda p: _read_or_error(hub, p), paths), strict=True))
     screened = screen_updates(
         replies, run_id=run_id, rnd=rnd, base_sha256=previous.global_sha256, reference=current,
         members=list(members) if members is not None else [m.site for m in replies],
-        fetch=lambda m: hub.get_verified(m.update_path, m.update_sha256, f"update of {m.site}"),
+        fetch=lambda m: hub.get_verified(
+            m.update_path, m.update_sha256, f"update of {m.site}", _raise(blobs[m.update_path])
+        ),
         max_norm_ratio=faults.max_norm_ratio, min_for_norm=faults.min_for_norm_check,
     )  # fmt: skip
     if len(screened.accepted) < max(quorum, 1):

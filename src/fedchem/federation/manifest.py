@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["EvalReport", "FitInstructions", "RoundManifest", "SiteUpdateManifest"]
+__all__ = [
+    "EvalReport", "FitInstructions", "RoundManifest", "RoundOpen", "SiteUpdateManifest",
+]  # fmt: skip
 
 
 class _Manifest(BaseModel):
@@ -23,6 +25,16 @@ class FitInstructions(_Manifest):
         description="tasks whose head rows stay at each site (MELLODDY's private heads): "
         "trained and kept there between rounds, uploaded as zeros",
     )
+
+
+class RoundOpen(_Manifest):
+    """The coordinator's go for one round: written once per round and coordinator attempt."""
+
+    run_id: str
+    round: int = Field(ge=1)
+    ticket: str = Field(description="the coordinator attempt that opened the round")
+    fit: FitInstructions
+    opened_at: str
 
 
 class EvalReport(_Manifest):

@@ -30,7 +30,8 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -129,6 +130,10 @@ class HubLayout:
     def round_manifest(self, rnd: int) -> str:
         return f"{self.round_dir(rnd)}/manifest.json"
 
+    def round_open(self, rnd: int) -> str:
+        """The coordinator's go for round ``rnd`` (fedchem.federation.rounds)."""
+        return f"{self.round_dir(rnd)}/open.json"
+
     def site_update(self, rnd: int, site: str) -> str:
         return f"{self.round_dir(rnd)}/sites/{site}/update.npz"
 
@@ -188,9 +193,18 @@ class HubStore:
     def get_bytes(self, rel: str) -> bytes:
         return self.retry.call(lambda: bytes(self.fs.cat_file(self._path(rel))), f"get {rel}")
 
-    def get_verified(self, rel: str, sha256: str, what: str) -> bytes:
-        """``rel``'s bytes, refused unless they hash to ``sha256`` (the manifest's word)."""
-        data = self.get_bytes(rel)
+    def map(self, fn: Callable[[str], _T], rels: Sequence[str]) -> list[_T]:
+        """``fn`` over ``rels`` concurrently, results in order: an object store's round trips
+        overlap instead of adding up (the first error is raised)."""
+        if len(rels) < 2:
+            return [fn(r) for r in rels]
+        with ThreadPoolExecutor(max_workers=min(8, len(rels))) as pool:
+            return list(pool.map(fn, rels))
+
+    def get_verified(self, rel: str, sha256: str, what: str, data: bytes | None = None) -> bytes:
+        """``rel``'s bytes (or ``data`` read from it before), refused unless they hash to
+        ``sha256`` (the manifest's word)."""
+        data = self.get_bytes(rel) if data is None else data
         digest = hashlib.sha256(data).hexdigest()
         if digest != sha256:
             raise IntegrityError(

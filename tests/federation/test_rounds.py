@@ -1,0 +1,71 @@
+"""Opening a round: a booked site run goes on under its own ticket only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedchem.federation.manifest import FitInstructions
+from fedchem.federation.rounds import (
+    RoundNotOpened,
+    RoundSuperseded,
+    await_round_open,
+    new_ticket,
+    open_round,
+)
+from fedchem.storage.hub import HubLayout, HubStore
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> HubStore:
+    return HubStore(str(tmp_path / "hub"))
+
+
+def test_tickets_sort_by_issue_time_and_are_unique() -> None:
+    early, late = new_ticket(1_000.0), new_ticket(2_000.0)
+    assert early < late
+    assert new_ticket(1_000.0) != early  # same instant, different attempt
+
+
+def test_a_run_waits_until_its_round_opens_and_takes_the_fit_from_it(hub: HubStore) -> None:
+    ticket, fit = new_ticket(), FitInstructions(proximal_mu=0.1, lr_factor=0.5)
+    polls: list[float] = []
+
+    def sleep(s: float) -> None:  # the coordinator opens the round on the third poll
+        polls.append(s)
+        if len(polls) == 3:
+            open_round(hub, "r1", 2, ticket, fit)
+
+    doc = await_round_open(hub, "r1", 2, ticket, timeout_s=60, poll_s=0.05, sleep=sleep)
+    assert len(polls) == 3 and doc.fit == fit and doc.ticket == ticket and doc.round == 2
+    assert hub.exists(HubLayout("r1").round_open(2))
+
+
+def test_a_marker_of_an_earlier_attempt_is_waited_past(hub: HubStore) -> None:
+    """The previous coordinator opened this round, then died: its marker is not our go."""
+    old, mine = new_ticket(1_000.0), new_ticket(2_000.0)
+    open_round(hub, "r1", 3, old, FitInstructions(lr_factor=0.9))
+    calls = 0
+
+    def sleep(_: float) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            open_round(hub, "r1", 3, mine, FitInstructions(lr_factor=0.3))
+
+    doc = await_round_open(hub, "r1", 3, mine, timeout_s=60, sleep=sleep)
+    assert doc.ticket == mine and doc.fit.lr_factor == 0.3 and calls == 2
+
+
+def test_a_run_of_a_replaced_coordinator_is_superseded(hub: HubStore) -> None:
+    old, new = new_ticket(1_000.0), new_ticket(2_000.0)
+    open_round(hub, "r1", 2, new, FitInstructions())
+    with pytest.raises(RoundSuperseded, match="newer coordinator attempt"):
+        await_round_open(hub, "r1", 2, old, timeout_s=60, sleep=lambda _: None)
+
+
+def test_a_round_never_opened_times_out_naming_round_and_ticket(hub: HubStore) -> None:
+    ticket = new_ticket()
+    with pytest.raises(RoundNotOpened, match=rf"round 4 of run r1 .*{ticket}.* within 0s"):
+        await_round_open(hub, "r1", 4, ticket, timeout_s=0.0, sleep=lambda _: None)
