@@ -21,7 +21,7 @@ from fedchem.config import FederationConfig, SiteConfig
 from fedchem.federation.coordinator import QuorumError
 from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpdateManifest
 from fedchem.federation.rounds import new_ticket
-from fedchem.federation.strategies import build_strategy
+from fedchem.federation.strategies import Strategy, build_strategy
 from fedchem.model.train import lr_factor
 from flows.site_round import site_round
 from tasks.hub import (
@@ -97,7 +97,7 @@ class _DeployedRounds:
                 check.result()  # no round opens while sites disagree
         except BaseException:
             if booked:
-                cancel_site_runs(booked)
+                cancel_site_runs(list(booked.values()))
             raise
         open_site_round.with_options(task_run_name=f"open-round-{rnd:02d}")(
             config, rnd, self.ticket, fit
@@ -120,12 +120,14 @@ class _DeployedRounds:
 
     def close(self) -> None:
         """The federation stopped: runs booked for rounds that will not open are cancelled."""
-        booked = {}
-        for rnd, future in sorted(self.ahead.items()):
-            booked.update({f"{site}@{rnd}": run for site, run in future.result()[0].items()})
+        run_ids = []
+        for future in self.ahead.values():
+            made = future.result(raise_on_failure=False)  # a failed booking booked nothing
+            if isinstance(made, tuple):
+                run_ids += list(made[0].values())
         self.ahead.clear()
-        if booked:
-            cancel_site_runs(booked)
+        if run_ids:
+            cancel_site_runs(run_ids)
 
 
 @flow(name="coordinator", flow_run_name="federation/{config.run_id}")
@@ -137,11 +139,12 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
         100.0 * (len(committed) - 1) / config.rounds,
         key=artifact_key(config.run_id, "progress"), description=f"federation {config.run_id}",
     )  # fmt: skip
+    strategy = build_strategy(config.strategy)
     deployed = _DeployedRounds(config) if config.mode == "deployed" else None
     reported = []
     try:
         for rnd in range(len(committed), config.rounds + 1):
-            committed.append(_round(config, rnd, deployed))
+            committed.append(_round(config, strategy, rnd, deployed))
             # the round's table and the progress bar: not on the next round's critical path
             reported.append(report_round.submit(config, committed[-1], progress))
     finally:
@@ -163,22 +166,20 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
     return committed
 
 
-def _round(config: FederationConfig, rnd: int, deployed: _DeployedRounds | None) -> RoundManifest:
+def _round(
+    config: FederationConfig, strategy: Strategy, rnd: int, deployed: _DeployedRounds | None
+) -> RoundManifest:
     """One round: the sites' replies (subflows, or their own deployments), then the commit."""
     logger = get_run_logger()
     started_at = time.time()
     # a site may have re-prepared since: no round starts while sites disagree (checked while
     # the round's runs are topped up)
     check = read_prepare_reports.submit(config.hub_url, config.site_names) if rnd > 1 else None
-    fit = (
-        build_strategy(config.strategy)
-        .configure_fit(rnd)
-        .model_copy(
-            update={
-                "private_tasks": config.private_tasks(),
-                "lr_factor": lr_factor(config.train, rnd - 1, config.rounds),
-            }
-        )
+    fit = strategy.configure_fit(rnd).model_copy(
+        update={
+            "private_tasks": config.private_tasks(),
+            "lr_factor": lr_factor(config.train, rnd - 1, config.rounds),
+        }
     )
     if deployed is None:
         if check is not None:

@@ -157,8 +157,10 @@ def book_site_runs(
                 del booked[site]
                 rebook.add(site)
 
-    def create(site: str) -> str:
-        """The run's id, or why it could not be created (no deployment, no server)."""
+    failed = {}
+    for site in config.site_names:  # in turn: run_deployment links each run to this task
+        if site in booked:
+            continue
         try:
             run = run_deployment(
                 config.deployment.site_round.format(site=site),
@@ -170,19 +172,10 @@ def book_site_runs(
                 idempotency_key=f"{config.run_id}/{rnd}/{site}/{ticket}"
                 + ("/again" if site in rebook else ""),
             )  # fmt: skip
-        except Exception as exc:
-            return f"not started: {type(exc).__name__}: {exc}"
-        return str(run.id)
-
-    failed = {}
-    for site in config.site_names:  # in turn: run_deployment links each run to this task
-        if site in booked:
+        except Exception as exc:  # no deployment, server unreachable: this site is missing
+            failed[site] = f"not started: {type(exc).__name__}: {exc}"
             continue
-        made = create(site)
-        if made.startswith("not started: "):
-            failed[site] = made
-        else:
-            booked[site] = made
+        booked[site] = str(run.id)
     return booked, failed
 
 
@@ -230,11 +223,10 @@ def await_site_runs(
 
 
 @task(cache_policy=NO_CACHE)
-def cancel_site_runs(booked: dict[str, str]) -> None:
-    """Cancel runs booked for rounds that will not open (the federation stopped); ``booked``
-    maps any label to a flow run id."""
+def cancel_site_runs(run_ids: list[str]) -> None:
+    """Cancel runs booked for rounds that will not open (the federation stopped)."""
     with get_client(sync_client=True) as client:
-        states = _states(client, [UUID(v) for v in booked.values()])
+        states = _states(client, [UUID(v) for v in run_ids])
         for run_id, state in states.items():
             if not _final(state):
                 _cancel(client, run_id, state)
