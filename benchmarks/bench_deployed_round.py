@@ -71,8 +71,8 @@ def _phases(timeline: dict[str, Any], site_manifests: list[list[dict]]) -> dict[
     A site run is booked (created) by the coordinator's ``book-round-NN`` task, a round ahead
     unless ``--book-ahead 0``; its worker polls it (Pending), starts it (Running); it waits
     on the hub until ``open-round-NN`` and then does the site's own step (``site_seconds``).
-    The critical path of a round: committed -> next round opened -> sites Completed ->
-    committed.
+    The critical path of a round: committed -> next round opened -> the sites' updates on
+    the hub -> committed (the coordinator does not wait for the runs to report Completed).
     """
     by_name = {r["name"]: r for r in timeline["runs"]}
     tasks = {t["name"]: t for t in timeline["tasks"] if t["end_time"]}
@@ -100,9 +100,10 @@ def _phases(timeline: dict[str, Any], site_manifests: list[list[dict]]) -> dict[
             add("round opened -> site Completed, less the site's own step",
                 states["COMPLETED"] - opened - m["site_seconds"])  # fmt: skip
             ends.append(states["COMPLETED"])
-        agg = next(t for t in aggregates if _t(t["end_time"]) >= max(ends))
+        agg = aggregates[r - 1]  # rounds commit in order
         add("previous round committed -> this round opened", opened - committed_before)
-        add("last site Completed -> round committed", _t(agg["end_time"]) - max(ends))
+        add("last site Completed -> round committed (< 0: before the runs reported their end)",
+            _t(agg["end_time"]) - max(ends))  # fmt: skip
         committed_before = _t(agg["end_time"])
     return {k: float(np.mean(v)) for k, v in acc.items()}
 

@@ -1,9 +1,11 @@
 """A misbehaving site for the fault-injection suite (never deployed by the product).
 
-Deployed under a real site's round deployment name, it runs the real site round and then,
-when ``<stack>/faults.json`` says so for this run, site and round, damages what it published:
-``corrupt`` alters bytes of the update after its manifest (hash mismatch at the hub);
-``garbage`` replaces the update with random bytes under a matching hash (not a model).
+Deployed under a real site's round deployment name, it runs the real site round, but when
+``<stack>/faults.json`` says so for this run, site and round, what it publishes is damaged
+as it is written (the coordinator reads a reply as soon as its manifest lands, so a fault
+must be in place before that): ``corrupt`` stores altered bytes of the update under the
+honest manifest (hash mismatch at the hub); ``garbage`` stores random bytes as the update
+under a manifest whose hash matches them (not a model).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from prefect import flow
@@ -47,21 +50,32 @@ def faulty_site_round(
     ticket: str | None = None,
     open_timeout_s: float = 1800.0,
 ) -> SiteUpdateManifest | State:
-    manifest = site_round.fn(
-        site, hub_url, run_id, round, chem, model, train, fit, ticket, open_timeout_s
-    )
-    if not isinstance(manifest, SiteUpdateManifest):  # superseded: nothing was published
-        return manifest
     fault = _plan(run_id, site.name, round)
-    hub = HubStore(hub_url)
-    if fault == "corrupt":
-        data = bytearray(hub.get_bytes(manifest.update_path))
-        data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
-        hub.put_bytes(manifest.update_path, bytes(data))
-    elif fault == "garbage":
-        data = np.random.default_rng(round).bytes(4096)
-        hub.put_bytes(manifest.update_path, data)
-        manifest = manifest.model_copy(update={"update_sha256": hashlib.sha256(data).hexdigest()})
-        path = HubLayout(run_id).site_manifest(round, site.name)
-        hub.put_json(path, manifest.model_dump(mode="json"))
-    return manifest
+    if fault is None:
+        return site_round.fn(
+            site, hub_url, run_id, round, chem, model, train, fit, ticket, open_timeout_s
+        )
+    layout = HubLayout(run_id)
+    update, manifest = layout.site_update(round, site.name), layout.site_manifest(round, site.name)
+    garbage = np.random.default_rng(round).bytes(4096)
+    put_bytes, put_json = HubStore.put_bytes, HubStore.put_json
+
+    def damaged_bytes(self: HubStore, rel: str, data: bytes) -> None:
+        if rel == update and fault == "corrupt":
+            data = data[: len(data) // 2] + bytes(64) + data[len(data) // 2 + 64 :]
+        elif rel == update and fault == "garbage":
+            data = garbage
+        put_bytes(self, rel, data)
+
+    def damaged_manifest(self: HubStore, rel: str, obj: Any) -> None:
+        if rel == manifest and fault == "garbage":
+            obj = {**obj, "update_sha256": hashlib.sha256(garbage).hexdigest()}
+        put_json(self, rel, obj)
+
+    HubStore.put_bytes, HubStore.put_json = damaged_bytes, damaged_manifest  # type: ignore[method-assign]
+    try:
+        return site_round.fn(
+            site, hub_url, run_id, round, chem, model, train, fit, ticket, open_timeout_s
+        )
+    finally:
+        HubStore.put_bytes, HubStore.put_json = put_bytes, put_json  # type: ignore[method-assign]

@@ -27,10 +27,10 @@ from flows.site_round import site_round
 from tasks.hub import (
     aggregate,
     artifact_key,
-    await_site_runs,
+    await_replies,
+    await_running,
     book_site_runs,
     cancel_site_runs,
-    collect_replies,
     open_site_round,
     read_prepare_reports,
     record_best,
@@ -103,14 +103,17 @@ class _DeployedRounds:
             config, rnd, self.ticket, fit
         )
         deadline = time.time() + config.deployment.round_deadline_s
-        await_round = await_site_runs.with_options(task_run_name=f"await-round-{rnd:02d}")
         ahead = min(rnd + config.deployment.book_ahead, config.rounds)
         if ahead > rnd:  # once this round's runs run: their starts and the next rounds' apart
-            await_round(config, booked, deadline, until_running=True)
+            await_running.with_options(task_run_name=f"running-round-{rnd:02d}")(
+                config, booked, deadline
+            )
             for later in range(rnd + 1, ahead + 1):
                 self._book(later)
-        outcomes = await_round(config, booked, deadline)
-        return collect_replies(config.hub_url, config.run_id, rnd, [*outcomes, *failed.items()])
+        replies, missing = await_replies.with_options(task_run_name=f"await-round-{rnd:02d}")(
+            config, rnd, booked, deadline
+        )
+        return replies, {**missing, **failed}
 
     def _book(self, rnd: int) -> None:
         if rnd not in self.ahead:

@@ -20,17 +20,17 @@ from fedchem.config import FederationConfig
 from fedchem.data.prepare import PrepareReport
 from fedchem.federation import coordinator as coord
 from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpdateManifest
-from fedchem.federation.rounds import open_round
+from fedchem.federation.rounds import open_round, read_replies
 from fedchem.federation.strategies import build_strategy
 from fedchem.storage.hub import HubLayout, HubStore
 
 __all__ = [
     "aggregate",
     "artifact_key",
-    "await_site_runs",
+    "await_replies",
+    "await_running",
     "book_site_runs",
     "cancel_site_runs",
-    "collect_replies",
     "open_site_round",
     "read_prepare_reports",
     "record_best",
@@ -127,6 +127,10 @@ def _final(state: State | None) -> bool:
     return state is not None and state.is_final()
 
 
+def _name(state: State | None) -> str:
+    return str(state.name) if state is not None else "no state"
+
+
 def _states(client: SyncPrefectClient, ids: list[UUID]) -> dict[UUID, State | None]:
     runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
     return {r.id: r.state for r in runs}
@@ -186,40 +190,75 @@ def open_site_round(config: FederationConfig, rnd: int, ticket: str, fit: FitIns
 
 
 @task(cache_policy=NO_CACHE)
-def await_site_runs(
-    config: FederationConfig, booked: dict[str, str], deadline: float, until_running: bool = False
-) -> list[tuple[str, str]]:
-    """Wait until every booked run ends or the round's deadline passes (one API read per
-    poll for all sites). Returns (site, final state name or why not); a run still going at
-    the deadline is cancelled: its update, should it arrive later, is never read.
-
-    ``until_running``: return as soon as every run is running or ended (nothing cancelled).
-    """
-    ids = {site: UUID(run_id) for site, run_id in booked.items()}
-
-    def started(state: State | None) -> bool:
-        return _final(state) or (state is not None and state.type == StateType.RUNNING)
-
+def await_running(config: FederationConfig, booked: dict[str, str], deadline: float) -> None:
+    """Wait until every booked run is running or has ended (one API read per poll)."""
+    ids = [UUID(run_id) for run_id in booked.values()]
     with get_client(sync_client=True) as client:
         while True:
-            states = _states(client, list(ids.values()))
-            done = all((started if until_running else _final)(states.get(i)) for i in ids.values())
+            states = _states(client, ids)
+            running = all(
+                _final(s) or (s is not None and s.type == StateType.RUNNING)
+                for s in (states.get(i) for i in ids)
+            )  # fmt: skip
             left = deadline - time.time()
-            if done or left <= 0:
-                break
+            if running or left <= 0:
+                return
             time.sleep(min(config.deployment.poll_interval_s, left))
-        if until_running:
-            return []
-        outcomes: list[tuple[str, str]] = []
-        for site, run_id in ids.items():
-            state = states.get(run_id)
-            if state is not None and state.is_final():
-                outcomes.append((site, str(state.name)))
-                continue
-            _cancel(client, run_id, state)
-            name = state.name if state else "no state"
-            outcomes.append((site, f"missed the deadline ({name}); cancelled"))
-    return outcomes
+
+
+@task(cache_policy=NO_CACHE)
+def await_replies(
+    config: FederationConfig, rnd: int, booked: dict[str, str], deadline: float
+) -> tuple[list[SiteUpdateManifest], dict[str, str]]:
+    """Wait for round ``rnd``'s replies until every booked site replied or its run ended, or
+    the round's deadline passed. Returns the manifests and, per missing site, why.
+
+    A site has replied when its update manifest is on the hub (``read_replies``: one listing
+    per ``poll_interval_s``), so the round goes on while the runs still report their end. The
+    runs' states are read once a second, to notice a run that ended without replying; a run
+    still going at the deadline is cancelled, and its update, should it arrive later, is
+    never read.
+    """
+    hub, poll = HubStore(config.hub_url), config.deployment.poll_interval_s
+    ids = {site: UUID(run_id) for site, run_id in booked.items()}
+    replies: dict[str, SiteUpdateManifest | str] = {}
+    ended: dict[str, str] = {}  # site -> its run's final state, ended with no reply
+    states: dict[UUID, State | None] = {}
+    next_states = 0.0
+    with get_client(sync_client=True) as client:
+        while True:
+            if time.time() >= next_states:  # before the listing: a run that ended with a
+                states = _states(client, list(ids.values()))  # reply has it listed below
+                next_states = time.time() + max(poll, 1.0)
+                ended = {site: _name(states.get(i)) for site, i in ids.items()
+                         if _final(states.get(i))}  # fmt: skip
+            waiting = [site for site in ids if site not in replies]
+            replies.update(read_replies(hub, config.run_id, rnd, waiting))
+            waiting = [site for site in ids if site not in replies and site not in ended]
+            left = deadline - time.time()
+            if not waiting or left <= 0:
+                break
+            time.sleep(min(poll, left))
+        missing = {}
+        if waiting:  # the deadline passed: a fresh look, then what still goes is cancelled
+            states = _states(client, [ids[site] for site in waiting])
+            for site in waiting:
+                state = states.get(ids[site])
+                if _final(state):
+                    ended[site] = _name(state)
+                else:
+                    _cancel(client, ids[site], state)
+                    missing[site] = f"missed the deadline ({_name(state)}); cancelled"
+            late = [site for site in waiting if site in ended]  # ended just now: replied?
+            replies.update(read_replies(hub, config.run_id, rnd, late))
+    for site in ids:
+        reply = replies.get(site)
+        if isinstance(reply, str):
+            missing[site] = reply
+        elif reply is None and site not in missing:
+            outcome = ended[site]
+            missing[site] = "completed without a manifest" if outcome == "Completed" else outcome
+    return [r for s in ids if isinstance(r := replies.get(s), SiteUpdateManifest)], missing
 
 
 @task(cache_policy=NO_CACHE)
@@ -230,25 +269,6 @@ def cancel_site_runs(run_ids: list[str]) -> None:
         for run_id, state in states.items():
             if not _final(state):
                 _cancel(client, run_id, state)
-
-
-@task(cache_policy=NO_CACHE)
-def collect_replies(
-    hub_url: str, run_id: str, rnd: int, outcomes: list[tuple[str, str]]
-) -> tuple[list[SiteUpdateManifest], dict[str, str]]:
-    """Manifests of the sites whose run completed (read from the hub); the rest, with why."""
-    hub, layout = HubStore(hub_url), HubLayout(run_id)
-    replies, missing = [], {}
-    done = [site for site, outcome in outcomes if outcome == "Completed"]
-    paths = [layout.site_manifest(rnd, site) for site in done]
-    docs = dict(zip(done, hub.map(lambda p: hub.get_json(p) if hub.exists(p) else None, paths),
-                    strict=True))  # fmt: skip
-    for site, outcome in outcomes:
-        if docs.get(site) is not None:
-            replies.append(SiteUpdateManifest.model_validate(docs[site]))
-        else:
-            missing[site] = outcome if outcome != "Completed" else "completed without a manifest"
-    return replies, missing
 
 
 @task(cache_policy=NO_CACHE)

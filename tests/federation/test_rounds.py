@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from fedchem.federation.manifest import FitInstructions
+from fedchem.federation.manifest import EvalReport, FitInstructions, SiteUpdateManifest
 from fedchem.federation.rounds import (
     RoundNotOpened,
     RoundSuperseded,
     await_round_open,
     new_ticket,
     open_round,
+    read_replies,
 )
 from fedchem.storage.hub import HubLayout, HubStore
 
@@ -69,3 +70,26 @@ def test_a_round_never_opened_times_out_naming_round_and_ticket(hub: HubStore) -
     ticket = new_ticket()
     with pytest.raises(RoundNotOpened, match=rf"round 4 of run r1 .*{ticket}.* within 0s"):
         await_round_open(hub, "r1", 4, ticket, timeout_s=0.0, sleep=lambda _: None)
+
+
+def test_replies_are_the_manifests_on_the_hub_and_an_unreadable_one_says_so(
+    hub: HubStore,
+) -> None:
+    layout = HubLayout("r1")
+    assert read_replies(hub, "r1", 2, ["a", "b", "c"]) == {}  # nothing written yet
+    valid = EvalReport(site="a", model="m", fold="valid", n_molecules=5, per_task={}, summary={})
+    sent = SiteUpdateManifest(
+        run_id="r1", round=2, site="a", n_examples=5, n_labels=5, base_sha256="0" * 64,
+        update_path=layout.site_update(2, "a"), update_sha256="1" * 64, train_loss=0.1,
+        train_seconds=0.1, device="cpu", valid=valid,
+    )  # fmt: skip
+    hub.put_bytes(layout.site_update(2, "a"), b"weights")  # an update alone is no reply
+    assert read_replies(hub, "r1", 2, ["a", "b", "c"]) == {}
+    hub.put_json(layout.site_manifest(2, "a"), sent.model_dump(mode="json"))
+    hub.put_bytes(layout.site_manifest(2, "b"), b"{not json")
+    hub.put_json(layout.site_manifest(1, "c"), sent.model_dump(mode="json"))  # another round
+    got = read_replies(hub, "r1", 2, ["a", "b", "c"])
+    assert got["a"] == sent
+    assert got["b"] == "unreadable update manifest (JSONDecodeError)"
+    assert "c" not in got
+    assert read_replies(hub, "r1", 2, ["c"]) == {}  # only the sites asked about

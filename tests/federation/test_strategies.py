@@ -151,3 +151,16 @@ def test_a_site_refuses_a_global_model_that_does_not_match_its_manifest(tmp_path
     hub.put_bytes(m0.global_path, dump_arrays(_arr(5.0)))  # altered after the commit
     with pytest.raises(ValueError, match=r"global model of round 0 .* refusing it"):
         fetch_global(hub, run, 0)
+
+
+def test_the_committed_model_does_not_depend_on_the_order_replies_arrived(tmp_path: Path):
+    # float sums depend on their order: 1e17 + 1 - 1e17 is 0 in float64, 1e17 - 1e17 + 1 is 1
+    values = {"a": 1e17, "b": 1.0, "c": -1e17}
+    shas = []
+    for run, order in (("in-order", "abc"), ("late-b", "acb"), ("reversed", "cba")):
+        hub = HubStore(str(tmp_path / run))
+        m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+        ups = [_publish(hub, run, 1, s, _arr(values[s]), 10, m0.global_sha256) for s in order]
+        shas.append(aggregate_round(hub, run, 1, ups, faults=FaultConfig(max_norm_ratio=1e12))
+                    .global_sha256)  # fmt: skip
+    assert len(set(shas)) == 1

@@ -241,8 +241,10 @@ def aggregate_round(
     committed global model of ``rnd - 1``; rejected ones are recorded with their reason. The
     round commits only when at least ``quorum`` updates were accepted (else
     :class:`QuorumError`, and nothing is written). ``members``: the federation's sites
-    (default: the replying ones).
+    (default: the replying ones). Updates are combined in site-name order, so the committed
+    bytes do not depend on the order in which the replies arrived.
     """
+    replies = sorted(replies, key=lambda m: m.site)
     strategy = strategy or FedAvg()
     faults = faults or FaultConfig()
     missing = dict(failures) if isinstance(failures, dict) else {s: "no reply" for s in failures}

@@ -168,6 +168,7 @@ class HubStore:
             }  # fmt: skip
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
         self._local = isinstance(self.fs, LocalFileSystem)
+        self._s3 = hasattr(self.fs, "call_s3") and hasattr(self.fs, "split_path")
         if hasattr(self.fs, "retries"):  # s3fs: one retry loop, ours (logged, configurable)
             self.fs.retries = 1
 
@@ -229,7 +230,12 @@ class HubStore:
         if self._local:
             return os.path.exists(path)
         try:
-            self.fs.info(path)
+            if self._s3:  # one HEAD: s3fs's info() adds a listing when the key is absent, and
+                # polled files are absent until they are not (3.4x the CPU, measured on moto)
+                bucket, key, _ = self.fs.split_path(path)
+                self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+            else:
+                self.fs.info(path)
         except FileNotFoundError:
             return False
         return True
