@@ -55,6 +55,10 @@ def _roundtrip(hub: HubStore) -> None:
     assert hub.get_json(layout.round_manifest(0)) == {"round": 0}
     assert hub.exists(layout.round_manifest(0)) and not hub.exists(layout.round_manifest(1))
     assert hub.list_files("runs") == [layout.global_model(0), layout.round_manifest(0)]
+    hub.put_bytes("runs-elsewhere/x", b"x")  # shares the prefix "runs" but not "runs/"
+    assert hub.list_files("runs") == [layout.global_model(0), layout.round_manifest(0)]
+    assert hub.list_files(layout.round_dir(1)) == []  # nothing there yet: polled like this
+    assert len(hub.list_files()) == 3
 
 
 def test_local_hub_roundtrip_leaves_no_temporary_files(tmp_path: Path):

@@ -240,10 +240,26 @@ class HubStore:
             return False
         return True
 
+    def _s3_find(self, base: str) -> list[str]:
+        """Every key under ``base/``: one LIST request per 1,000 keys (s3fs's find() adds
+        a HEAD and a second listing when the prefix is empty, which a polled prefix is)."""
+        bucket, prefix, _ = self.fs.split_path(base)
+        keys, token = [], None
+        while True:
+            page = self.fs.call_s3(
+                "list_objects_v2", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "",
+                **({"ContinuationToken": token} if token else {}),
+            )  # fmt: skip
+            keys += [f"{bucket}/{o['Key']}" for o in page.get("Contents", [])]
+            token = page.get("NextContinuationToken")
+            if not token:
+                return keys
+
     def list_files(self, rel: str = "") -> list[str]:
         """Every file under ``rel``, as paths relative to the hub root."""
         base = self._path(rel).rstrip("/")
         self.fs.invalidate_cache()
-        found = self.retry.call(lambda: list(self.fs.find(base)), f"list {rel}")
+        find = self._s3_find if self._s3 else self.fs.find
+        found = self.retry.call(lambda: list(find(base)), f"list {rel}")
         root = self.root.rstrip("/") + "/"
         return sorted(p[len(root) :] if p.startswith(root) else p for p in found)
