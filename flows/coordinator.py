@@ -103,16 +103,19 @@ class _DeployedRounds:
             config, rnd, self.ticket, fit
         )
         deadline = time.time() + config.deployment.round_deadline_s
-        ahead = min(rnd + config.deployment.book_ahead, config.rounds)
-        if ahead > rnd:  # once this round's runs run: their starts and the next rounds' apart
+        last = min(rnd + config.deployment.book_ahead, config.rounds)
+        later = [r for r in range(rnd + 1, last + 1) if r not in self.ahead]
+        if later:  # once this round's runs run (their starts and the next ones' apart), the
+            # nearest round's; the rest once the replies are in (one round's runs at a time)
             await_running.with_options(task_run_name=f"running-round-{rnd:02d}")(
                 config, booked, deadline
             )
-            for later in range(rnd + 1, ahead + 1):
-                self._book(later)
+            self._book(later.pop(0))
         replies, missing = await_replies.with_options(task_run_name=f"await-round-{rnd:02d}")(
             config, rnd, booked, deadline
         )
+        for r in later:
+            self._book(r)
         return replies, {**missing, **failed}
 
     def _book(self, rnd: int) -> None:

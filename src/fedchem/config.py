@@ -283,7 +283,11 @@ class DeploymentConfig(_Strict):
         "applies in both modes",
     )
     poll_interval_s: float = Field(
-        0.25, gt=0, description="how often the coordinator checks the sites' runs (one API read)"
+        0.25,
+        gt=0,
+        description="how often the coordinator looks for the sites' replies on the hub (one "
+        "listing) and, until they run, at the sites' runs (one API read); run states are read "
+        "at most once a second while waiting for replies",
     )
     book_ahead: int = Field(
         1,
