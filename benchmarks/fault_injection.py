@@ -9,8 +9,8 @@ own run id and the same seeds:
 
 - a site's worker (and its flow run) is SIGKILLed mid-round, restarted after the round;
 - the S3 server is stopped (SIGSTOP) for 30 s mid-round, then continued (SIGCONT);
-- a site alters its update after publishing it (hash mismatch), and a site returns garbage
-  (random bytes with a matching hash): both deployed as that site's round deployment;
+- a site stores altered bytes under its honest manifest (hash mismatch), and a site returns
+  garbage (random bytes with a matching hash): both deployed as that site's round deployment;
 - the coordinator's flow-run process is SIGKILLed while it aggregates, then the run is
   started again with the same run id and resumes.
 
@@ -217,9 +217,9 @@ class Suite:
     def bad_updates(self) -> Outcome:
         t, run_id = time.time(), "f3-bad-updates"
         b, c = self.stack.sites[1:3]
-        o = Outcome("altered and garbage updates", f"{b} alters its update after publishing "
-                    f"(round 2); {c} uploads random bytes with a matching hash (round 3)",
-                    False)  # fmt: skip
+        o = Outcome("altered and garbage updates", f"{b} stores an altered update under its "
+                    f"honest manifest (round 2); {c} uploads random bytes with a matching hash "
+                    "(round 3)", False)  # fmt: skip
         (Path(self.stack.dir) / "faults.json").write_text(
             json.dumps({run_id: {b: {"2": "corrupt"}, c: {"3": "garbage"}}})
         )
