@@ -119,10 +119,9 @@ class _DeployedRounds:
         return replies, {**missing, **failed}
 
     def _book(self, rnd: int) -> None:
-        if rnd not in self.ahead:
-            self.ahead[rnd] = book_site_runs.with_options(
-                task_run_name=f"book-round-{rnd:02d}"
-            ).submit(self.config, rnd, self.ticket)
+        self.ahead[rnd] = book_site_runs.with_options(task_run_name=f"book-round-{rnd:02d}").submit(
+            self.config, rnd, self.ticket
+        )
 
     def close(self) -> None:
         """The federation stopped: runs booked for rounds that will not open are cancelled."""

@@ -156,7 +156,7 @@ def book_site_runs(
             if state is None or _final(state):
                 get_run_logger().warning(
                     "round %d: %s's booked run ended before the round opened (%s); booking "
-                    "again", rnd, site, state.name if state else "gone",
+                    "again", rnd, site, _name(state),
                 )  # fmt: skip
                 del booked[site]
                 rebook.add(site)
