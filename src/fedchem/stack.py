@@ -168,6 +168,13 @@ class Stack:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+            # the stack's server runs without CSRF protection (Prefect's default) and with this
+            # very install: a client's first write would ask for a CSRF token only to be told
+            # it needs none, and each process would ask the server's version; ~10 % of the
+            # stack's API requests (benchmarks/README.md)
+            "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "false",
+            "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
+            "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false",
             "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
             "AWS_ENDPOINT_URL": self.s3_endpoint, "AWS_DEFAULT_REGION": "us-east-1",
         })  # fmt: skip
