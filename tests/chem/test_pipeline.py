@@ -94,6 +94,34 @@ def test_per_molecule_output_does_not_depend_on_the_batch():
     assert alone.indices.tolist() == batch.indices[batch.indptr[1] : batch.indptr[2]].tolist()
 
 
+@pytest.mark.parametrize("featurizer", ["atom_pair", "test_counts_for_rings_only"])
+def test_a_partition_holds_each_molecule_as_featurized_alone(featurizer: str):
+    """The partition's column and value buffers grow past their first size (atom pairs set
+    ~100 bits per molecule) and take count values after bit-only rows (filled with 1.0)."""
+    if featurizer not in featurizer_names():
+
+        @register_featurizer(featurizer)
+        def rings_counted(mol: Chem.Mol, radius: int, fp_size: int):  # type: ignore[no-untyped-def]
+            bits = morgan_bits(mol, radius, fp_size)
+            rings = mol.GetRingInfo().NumRings()
+            return bits, (np.full(bits.size, rings + 1.0, np.float32) if rings else None)
+
+    chem = ChemConfig(featurizer=featurizer, fp_size=2048)
+    smiles = ["CCO", "", "CCCCCCCCCC(=O)O", *pd.read_csv(bundled_dataset())["smiles"].head(60)]
+    batch = featurize_partition(smiles, chem, b"k")
+    assert batch.indptr[-1] > 64 * len(smiles) or featurizer != "atom_pair"
+    for i, raw in enumerate(smiles):
+        alone = featurize_partition([raw], chem, b"k")
+        row = slice(batch.indptr[i], batch.indptr[i + 1])
+        assert batch.indices[row].tolist() == alone.indices.tolist(), raw
+        assert (batch.canonical[i], batch.fold[i]) == (alone.canonical[0], alone.fold[0])
+        if featurizer != "atom_pair":
+            assert batch.values is not None
+            want = alone.values if alone.values is not None else np.ones(alone.indices.size)
+            assert batch.values[row].tolist() == want.tolist(), raw
+    assert (batch.values is None) == (featurizer == "atom_pair")
+
+
 def test_shard_cache_recomputes_only_touched_partitions(tmp_path: Path):
     raw = [*pd.read_csv(bundled_dataset())["smiles"].head(1200).tolist(), "C1CC", ""]
     uniq = np.unique(np.array(raw, dtype=object))
