@@ -7,7 +7,8 @@ coordinator's worker), prepares 3 sites, then runs the coordinator deployment th
 ``prefect deployment run --watch`` once without faults and once per scenario, each with its
 own run id and the same seeds:
 
-- a site's worker (and its flow run) is SIGKILLed mid-round, restarted after the round;
+- a site's worker (and its flow run) is SIGKILLed mid-round, trained but its update not yet
+  sent (the run holds at its upload until killed), and restarted after the round;
 - the S3 server is stopped (SIGSTOP) for 30 s mid-round, then continued (SIGCONT);
 - a site stores altered bytes under its honest manifest (hash mismatch), and a site returns
   garbage (random bytes with a matching hash): both deployed as that site's round deployment;
@@ -22,6 +23,7 @@ also a test (``tests/test_faults.py``). Every process it starts is stopped by pi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ sys.path[:0] = [str(REPO), str(REPO / "src")]
 
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
+from faulty_site import stall_marker  # noqa: E402  (benchmarks/, next to this file)
 
 from fedchem.config import ChemConfig  # noqa: E402
 from fedchem.demo.sites import bundled_dataset  # noqa: E402
@@ -46,7 +50,6 @@ from fedchem.federation.manifest import RoundManifest  # noqa: E402
 from fedchem.stack import (  # noqa: E402
     Stack,
     deploy,
-    prefect_api,
     stack_down,
     stack_up,
     start_site_worker,
@@ -169,34 +172,46 @@ class Suite:
         self.reference = self.committed("f0-fault-free")[-1].global_sha256
         return self.outcome(o, "f0-fault-free", t)
 
-    def run_state(self, run_id: str, name: str) -> str | None:
-        """The state type of the flow run ``name`` of the federation ``run_id``, if any."""
-        body = {"flow_runs": {"name": {"any_": [name]}, "tags": {"all_": [f"run:{run_id}"]}}}
-        runs = prefect_api(self.stack.api_url, "flow_runs/filter", body)
-        return runs[0]["state_type"] if runs else None
-
     def _params(self, run_id: str, **deployment: Any) -> dict[str, Any]:
         return {"config": {**self.config, "run_id": run_id, "rounds": ROUNDS,
                            "deployment": {**self.config["deployment"], **deployment}}}  # fmt: skip
 
+    @contextlib.contextmanager
+    def faulty(self, run_id: str, plan: dict[str, dict[str, str]]) -> Iterator[None]:
+        """Deploy ``plan``'s sites' round deployments as `faulty_site` (faults: ``plan``)."""
+        (Path(self.stack.dir) / "faults.json").write_text(json.dumps({run_id: plan}))
+        original = Path(self.stack.dir) / "prefect.yaml"
+        faulty = Path(self.stack.dir) / "prefect-faulty.yaml"
+        text = original.read_text()
+        for s in plan:
+            text = re.sub(rf"(- name: {s}-round\n    entrypoint: )flows/site_round.py:site_round",
+                          r"\1benchmarks/faulty_site.py:faulty_site_round", text)  # fmt: skip
+        faulty.write_text(text)
+        deploy(self.stack, faulty)
+        try:
+            yield
+        finally:
+            deploy(self.stack, original)
+
     def site_worker_killed(self) -> Outcome:
         t, run_id, site = time.time(), "f1-site-killed", self.stack.sites[-1]
-        o = Outcome("site worker killed", f"SIGKILL {site}'s worker + flow run mid-round 2, "
-                    "restarted after the round", False)  # fmt: skip
-        proc = self.start(run_id, min_sites=len(self.stack.sites) - 1, round_deadline_s=30)
-        layout = HubLayout(run_id)
-        self.wait_for(layout.round_manifest(1))
-        pid = self.stack.pids[f"worker-{site}"]
-        deadline = time.time() + 60
-        while self.run_state(run_id, f"round-02/{site}") != "RUNNING" and time.time() < deadline:
-            time.sleep(0.05)  # until its round-2 flow run is running
-        time.sleep(0.5)
-        for p in [pid, *_descendants(pid)]:
-            with _quiet():
-                os.kill(p, signal.SIGKILL)
-        self.wait_for(layout.round_manifest(2))
-        start_site_worker(self.stack, site)
-        o.exit_codes = str(proc.wait(timeout=600))
+        o = Outcome("site worker killed", f"SIGKILL {site}'s worker + flow run mid-round 2 "
+                    "(trained, update not yet sent), restarted after the round", False)  # fmt: skip
+        with self.faulty(run_id, {site: {"2": "stall"}}):
+            proc = self.start(run_id, min_sites=len(self.stack.sites) - 1, round_deadline_s=30)
+            marker = stall_marker(Path(self.stack.dir), run_id, site, 2)
+            deadline = time.time() + 300
+            while not marker.exists():  # the round-2 run holds its update, unsent
+                if time.time() > deadline or proc.poll() is not None:
+                    raise TimeoutError(f"{site}'s round-2 run never reached its upload")
+                time.sleep(0.05)
+            pid = self.stack.pids[f"worker-{site}"]
+            for p in [pid, *_descendants(pid)]:
+                with _quiet():
+                    os.kill(p, signal.SIGKILL)
+            self.wait_for(HubLayout(run_id).round_manifest(2))
+            start_site_worker(self.stack, site)
+            o.exit_codes = str(proc.wait(timeout=600))
         return self.outcome(o, run_id, t)
 
     def s3_stopped(self) -> Outcome:
@@ -220,22 +235,9 @@ class Suite:
         o = Outcome("altered and garbage updates", f"{b} stores an altered update under its "
                     f"honest manifest (round 2); {c} uploads random bytes with a matching hash "
                     "(round 3)", False)  # fmt: skip
-        (Path(self.stack.dir) / "faults.json").write_text(
-            json.dumps({run_id: {b: {"2": "corrupt"}, c: {"3": "garbage"}}})
-        )
-        original = Path(self.stack.dir) / "prefect.yaml"
-        faulty = Path(self.stack.dir) / "prefect-faulty.yaml"
-        text = original.read_text()
-        for s in (b, c):
-            text = re.sub(rf"(- name: {s}-round\n    entrypoint: )flows/site_round.py:site_round",
-                          r"\1benchmarks/faulty_site.py:faulty_site_round", text)  # fmt: skip
-        faulty.write_text(text)
-        deploy(self.stack, faulty)
-        try:
+        with self.faulty(run_id, {b: {"2": "corrupt"}, c: {"3": "garbage"}}):
             o.exit_codes = str(self.run("coordinator/coordinator",
                                         self._params(run_id, min_sites=2)))  # fmt: skip
-        finally:
-            deploy(self.stack, original)
         return self.outcome(o, run_id, t)
 
     def coordinator_killed(self) -> Outcome:

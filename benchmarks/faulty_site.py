@@ -5,7 +5,9 @@ Deployed under a real site's round deployment name, it runs the real site round,
 as it is written (the coordinator reads a reply as soon as its manifest lands, so a fault
 must be in place before that): ``corrupt`` stores altered bytes of the update under the
 honest manifest (hash mismatch at the hub); ``garbage`` stores random bytes as the update
-under a manifest whose hash matches them (not a model).
+under a manifest whose hash matches them (not a model); ``stall`` stops as the update is about
+to be written (trained, nothing sent), leaves ``<stack>/stalled/<run>.<site>.<round>`` so that
+the suite knows, and waits there to be killed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +28,23 @@ from fedchem.federation.manifest import FitInstructions, SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
 from flows.site_round import site_round
 
+STALL_S = 600.0
+
+
+def _stack_dir() -> Path | None:
+    cfg = os.environ.get("FEDCHEM_SITE_CONFIG")
+    return Path(cfg).parents[2] if cfg else None  # <stack>/sites/<site>/site.yaml
+
+
+def stall_marker(stack_dir: Path, run_id: str, site: str, rnd: int) -> Path:
+    return stack_dir / "stalled" / f"{run_id}.{site}.{rnd}"
+
 
 def _plan(run_id: str, site: str, rnd: int) -> str | None:
-    cfg = os.environ.get("FEDCHEM_SITE_CONFIG")
-    if not cfg:
+    stack_dir = _stack_dir()
+    if stack_dir is None or not (stack_dir / "faults.json").exists():
         return None
-    path = Path(cfg).parents[2] / "faults.json"  # <stack>/sites/<site>/site.yaml
-    if not path.exists():
-        return None
-    plan = json.loads(path.read_text())
+    plan = json.loads((stack_dir / "faults.json").read_text())
     return plan.get(run_id, {}).get(site, {}).get(str(rnd))
 
 
@@ -61,6 +72,11 @@ def faulty_site_round(
     put_bytes, put_json = HubStore.put_bytes, HubStore.put_json
 
     def damaged_bytes(self: HubStore, rel: str, data: bytes) -> None:
+        if rel == update and fault == "stall":
+            marker = stall_marker(_stack_dir() or Path("."), run_id, site.name, round)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(os.getpid()))
+            time.sleep(STALL_S)
         if rel == update and fault == "corrupt":
             data = data[: len(data) // 2] + bytes(64) + data[len(data) // 2 + 64 :]
         elif rel == update and fault == "garbage":

@@ -26,7 +26,7 @@ def test_the_federation_keeps_going_through_faults(tmp_path: Path):
         assert o.rounds == ROUNDS, table
         assert o.updates_lost == 0 and o.rows_lost == 0, table
         assert o.identical == o.expect_identical, table
-    assert "missing" in by_name["site worker killed"].recorded
+    assert "r2 site-c missing (missed the deadline" in by_name["site worker killed"].recorded
     rejected = by_name["altered and garbage updates"].recorded
     assert "r2 site-b rejected (hash mismatch" in rejected
     assert "r3 site-c rejected (unreadable update" in rejected

@@ -75,10 +75,10 @@ class FeaturizedBatch:
 class _Growing:
     """An append-only numeric buffer that doubles as it fills.
 
-    A partition's columns go into one buffer instead of one small array per molecule: tens of
-    thousands of small arrays kept alive interleave with RDKit's own allocations on the heap,
-    and that made every molecule ~6 % slower (measured in-process, 8,000 MOSES molecules;
-    ``benchmarks/README.md``).
+    A partition's columns go into one buffer instead of one small array per molecule: keeping
+    one small array per molecule alive made every molecule ~6 % slower (measured in-process,
+    8,000 MOSES molecules; ``benchmarks/README.md``), likely because they interleave with
+    RDKit's own allocations on the heap.
     """
 
     def __init__(self, dtype: type, capacity: int) -> None:

@@ -187,7 +187,7 @@ def split_into_sites(
     for s, name in enumerate(names):
         d = out_dir / name
         d.mkdir(parents=True, exist_ok=True)
-        part = df[site_rows[s]]
+        part = df.loc[site_rows[s], [smiles_col, *site_tasks[s]]]  # its own columns only
         ids = [hashlib.sha256(f"{seed}:{name}:{i}".encode()).hexdigest()[:12] for i in part.index]
         long = part.assign(compound_id=[f"{name[-1].upper()}{x}" for x in ids]).melt(
             id_vars=["compound_id", smiles_col], value_vars=site_tasks[s],
