@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,15 @@ import yaml
 
 from fedchem.config import ChemConfig
 from fedchem.demo.sites import bundled_dataset
-from fedchem.stack import S3_KEY, S3_SECRET, Stack, example_prefect_yaml, stack_down, stack_up
+from fedchem.stack import (
+    S3_KEY,
+    S3_SECRET,
+    Stack,
+    example_prefect_yaml,
+    prefect_api,
+    stack_down,
+    stack_up,
+)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -133,12 +142,27 @@ def test_a_site_down_does_not_block_the_federation(stack: Stack):
     assert res.returncode == 0, res.stdout + res.stderr
     m = json.loads(_hub(stack).cat("fedchem-hub/hub/runs/degraded/rounds/0001/manifest.json"))
     assert m["sites"] == [stack.sites[0]] and m["missing"] == [stack.sites[1]]
-    # without the quorum the run fails (exit code 1) and commits nothing for the round
-    quorum_2 = {**config["deployment"], "min_sites": 2, "round_deadline_s": 10}
-    strict = {**config, "run_id": "strict", "deployment": quorum_2}
+    # without the quorum the run fails (exit code 1) and commits nothing for the round; the
+    # runs it had booked for round 2 (one round ahead) end Cancelled, the one already waiting
+    # at site-a's worker included
+    quorum_2 = {**config["deployment"], "min_sites": 2, "round_deadline_s": 10, "book_ahead": 1}
+    strict = {**config, "run_id": "strict", "rounds": 2, "deployment": quorum_2}
     res = _run(stack, "coordinator/coordinator", "--params", json.dumps({"config": strict}))
     assert res.returncode == 1
     assert not _hub(stack).exists("fedchem-hub/hub/runs/strict/rounds/0001/manifest.json")
+    body = {"flow_runs": {"tags": {"all_": ["run:strict"]}, "name": {"like_": "round-"}}}
+    deadline = time.time() + 60
+    while True:
+        runs = {
+            r["name"]: r["state_name"] for r in prefect_api(stack.api_url, "flow_runs/filter", body)
+        }
+        if all(state in ("Cancelled", "Completed", "Failed", "Crashed") for state in runs.values()):
+            break
+        assert time.time() < deadline, runs
+        time.sleep(0.5)
+    a, b = stack.sites
+    assert runs == {f"round-01/{a}": "Completed", f"round-01/{b}": "Cancelled",
+                    f"round-02/{a}": "Cancelled", f"round-02/{b}": "Cancelled"}  # fmt: skip
 
 
 def test_committed_prefect_yaml_is_what_the_renderer_writes():

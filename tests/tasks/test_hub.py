@@ -20,7 +20,7 @@ import tasks.hub
 from fedchem.config import FederationConfig
 from fedchem.federation.manifest import EvalReport, SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
-from tasks.hub import await_replies
+from tasks.hub import await_replies, book_site_runs
 
 RUN = "r1"
 
@@ -108,3 +108,48 @@ def test_every_way_a_site_can_miss_a_round_is_named(
     }
     assert client.set == {ids["d"]: StateType.CANCELLING}  # only the run still going
     assert took >= 0.5  # d was waited for until the deadline
+
+
+def test_a_booked_run_that_ended_before_its_round_opened_is_booked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a's booked run waits (kept); b's crashed and c's was cancelled before the round opened
+    (booked again, under a new idempotency key); d has none yet (booked); e's deployment is
+    not there (named, not raised)."""
+    kept, crashed, cancelled = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    client = _Client({
+        kept: State(type=StateType.SCHEDULED),
+        crashed: State(type=StateType.CRASHED, name="Crashed"),
+        cancelled: State(type=StateType.CANCELLED, name="Cancelled"),
+    })  # fmt: skip
+    created: list[dict[str, Any]] = []
+
+    def run_deployment(name: str, **kwargs: Any) -> SimpleNamespace:
+        if name.startswith("site-round/e-"):
+            raise ValueError("deployment not found")
+        created.append({"name": name, **kwargs})
+        return SimpleNamespace(id=uuid.uuid4())
+
+    warnings: list[str] = []
+    logger = SimpleNamespace(warning=lambda msg, *args: warnings.append(msg % args))
+    monkeypatch.setattr(tasks.hub, "get_client", lambda sync_client: client)
+    monkeypatch.setattr(tasks.hub, "run_deployment", run_deployment)
+    monkeypatch.setattr(tasks.hub, "get_run_logger", lambda: logger)
+    config = _config(tmp_path, ["a", "b", "c", "d", "e"])
+    booked = {"a": str(kept), "b": str(crashed), "c": str(cancelled)}
+
+    now, failed = book_site_runs.fn(config, 3, "tk", booked)
+
+    assert now["a"] == str(kept)
+    assert {c["flow_run_name"] for c in created} == {"round-03/b", "round-03/c", "round-03/d"}
+    keys = {c["flow_run_name"][-1]: c["idempotency_key"] for c in created}
+    assert keys == {"b": f"{RUN}/3/b/tk/again", "c": f"{RUN}/3/c/tk/again", "d": f"{RUN}/3/d/tk"}
+    assert {now[s] for s in "bcd"}.isdisjoint({str(crashed), str(cancelled)})
+    assert set(now) == {"a", "b", "c", "d"}
+    assert failed == {"e": "not started: ValueError: deployment not found"}
+    assert warnings == [
+        f"round 3: {s}'s booked run ended before the round opened ({why}); booking again"
+        for s, why in [("b", "Crashed"), ("c", "Cancelled")]
+    ]
+    assert all(c["timeout"] == 0 and c["parameters"]["ticket"] == "tk" for c in created)
+    assert booked == {"a": str(kept), "b": str(crashed), "c": str(cancelled)}  # not mutated
