@@ -98,7 +98,8 @@ def demo(
             )
     meta = {
         "dataset": dataset.name, "smiles_col": smiles_col, "sites": n_sites, "rounds": rounds,
-        "local_epochs": train.local_epochs, "seed": seed, "run_id": run_id,
+        "local_epochs": train.local_epochs, "seed": seed, "train_seed": train.seed,
+        "run_id": run_id,
         "strategy": strategy.model_dump(), "heads": heads,
         "molecules_per_site": split.molecules_per_site, "task_split": task_split,
         "tasks_per_site": split.tasks_per_site, "continuous_as": continuous_as,
