@@ -165,7 +165,7 @@ def main() -> None:
         os.environ.update(
             {k: v for k, v in stack.env().items() if k.startswith(("AWS_", "PREFECT_"))}
         )
-        from flows.coordinator import coordinator
+        from fedchem.flows.coordinator import coordinator
 
         site_cfgs = [load_config(base / "stack" / "sites" / s / "site.yaml", PrepareConfig).site
                      for s in stack.sites]  # fmt: skip

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "src")]
 
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
@@ -183,9 +182,13 @@ class Suite:
         original = Path(self.stack.dir) / "prefect.yaml"
         faulty = Path(self.stack.dir) / "prefect-faulty.yaml"
         text = original.read_text()
+        here = Path(__file__).resolve().parent / "faulty_site.py"
         for s in plan:
-            text = re.sub(rf"(- name: {s}-round\n    entrypoint: )flows/site_round.py:site_round",
-                          r"\1benchmarks/faulty_site.py:faulty_site_round", text)  # fmt: skip
+            text = re.sub(
+                rf"(- name: {s}-round\n    entrypoint: )fedchem.flows.site_round:site_round",
+                rf"\g<1>{here}:faulty_site_round",
+                text,
+            )
         faulty.write_text(text)
         deploy(self.stack, faulty)
         try:

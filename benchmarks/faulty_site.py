@@ -24,9 +24,9 @@ from prefect import flow
 from prefect.states import State
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef, TrainConfig
-from fedchem.federation.manifest import FitInstructions, SiteUpdateManifest
+from fedchem.federation.manifest import SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
-from flows.site_round import site_round
+from fedchem.flows.site_round import site_round
 
 STALL_S = 600.0
 
@@ -57,14 +57,13 @@ def faulty_site_round(
     chem: ChemConfig,
     model: ModelConfig,
     train: TrainConfig,
-    fit: FitInstructions | None = None,
-    ticket: str | None = None,
+    ticket: str,
     open_timeout_s: float = 1800.0,
 ) -> SiteUpdateManifest | State:
     fault = _plan(run_id, site.name, round)
     if fault is None:
         return site_round.fn(
-            site, hub_url, run_id, round, chem, model, train, fit, ticket, open_timeout_s
+            site, hub_url, run_id, round, chem, model, train, ticket, open_timeout_s
         )
     layout = HubLayout(run_id)
     update, manifest = layout.site_update(round, site.name), layout.site_manifest(round, site.name)
@@ -91,7 +90,7 @@ def faulty_site_round(
     HubStore.put_bytes, HubStore.put_json = damaged_bytes, damaged_manifest  # type: ignore[method-assign]
     try:
         return site_round.fn(
-            site, hub_url, run_id, round, chem, model, train, fit, ticket, open_timeout_s
+            site, hub_url, run_id, round, chem, model, train, ticket, open_timeout_s
         )
     finally:
         HubStore.put_bytes, HubStore.put_json = put_bytes, put_json  # type: ignore[method-assign]

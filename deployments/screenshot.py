@@ -1,8 +1,8 @@
 """Check the Prefect UI as a user would: screenshot the latest coordinator run's page.
 
-    PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/screenshot.py [--out run.png]
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m fedchem.deployments.screenshot [--out run.png]
 
-Finds the newest flow run of the ``coordinator`` flow through the REST API, opens its page
+Finds the newest flow run of the ``coordinator`` flow through Prefect's client, opens its page
 (``<ui>/runs/flow-run/<id>``: the round-by-round artifacts, the progress bar and the summary)
 in headless Chromium (Debian's ``chromium`` package) and saves a PNG. Not part of CI: it needs
 a browser and a running server (``fedchem stack up`` gives one).
@@ -17,17 +17,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedchem.stack import prefect_api
+from prefect import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
-def latest_coordinator_run(api_url: str, flow_name: str = "coordinator") -> dict[str, object]:
-    body = {"flows": {"name": {"any_": [flow_name]}}, "sort": "START_TIME_DESC", "limit": 1}
-    runs = prefect_api(api_url, "flow_runs/filter", body)
+def latest_coordinator_run(api_url: str, flow_name: str = "coordinator") -> FlowRun:
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
     if not runs:
         raise SystemExit(f"no '{flow_name}' flow run on {api_url}; run the coordinator first")
-    return dict(runs[0])
+    return runs[0]
 
 
 def run_page(api_url: str, run_id: str) -> str:
@@ -55,10 +63,10 @@ def main() -> int:
     if browser is None:
         ap.error("no Chromium found: apt-get install chromium (or pass --browser)")
     run = latest_coordinator_run(args.api_url)
-    url = run_page(args.api_url, str(run["id"]))
+    url = run_page(args.api_url, str(run.id))
     out = Path(args.out).resolve()
     subprocess.run(browser_command(browser, url, out), check=True, timeout=120)
-    print(f"{run['name']} ({run.get('state_name')}): {url} -> {out}")
+    print(f"{run.name} ({run.state_name}): {url} -> {out}")
     return 0
 
 

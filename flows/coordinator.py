@@ -1,11 +1,14 @@
 """The coordinator: R rounds over N sites, the configured strategy, one global model per round.
 
 It sees only what sites publish: preparation counts, update manifests, weights on the hub.
-``mode: local`` runs each site's round as a subflow here (the one-machine simulation);
-``mode: deployed`` runs every site's own deployment on its own work pool, booked a round
-ahead so that the runs' start overlaps the round before (``fedchem.federation.rounds``), and
-waits until the round's deadline, then commits with the sites that answered if they reach
-the quorum. The UI shows a progress artifact for the run and a table of site metrics per round.
+Every round goes one way (``fedchem.federation.rounds``): the coordinator opens it on the hub,
+each site's run reads the opening, trains and publishes its update, and the coordinator
+collects the replies from the hub, then screens, aggregates and commits (the quorum is decided
+there, once). Only how a site's run starts differs: ``mode: local`` runs it as a subflow here
+(the one-machine simulation); ``mode: deployed`` runs the site's own deployment on its own work
+pool, booked rounds ahead so that the runs' start overlaps the rounds before. Every run the
+coordinator started ends in a final state before it does. The UI shows a progress artifact for
+the run and a table of site metrics per round.
 """
 
 from __future__ import annotations
@@ -18,121 +21,131 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import PrefectFuture, wait
 
 from fedchem.config import FederationConfig, SiteConfig
-from fedchem.federation.coordinator import QuorumError
-from fedchem.federation.manifest import FitInstructions, RoundManifest, SiteUpdateManifest
+from fedchem.federation.manifest import FitInstructions, RoundManifest
 from fedchem.federation.rounds import new_ticket
 from fedchem.federation.strategies import Strategy, build_strategy
+from fedchem.flows.site_round import site_round
 from fedchem.model.train import lr_factor
-from flows.site_round import site_round
-from tasks.hub import (
+from fedchem.tasks.coordinator import (
     aggregate,
     artifact_key,
-    await_replies,
-    await_running,
-    book_site_runs,
-    cancel_site_runs,
-    open_site_round,
     read_prepare_reports,
     record_best,
     report_round,
     start,
 )
+from fedchem.tasks.rounds import (
+    await_replies,
+    await_running,
+    book_site_runs,
+    open_site_round,
+    stop_site_runs,
+    withdraw_site_rounds,
+)
+
+#: site -> its run's flow run id, site -> why it has no run, and when the round was opened
+Started = tuple[dict[str, str], dict[str, str], float]
+#: site -> flow run id, site -> why not booked
+Booked = tuple[dict[str, str], dict[str, str]]
 
 
-def _local_round(
-    config: FederationConfig, rnd: int, fit: FitInstructions
-) -> tuple[list[SiteUpdateManifest], dict[str, str]]:
-    """Every site's round as a subflow; a site whose flow fails is missing, not fatal."""
-    replies, missing = [], {}
-    for site in config.sites:
-        if not isinstance(site, SiteConfig):
-            continue
-        state = site_round.with_options(flow_run_name=f"round-{rnd:02d}/{site.name}")(
-            site=site,
-            hub_url=config.hub_url,
-            run_id=config.run_id,
-            round=rnd,
-            chem=config.chem,
-            model=config.model,
-            train=config.train,
-            fit=fit,
-            return_state=True,
-        )
-        if state.is_completed():
-            replies.append(state.result())
-        else:  # the error's type only: its message could carry site data
-            exc = state.result(raise_on_failure=False)
-            kind = type(exc).__name__ if isinstance(exc, BaseException) else state.name
-            missing[site.name] = f"site flow {state.name.lower()} ({kind})"
-    return replies, missing
+class LocalSites:
+    """Simulation: every site's round is a subflow of the coordinator, one after another."""
 
+    def __init__(self, config: FederationConfig, ticket: str) -> None:
+        self.config, self.ticket = config, ticket
 
-class _DeployedRounds:
-    """Deployed mode: every site's own deployment, one run per round, booked rounds ahead.
-
-    While round ``r`` trains, the runs of rounds up to ``r + deployment.book_ahead`` are
-    created; the sites' workers pick them up and start them, and they wait on the hub until
-    their round opens (``fedchem.federation.rounds``). A round's deadline counts from its
-    opening.
-    """
-
-    def __init__(self, config: FederationConfig) -> None:
-        self.config, self.ticket = config, new_ticket()
-        self.ahead: dict[int, PrefectFuture[tuple[dict[str, str], dict[str, str]]]] = {}
-
-    def run(
-        self, rnd: int, fit: FitInstructions, check: PrefectFuture[Any] | None = None
-    ) -> tuple[list[SiteUpdateManifest], dict[str, str]]:
-        """Round ``rnd``: top up its booked runs, open it once ``check`` (the sites'
-        consistency, run meanwhile) passed, book the rounds ahead once its runs are running,
-        and wait for them until the deadline."""
+    def start(self, rnd: int, fit: FitInstructions, check: PrefectFuture[Any] | None) -> Started:
         config = self.config
-        booked = self.ahead.pop(rnd).result()[0] if rnd in self.ahead else None
-        # sites not booked yet, or whose booked run already ended (their worker died)
-        booked, failed = book_site_runs.with_options(task_run_name=f"book-round-{rnd:02d}")(
-            config, rnd, self.ticket, booked
-        )
-        try:
-            if check is not None:
-                check.result()  # no round opens while sites disagree
-        except BaseException:
-            if booked:
-                cancel_site_runs(list(booked.values()))
-            raise
+        if check is not None:
+            check.result()  # no round opens while sites disagree
         open_site_round.with_options(task_run_name=f"open-round-{rnd:02d}")(
             config, rnd, self.ticket, fit
         )
-        deadline = time.time() + config.deployment.round_deadline_s
-        last = min(rnd + config.deployment.book_ahead, config.rounds)
-        later = [r for r in range(rnd + 1, last + 1) if r not in self.ahead]
-        if later:  # once this round's runs run (their starts and the next ones' apart), the
+        opened = time.time()
+        runs = {}
+        for site in config.sites:
+            assert isinstance(site, SiteConfig)  # local mode: checked by FederationConfig
+            state = site_round.with_options(flow_run_name=f"round-{rnd:02d}/{site.name}")(
+                site=site, hub_url=config.hub_url, run_id=config.run_id, round=rnd,
+                chem=config.chem, model=config.model, train=config.train, ticket=self.ticket,
+                return_state=True,
+            )
+            runs[site.name] = str(state.state_details.flow_run_id)
+        return runs, {}, opened
+
+    def after_replies(self, rnd: int) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class DeployedSites:
+    """Every site's own deployment, one run per round, booked rounds ahead.
+
+    While round ``r`` trains, the runs of rounds up to ``r + deployment.book_ahead`` are
+    created; the sites' workers start them and they wait on the hub until their round opens.
+    """
+
+    def __init__(self, config: FederationConfig, ticket: str) -> None:
+        self.config, self.ticket = config, ticket
+        self.ahead: dict[int, PrefectFuture[Booked]] = {}
+        self.later: list[int] = []
+        self.started: list[str] = []  # every run booked, for close()
+        self.unopened: set[int] = set()  # rounds with runs booked, not opened yet
+
+    def start(self, rnd: int, fit: FitInstructions, check: PrefectFuture[Any] | None) -> Started:
+        """Top up round ``rnd``'s booked runs, open it once ``check`` (the sites' consistency,
+        run meanwhile) passed, and book the nearest round ahead once its runs run."""
+        config, dep = self.config, self.config.deployment
+        booked = self.ahead.pop(rnd).result()[0] if rnd in self.ahead else None
+        # sites not booked yet, or whose booked run already ended (their worker died)
+        self.unopened.add(rnd)
+        runs, failed = book_site_runs.with_options(task_run_name=f"book-round-{rnd:02d}")(
+            config, rnd, self.ticket, booked
+        )
+        self.started += runs.values()
+        if check is not None:
+            check.result()  # no round opens while sites disagree (close() stops the runs)
+        open_site_round.with_options(task_run_name=f"open-round-{rnd:02d}")(
+            config, rnd, self.ticket, fit
+        )
+        opened = time.time()
+        self.unopened.discard(rnd)
+        last = min(rnd + dep.book_ahead, config.rounds)
+        self.later = [r for r in range(rnd + 1, last + 1) if r not in self.ahead]
+        if self.later:  # once this round's runs run (their starts and the next ones' apart), the
             # nearest round's; the rest once the replies are in (one round's runs at a time)
             await_running.with_options(task_run_name=f"running-round-{rnd:02d}")(
-                config, booked, deadline
+                config, runs, opened + dep.round_deadline_s
             )
-            self._book(later.pop(0))
-        replies, missing = await_replies.with_options(task_run_name=f"await-round-{rnd:02d}")(
-            config, rnd, booked, deadline
-        )
-        for r in later:
+            self._book(self.later.pop(0))
+        return runs, failed, opened
+
+    def after_replies(self, rnd: int) -> None:
+        for r in self.later:
             self._book(r)
-        return replies, {**missing, **failed}
+        self.later = []
 
     def _book(self, rnd: int) -> None:
+        self.unopened.add(rnd)
         self.ahead[rnd] = book_site_runs.with_options(task_run_name=f"book-round-{rnd:02d}").submit(
             self.config, rnd, self.ticket
         )
 
     def close(self) -> None:
-        """The federation stopped: runs booked for rounds that will not open are cancelled."""
-        run_ids = []
+        """The federation stopped: rounds booked ahead are withdrawn on the hub (their waiting
+        runs end by themselves), and every run booked ends in a final state."""
         for future in self.ahead.values():
             made = future.result(raise_on_failure=False)  # a failed booking booked nothing
             if isinstance(made, tuple):
-                run_ids += list(made[0].values())
+                self.started += made[0].values()
+        if self.unopened:
+            withdraw_site_rounds(self.config, sorted(self.unopened), self.ticket)
         self.ahead.clear()
-        if run_ids:
-            cancel_site_runs(run_ids)
+        if self.started:
+            stop_site_runs(self.started, self.config.deployment.cancel_grace_s)
 
 
 @flow(name="coordinator", flow_run_name="federation/{config.run_id}")
@@ -142,19 +155,20 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
     committed = start(config, reports)  # a run already on the hub resumes where it stopped
     progress = create_progress_artifact(
         100.0 * (len(committed) - 1) / config.rounds,
-        key=artifact_key(config.run_id, "progress"), description=f"federation {config.run_id}",
-    )  # fmt: skip
+        key=artifact_key(config.run_id, "progress"),
+        description=f"federation {config.run_id}",
+    )
     strategy = build_strategy(config.strategy)
-    deployed = _DeployedRounds(config) if config.mode == "deployed" else None
+    ticket = new_ticket()
+    sites = (LocalSites if config.mode == "local" else DeployedSites)(config, ticket)
     reported = []
     try:
         for rnd in range(len(committed), config.rounds + 1):
-            committed.append(_round(config, strategy, rnd, deployed))
+            committed.append(_round(config, strategy, rnd, sites))
             # the round's table and the progress bar: not on the next round's critical path
             reported.append(report_round.submit(config, committed[-1], progress))
     finally:
-        if deployed is not None:
-            deployed.close()
+        sites.close()
         wait(reported)
     best = record_best(config.hub_url, config.run_id, committed)
     create_markdown_artifact(
@@ -172,13 +186,13 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
 
 
 def _round(
-    config: FederationConfig, strategy: Strategy, rnd: int, deployed: _DeployedRounds | None
+    config: FederationConfig, strategy: Strategy, rnd: int, sites: LocalSites | DeployedSites
 ) -> RoundManifest:
-    """One round: the sites' replies (subflows, or their own deployments), then the commit."""
+    """One round: start the sites' runs, collect their replies from the hub, commit."""
     logger = get_run_logger()
     started_at = time.time()
     # a site may have re-prepared since: no round starts while sites disagree (checked while
-    # the round's runs are topped up)
+    # the round's runs are started or topped up)
     check = read_prepare_reports.submit(config.hub_url, config.site_names) if rnd > 1 else None
     fit = strategy.configure_fit(rnd).model_copy(
         update={
@@ -186,20 +200,16 @@ def _round(
             "lr_factor": lr_factor(config.train, rnd - 1, config.rounds),
         }
     )
-    if deployed is None:
-        if check is not None:
-            check.result()
-        replies, missing = _local_round(config, rnd, fit)
-    else:
-        replies, missing = deployed.run(rnd, fit, check)
+    runs, failed, opened = sites.start(rnd, fit, check)
+    deadline = opened + config.deployment.round_deadline_s  # counts from the round's opening
+    replies, missing = await_replies.with_options(task_run_name=f"await-round-{rnd:02d}")(
+        config, rnd, runs, deadline
+    )
+    sites.after_replies(rnd)
+    missing = {**missing, **failed}
     for site, why in missing.items():
         logger.warning("round %d: site %s missing: %s", rnd, site, why)
-    if len(replies) < config.quorum():
-        raise QuorumError(
-            f"round {rnd}: {len(replies)} of {len(config.sites)} sites replied, quorum "
-            f"is {config.quorum()}; missing: {missing}. Committed rounds stay intact."
-        )
-    manifest = aggregate(config, rnd, replies, missing, started_at)
+    manifest = aggregate(config, strategy, rnd, replies, missing, started_at)
     logger.info("round %d/%d committed", rnd, config.rounds)
     return manifest
 

@@ -21,12 +21,12 @@ from fedchem.config import (
     StrategyConfig,
     TrainConfig,
 )
-from flows.coordinator import coordinator
-from flows.site_cross_evaluate import site_cross_evaluate
-from flows.site_evaluate import site_evaluate
-from flows.site_local_baseline import site_local_baseline
-from flows.site_prepare import site_prepare
-from tasks.demo import make_sites, pooled_baseline, report
+from fedchem.flows.coordinator import coordinator
+from fedchem.flows.site_cross_evaluate import site_cross_evaluate
+from fedchem.flows.site_evaluate import site_evaluate
+from fedchem.flows.site_local_baseline import site_local_baseline
+from fedchem.flows.site_prepare import site_prepare
+from fedchem.tasks.demo import make_sites, pooled_baseline, report
 
 
 @flow(name="demo", flow_run_name="demo/{run_id}")

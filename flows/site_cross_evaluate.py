@@ -10,7 +10,7 @@ from prefect import flow
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig
 from fedchem.federation.manifest import EvalReport
-from tasks.site import evaluate_baselines
+from fedchem.tasks.site import evaluate_baselines
 
 
 @flow(name="site-cross-evaluate", flow_run_name="cross-evaluate/{site.name}")

@@ -6,7 +6,7 @@ from prefect import flow
 
 from fedchem.config import ChemConfig, ModelConfig, Selection, SiteConfig
 from fedchem.federation.manifest import EvalReport
-from tasks.site import evaluate_global
+from fedchem.tasks.site import evaluate_global
 
 
 @flow(name="site-evaluate", flow_run_name="evaluate/{site.name}")

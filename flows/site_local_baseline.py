@@ -10,7 +10,7 @@ from prefect import flow
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.federation.manifest import EvalReport
-from tasks.site import train_local_baseline
+from fedchem.tasks.site import train_local_baseline
 
 
 @flow(name="site-local-baseline", flow_run_name="local-baseline/{site.name}")

@@ -6,7 +6,7 @@ from prefect import flow
 
 from fedchem.config import ChemConfig, SiteConfig, SiteRef, TaskSpec
 from fedchem.data.prepare import PrepareReport
-from tasks.site import prepare, publish_prepare_report
+from fedchem.tasks.site import prepare, publish_prepare_report
 
 
 @flow(name="site-prepare", flow_run_name="prepare/{site.name}")

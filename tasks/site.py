@@ -22,7 +22,7 @@ from fedchem.config import (
 )
 from fedchem.federation import site as site_lib
 from fedchem.federation.manifest import EvalReport, FitInstructions, SiteUpdateManifest
-from fedchem.federation.rounds import RoundSuperseded, await_round_open
+from fedchem.federation.rounds import RoundSuperseded, RoundWithdrawn, await_round_open
 from fedchem.storage.hub import HubLayout, HubStore
 
 if TYPE_CHECKING:
@@ -91,14 +91,15 @@ def publish_prepare_report(hub_url: str, report: PrepareReport) -> str:
 @task(cache_policy=NO_CACHE)
 def await_round(
     hub_url: str, run_id: str, rnd: int, ticket: str, timeout_s: float
-) -> FitInstructions | None:
+) -> FitInstructions | str:
     """Wait until the coordinator opens round ``rnd`` under ``ticket``: its fit instructions,
-    or None when a newer coordinator attempt opened the round (this run is superseded)."""
+    or why the run ends without training (a newer coordinator attempt opened the round, or
+    the round was withdrawn)."""
     try:
         return await_round_open(HubStore(hub_url), run_id, rnd, ticket, timeout_s).fit
-    except RoundSuperseded as exc:
+    except (RoundSuperseded, RoundWithdrawn) as exc:
         get_run_logger().warning("%s", exc)
-        return None
+        return f"{'superseded' if isinstance(exc, RoundSuperseded) else 'withdrawn'}: {exc}"
 
 
 @task(cache_policy=NO_CACHE)

@@ -65,7 +65,7 @@ def _demo(args: argparse.Namespace) -> int:
     except (ConfigFileError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    demo = importlib.import_module("flows.demo").demo
+    demo = importlib.import_module("fedchem.flows.demo").demo
     out = Path(args.out).resolve()
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}"
     start = time.perf_counter()
@@ -166,9 +166,9 @@ def _federate(args: argparse.Namespace) -> int:
     if args.check:
         return 0
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    coordinator = importlib.import_module("flows.coordinator").coordinator
+    coordinator = importlib.import_module("fedchem.flows.coordinator").coordinator
     if cfg.mode == "local":  # the simulation prepares its sites here (cached when unchanged)
-        site_prepare = importlib.import_module("flows.site_prepare").site_prepare
+        site_prepare = importlib.import_module("fedchem.flows.site_prepare").site_prepare
         for site in cfg.sites:
             if isinstance(site, SiteConfig):
                 site_prepare(site=site, chem=cfg.chem, tasks=cfg.tasks, hub_url=cfg.hub_url)
@@ -190,7 +190,7 @@ def _stack(args: argparse.Namespace) -> int:
     dataset = Path(args.dataset) if args.dataset else bundled_dataset()
     stack = st.stack_up(directory, dataset, n_sites=args.sites, rounds=args.rounds,
                         database_url=args.database_url, run_id=args.run_id,
-                        warm_workers=not args.cold_workers)  # fmt: skip
+                        postgres=args.postgres)  # fmt: skip
     ui = stack.api_url.removesuffix("/api")
     print(json.dumps({"ui": ui, **{k: v for k, v in vars(stack).items() if k != "dir"}}, indent=2))
     print(f"""
@@ -285,9 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--dataset", help="wide CSV to split into sites (default: bundled Tox21)")
     sk.add_argument("--database-url", help="Postgres for the Prefect server (default: SQLite)")
     sk.add_argument("--run-id", default="stack-run")
-    sk.add_argument("--cold-workers", action="store_true",
-                    help="site workers are `prefect worker start` (a fresh interpreter per flow "
-                    "run) instead of fedchem's warm-start worker")  # fmt: skip
+    sk.add_argument("--postgres", action="store_true",
+                    help="the Prefect server on a PostgreSQL server of the stack's own "
+                    "(Debian's postgresql package) instead of SQLite")  # fmt: skip
     sk.set_defaults(func=_stack)
     return p
 

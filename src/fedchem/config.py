@@ -289,6 +289,12 @@ class DeploymentConfig(_Strict):
         "listing) and, until they run, at the sites' runs (one API read); run states are read "
         "at most once a second while waiting for replies",
     )
+    cancel_grace_s: float = Field(
+        60.0,
+        gt=0,
+        description="when the federation stops, how long its site runs get to end after "
+        "their cancel; a run still going then is marked Cancelled",
+    )
     book_ahead: int = Field(
         1,
         ge=0,

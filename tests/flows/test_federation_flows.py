@@ -69,8 +69,8 @@ async def _all_logs() -> list[str]:
 def test_two_sites_two_rounds_through_prefect(
     prefect_api: None, tiny_dataset: Path, tmp_path: Path
 ):
-    from flows.coordinator import coordinator
-    from flows.site_prepare import site_prepare
+    from fedchem.flows.coordinator import coordinator
+    from fedchem.flows.site_prepare import site_prepare
 
     split = split_into_sites(tiny_dataset, "smiles", 2, tmp_path / "sites", seed=3)
     chem, hub_url = ChemConfig(fp_size=512), str(tmp_path / "hub")
@@ -134,7 +134,7 @@ async def _artifact(key: str) -> dict | None:
 
 
 def test_demo_flow_writes_the_comparison(prefect_api: None, tiny_dataset: Path, tmp_path: Path):
-    from flows.demo import demo
+    from fedchem.flows.demo import demo
 
     rep = demo(
         dataset=tiny_dataset, smiles_col="smiles", n_sites=2, rounds=2, out=tmp_path / "out",
@@ -169,7 +169,7 @@ def test_demo_flow_writes_the_comparison(prefect_api: None, tiny_dataset: Path, 
 def test_private_heads_demo_keeps_local_models_at_their_sites(
     prefect_api: None, tiny_dataset: Path, tmp_path: Path
 ):
-    from flows.demo import demo
+    from fedchem.flows.demo import demo
 
     rep = demo(
         dataset=tiny_dataset, smiles_col="smiles", n_sites=2, rounds=2, out=tmp_path / "out",
@@ -188,7 +188,7 @@ def test_private_heads_demo_keeps_local_models_at_their_sites(
 
 
 def _prepared_sites(tmp_path: Path, tiny_dataset: Path, n: int = 2) -> tuple[list, list, str]:
-    from flows.site_prepare import site_prepare
+    from fedchem.flows.site_prepare import site_prepare
 
     split = split_into_sites(tiny_dataset, "smiles", n, tmp_path / "sites", seed=3)
     hub_url = str(tmp_path / "hub")
@@ -201,7 +201,7 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
     prefect_api: None, tiny_dataset: Path, tmp_path: Path
 ):
     from fedchem.federation.coordinator import ResumeError
-    from flows.coordinator import coordinator
+    from fedchem.flows.coordinator import coordinator
 
     sites, tasks, hub_url = _prepared_sites(tmp_path, tiny_dataset)
     base = FederationConfig(
@@ -232,13 +232,13 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
     # the UI screenshot script finds the newest coordinator run and its page
     from prefect.settings import PREFECT_API_URL
 
-    from deployments.screenshot import browser_command, latest_coordinator_run, run_page
+    from fedchem.deployments.screenshot import browser_command, latest_coordinator_run, run_page
 
     api = PREFECT_API_URL.value()
     run = latest_coordinator_run(api)
-    assert run["name"] == "federation/cut" and run["state_name"] == "Completed"
-    page = run_page(api, str(run["id"]))
-    assert page.endswith(f"/runs/flow-run/{run['id']}") and "/api/" not in page
+    assert run.name == "federation/cut" and run.state_name == "Completed"
+    page = run_page(api, str(run.id))
+    assert page.endswith(f"/runs/flow-run/{run.id}") and "/api/" not in page
     assert f"--screenshot={tmp_path}/x.png" in browser_command("chromium", page, tmp_path / "x.png")
     # a run id on the hub with other model settings is not resumed
     changed = base.model_copy(update={"run_id": "cut", "train": TrainConfig(lr=0.01)})
@@ -251,7 +251,7 @@ def test_a_failing_site_is_missing_and_the_round_goes_on_with_the_quorum(
 ):
     from fedchem.config import DeploymentConfig, FaultConfig
     from fedchem.federation.coordinator import QuorumError
-    from flows.coordinator import coordinator
+    from fedchem.flows.coordinator import coordinator
 
     sites, tasks, hub_url = _prepared_sites(tmp_path, tiny_dataset, n=3)
     broken = sites[2].model_copy(update={"workdir": tmp_path / "nowhere"})  # its data is gone
@@ -262,9 +262,9 @@ def test_a_failing_site_is_missing_and_the_round_goes_on_with_the_quorum(
     )  # fmt: skip
     m1 = coordinator(config)[-1]
     assert m1.sites == ["site-a", "site-b"] and m1.missing == ["site-c"]
-    assert m1.missing_reasons["site-c"].startswith("site flow failed")
+    assert m1.missing_reasons["site-c"] == "site run failed"
     strict = config.model_copy(update={"run_id": "strict", "faults": FaultConfig(policy="strict")})
-    with pytest.raises(QuorumError, match="2 of 3 sites replied, quorum is 3"):
+    with pytest.raises(QuorumError, match="2 accepted update.s., quorum is 3"):
         coordinator(strict)
     assert not HubStore(hub_url).exists(HubLayout("strict").round_manifest(1))
 
@@ -277,7 +277,7 @@ def test_a_booked_site_run_of_a_replaced_coordinator_ends_cancelled(
     from fedchem.config import SiteRef
     from fedchem.federation.manifest import FitInstructions
     from fedchem.federation.rounds import new_ticket, open_round
-    from flows.site_round import site_round
+    from fedchem.flows.site_round import site_round
 
     hub_url = str(tmp_path / "hub")
     old, new = new_ticket(1_000.0), new_ticket(2_000.0)
@@ -288,3 +288,23 @@ def test_a_booked_site_run_of_a_replaced_coordinator_ends_cancelled(
         open_timeout_s=30, return_state=True,
     )  # fmt: skip
     assert state.is_cancelled() and "superseded" in (state.message or "")
+
+
+def test_a_booked_site_run_of_a_withdrawn_round_ends_cancelled(
+    prefect_api: None, tmp_path: Path
+) -> None:
+    """The federation stopped before the round a run was booked for: the coordinator withdrew
+    the round under its own ticket, and the waiting run ends at once, Cancelled, untrained."""
+    from fedchem.config import SiteRef
+    from fedchem.federation.rounds import new_ticket, withdraw_round
+    from fedchem.flows.site_round import site_round
+
+    hub_url = str(tmp_path / "hub")
+    ticket = new_ticket()
+    withdraw_round(HubStore(hub_url), "stopped", 3, ticket)
+    state = site_round(
+        site=SiteRef(name="nowhere"), hub_url=hub_url, run_id="stopped", round=3,
+        chem=ChemConfig(), model=ModelConfig(), train=TrainConfig(), ticket=ticket,
+        open_timeout_s=30, return_state=True,
+    )  # fmt: skip
+    assert state.is_cancelled() and (state.message or "").startswith("withdrawn: round 3")

@@ -61,5 +61,6 @@ def load_contract(path: Path | str) -> Contract:
 
 
 def default_contracts_dir() -> Path:
-    """The repository's ``data_contracts/`` (what a source checkout or editable install ships)."""
-    return Path(__file__).resolve().parents[3] / "data_contracts"
+    """The contracts fedchem ships (``data_contracts/`` in the repository, package data of
+    ``fedchem.data_contracts`` once installed)."""
+    return Path(str(resources.files("fedchem.data_contracts")))

@@ -28,13 +28,17 @@ class FitInstructions(_Manifest):
 
 
 class RoundOpen(_Manifest):
-    """The coordinator's go for one round: written once per round and coordinator attempt."""
+    """The coordinator's word on one round: its go (once per round and coordinator attempt), or
+    that the round is withdrawn (the federation stopped before it; booked runs end)."""
 
     run_id: str
     round: int = Field(ge=1)
     ticket: str = Field(description="the coordinator attempt that opened the round")
     fit: FitInstructions
     opened_at: str
+    withdrawn: bool = Field(
+        False, description="the round will not run: runs booked for it end without training"
+    )
 
 
 class EvalReport(_Manifest):

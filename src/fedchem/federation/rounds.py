@@ -1,28 +1,33 @@
-"""Opening a round on the hub, so that a site's run can be started before its round begins.
+"""A round on the hub: the coordinator's go, the sites' replies. The one path of every reply.
 
-In deployed mode the coordinator books round ``r + 1``'s site runs while round ``r`` trains:
-each site's worker picks its run up and starts it, and the run waits here until the
-coordinator *opens* the round by writing ``rounds/<r>/open.json`` (the round's fit
-instructions and the coordinator's ticket). Starting a Prefect run (worker poll, process
-start, engine) then overlaps the previous round instead of adding to this one.
+However a site's run was started (a subflow in the one-machine simulation, a deployment on the
+site's own work pool), a round goes the same way through the hub:
+
+1. The coordinator *opens* round ``r`` by writing ``rounds/<r>/open.json``: the round's fit
+   instructions and the coordinator attempt's ticket. A site's run waits for it
+   (:func:`await_round_open`), so in deployed mode runs can be booked ahead and started while
+   the round before trains.
+2. The site trains from round ``r - 1``'s committed model and publishes its update, then its
+   update manifest (the manifest last: a site has replied once its manifest is there).
+3. The coordinator collects the replies from the hub (:func:`collect_replies`: one listing per
+   poll) while watching the runs' states, so that a run that ended without replying is noticed
+   and one still going at the deadline is named.
 
 A ticket names one coordinator attempt; tickets sort by the time they were issued. A waiting
 run goes on only when the round is opened under its own ticket. A marker under a newer ticket
-means its coordinator was replaced (killed, then run again): the run is superseded and ends.
-A marker under an older ticket is left over from an earlier attempt: the run keeps waiting.
-The marker holds no site data: a round number, a ticket, the strategy's instructions.
-
-A site has replied once its update manifest is on the hub (written after its update), so the
-coordinator watches the round's ``sites/`` prefix (:func:`read_replies`, one listing per poll)
-instead of waiting for each site's Prefect run to finish: it goes on as soon as the last
-update lands, while the runs are still reporting their end.
+means its coordinator was replaced (killed, then run again): the run is superseded and ends. A
+marker under an older ticket is left over from an earlier attempt: the run keeps waiting. A
+marker *withdrawn* under its own ticket means the federation stopped before the round: the run
+ends at once (:func:`withdraw_round`). The marker holds no site data: a round number, a
+ticket, the strategy's instructions.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fedchem.federation.manifest import FitInstructions, RoundOpen, SiteUpdateManifest
@@ -31,15 +36,24 @@ from fedchem.storage.hub import HubLayout, HubStore
 __all__ = [
     "RoundNotOpened",
     "RoundSuperseded",
+    "RoundWithdrawn",
+    "RunState",
+    "SiteReplies",
     "await_round_open",
+    "collect_replies",
     "new_ticket",
     "open_round",
     "read_replies",
+    "withdraw_round",
 ]
 
 
 class RoundSuperseded(RuntimeError):
     """A newer coordinator attempt opened the round: this run's coordinator is gone."""
+
+
+class RoundWithdrawn(RuntimeError):
+    """The coordinator withdrew the round this run was booked for: the federation stopped."""
 
 
 class RoundNotOpened(TimeoutError):
@@ -52,15 +66,26 @@ def new_ticket(now: float | None = None) -> str:
     return f"{ns:020d}-{uuid.uuid4().hex[:12]}"
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
 def open_round(
     hub: HubStore, run_id: str, rnd: int, ticket: str, fit: FitInstructions
 ) -> RoundOpen:
     """Open round ``rnd`` for the runs booked under ``ticket`` (after round ``rnd - 1`` was
     committed: the waiting runs start from that global model)."""
+    doc = RoundOpen(run_id=run_id, round=rnd, ticket=ticket, fit=fit, opened_at=_now())
+    hub.put_json(HubLayout(run_id).round_open(rnd), doc.model_dump(mode="json"))
+    return doc
+
+
+def withdraw_round(hub: HubStore, run_id: str, rnd: int, ticket: str) -> RoundOpen:
+    """Tell the runs booked for round ``rnd`` under ``ticket`` that it will not run."""
     doc = RoundOpen(
-        run_id=run_id, round=rnd, ticket=ticket, fit=fit,
-        opened_at=datetime.now(UTC).isoformat(),
-    )  # fmt: skip
+        run_id=run_id, round=rnd, ticket=ticket, fit=FitInstructions(), opened_at=_now(),
+        withdrawn=True,
+    )
     hub.put_json(HubLayout(run_id).round_open(rnd), doc.model_dump(mode="json"))
     return doc
 
@@ -76,17 +101,21 @@ def await_round_open(
 ) -> RoundOpen:
     """Wait until round ``rnd`` is opened under ``ticket``; return the coordinator's go.
 
-    Raises :class:`RoundSuperseded` when a newer ticket opened it, :class:`RoundNotOpened`
-    after ``timeout_s`` (the coordinator stopped, or was replaced and never got this far).
-    Every waiting run polls: one HEAD per ``poll_s`` (on moto, ~10 ms of CPU between client
-    and server; at 0.1 s, three waiting runs took a quarter of a core from the round they
-    wait behind).
+    Raises :class:`RoundSuperseded` when a newer ticket opened it, :class:`RoundWithdrawn` when
+    its own withdrew it, :class:`RoundNotOpened` after ``timeout_s`` (the coordinator stopped
+    without a word, or was replaced and never got this far). Every waiting run polls: one HEAD
+    per ``poll_s``.
     """
     path = HubLayout(run_id).round_open(rnd)
     deadline = time.monotonic() + timeout_s
     while True:
         if hub.exists(path):
             doc = RoundOpen.model_validate(hub.get_json(path))
+            if doc.ticket == ticket and doc.withdrawn:
+                raise RoundWithdrawn(
+                    f"round {rnd} of run {run_id} was withdrawn by the coordinator attempt "
+                    f"that booked this run ({ticket}): the federation stopped before it"
+                )
             if doc.ticket == ticket:
                 return doc
             if doc.ticket > ticket:
@@ -119,3 +148,83 @@ def read_replies(
             return f"unreadable update manifest ({type(exc).__name__})"
 
     return dict(zip(found, hub.map(read, found), strict=True))
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What the orchestrator says of a site's run: its state's name, and whether it is final."""
+
+    name: str
+    final: bool
+
+
+@dataclass
+class SiteReplies:
+    """A round's outcome at the hub: who replied, who is missing and why, who is still going
+    at the deadline (the caller cancels those; their updates are never read for the round)."""
+
+    replies: dict[str, SiteUpdateManifest] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    late: dict[str, str] = field(default_factory=dict)
+
+
+def collect_replies(
+    hub: HubStore,
+    run_id: str,
+    rnd: int,
+    sites: list[str],
+    states: Callable[[], Mapping[str, RunState]],
+    deadline: float,
+    poll_s: float = 0.25,
+    states_every_s: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+) -> SiteReplies:
+    """Wait for round ``rnd``'s replies until every site of ``sites`` replied or its run ended,
+    or ``deadline`` (a ``clock()`` time) passed.
+
+    A site has replied when its update manifest is on the hub (one listing per ``poll_s``);
+    ``states()`` (site → :class:`RunState`, read at most every ``states_every_s``) tells when a
+    run ended without replying. States are read before the listing, so a run that ended with
+    a reply has it listed. At the deadline the states are read once more, and the replies of
+    runs that ended meanwhile; a site whose run still goes is ``late``.
+    """
+    got: dict[str, SiteUpdateManifest | str] = {}
+    ended: dict[str, str] = {}
+    now: Mapping[str, RunState] = {}
+    next_states = float("-inf")
+    while True:
+        if clock() >= next_states:
+            now = states()
+            next_states = clock() + max(poll_s, states_every_s)
+            ended = {s: st.name for s, st in now.items() if st.final}
+        got.update(read_replies(hub, run_id, rnd, [s for s in sites if s not in got]))
+        waiting = [s for s in sites if s not in got and s not in ended]
+        left = deadline - clock()
+        if not waiting or left <= 0:
+            break
+        sleep(min(poll_s, left))
+    out = SiteReplies()
+    if waiting:  # the deadline passed: a fresh look at the runs, and at what they sent
+        now = states()
+        ended.update({s: now[s].name for s in waiting if s in now and now[s].final})
+        got.update(read_replies(hub, run_id, rnd, [s for s in waiting if s in ended]))
+        for s in waiting:
+            if s not in got and s not in ended:
+                out.late[s] = now[s].name if s in now else "no state"
+    for s in sites:
+        reply = got.get(s)
+        if isinstance(reply, SiteUpdateManifest):
+            out.replies[s] = reply
+        elif isinstance(reply, str):
+            out.missing[s] = reply
+        elif s in out.late:
+            out.missing[s] = f"missed the deadline ({out.late[s]}); cancelled"
+        else:
+            outcome = ended[s]  # the state's name only: a run's message could carry site data
+            out.missing[s] = (
+                "completed without a manifest"
+                if outcome == "Completed"
+                else f"site run {outcome.lower()}"
+            )
+    return out

@@ -1,0 +1,1 @@
+"""How fedchem is deployed: the Prefect deployment template, the S3 bucket policy, a UI check."""

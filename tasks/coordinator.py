@@ -1,0 +1,128 @@
+"""Coordinator tasks: they read and write the hub, which holds models and manifests only."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from fedchem.chem.consistency import ConsistencyError
+from fedchem.config import FederationConfig
+from fedchem.data.prepare import PrepareReport
+from fedchem.federation import coordinator as coord
+from fedchem.federation.manifest import RoundManifest, SiteUpdateManifest
+from fedchem.federation.strategies import Strategy
+from fedchem.storage.hub import HubLayout, HubStore
+
+__all__ = [
+    "aggregate",
+    "artifact_key",
+    "read_prepare_reports",
+    "record_best",
+    "report_round",
+    "start",
+]
+
+
+def _is_consistency_error(state: Any) -> bool:
+    try:
+        state.result()
+    except ConsistencyError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    retries=3, retry_delay_seconds=[1, 4, 10], cache_policy=NO_CACHE,
+    retry_condition_fn=lambda task, run, state: not _is_consistency_error(state),
+)  # fmt: skip
+def read_prepare_reports(hub_url: str, sites: list[str]) -> list[PrepareReport]:
+    hub = HubStore(hub_url)
+    paths = [HubLayout.site_prepared(s) for s in sites]
+    missing = [s for s, there in zip(sites, hub.map(hub.exists, paths), strict=True) if not there]
+    if missing:
+        raise RuntimeError(f"sites without published preparation: {missing}; run site_prepare")
+    reports = [PrepareReport.model_validate(doc) for doc in hub.map(hub.get_json, paths)]
+    coord.check_consistency(reports)  # a disagreement is not transient: no retry helps
+    return reports
+
+
+@task(cache_policy=NO_CACHE)
+def start(config: FederationConfig, reports: list[PrepareReport]) -> list[RoundManifest]:
+    """The run's committed rounds: round 0 is committed now if the run is new; a run already
+    on the hub (same run id, same settings) resumes after its last committed round."""
+    hub = HubStore(config.hub_url)
+    coord.start_run(hub, config, [r.label_stats for r in reports])
+    committed = coord.committed_rounds(hub, config.run_id)
+    if len(committed) > 1:
+        get_run_logger().warning(
+            "run %s resumes after committed round %d (global %s)",
+            config.run_id, committed[-1].round, committed[-1].global_sha256[:12],
+        )  # fmt: skip
+    return committed
+
+
+@task(cache_policy=NO_CACHE)
+def aggregate(
+    config: FederationConfig, strategy: Strategy, rnd: int, replies: list[SiteUpdateManifest],
+    missing: dict[str, str], started_at: float | None = None,
+) -> RoundManifest:
+    """Screen the round's updates, aggregate the accepted ones, commit; the round's quorum is
+    decided here, on the accepted updates (a :class:`~fedchem.federation.coordinator.QuorumError`
+    commits nothing)."""
+    manifest = coord.aggregate_round(
+        HubStore(config.hub_url), config.run_id, rnd, replies, strategy, missing, started_at,
+        members=config.site_names, quorum=config.quorum(), faults=config.faults,
+    )
+    logger = get_run_logger()
+    for site, why in manifest.rejected.items():
+        logger.warning("round %d: update of %s rejected: %s", rnd, site, why)
+    logger.info(
+        "round %d committed (%s): %d sites, %d examples, global %s, valid %s",
+        rnd, manifest.aggregation, len(manifest.sites), sum(manifest.n_examples.values()),
+        manifest.global_sha256[:12],
+        {k: round(v, 4) for k, v in manifest.valid_score.items()},
+    )  # fmt: skip
+    return manifest
+
+
+@task(cache_policy=NO_CACHE)
+def record_best(hub_url: str, run_id: str, committed: list[RoundManifest]) -> dict[str, Any]:
+    """Keep the best round by the sites' validation scores (``runs/<run>/best.json``)."""
+    doc = coord.record_best_round(HubStore(hub_url), run_id, committed)
+    get_run_logger().info("best round by validation: %s", doc)
+    return doc
+
+
+def artifact_key(run_id: str, suffix: str) -> str:
+    """An artifact key (lowercase letters, digits, dashes) for this run."""
+    slug = "".join(c if c.isalnum() else "-" for c in run_id.lower()).strip("-")
+    return f"fedchem-{slug}-{suffix}"[:120]
+
+
+@task(cache_policy=NO_CACHE)
+def report_round(config: FederationConfig, manifest: RoundManifest, progress: UUID) -> None:
+    """The UI's view of a committed round: a table of the sites' validation aggregates, and
+    the run's progress bar."""
+    rnd = manifest.round
+    create_table_artifact(
+        key=artifact_key(config.run_id, f"round-{rnd:02d}"),
+        table=[
+            {
+                "site": s,
+                "examples": manifest.n_examples.get(s, 0),
+                **{k: round(v, 4) for k, v in manifest.valid_summary.get(s, {}).items()},
+            }
+            for s in config.site_names
+            if s in manifest.valid_summary
+        ]
+        + [{"site": f"missing: {s}", "examples": 0} for s in manifest.missing]
+        + [{"site": f"rejected: {s}", "examples": 0} for s in manifest.rejected],
+        description=f"round {rnd} of {config.run_id}: site validation metrics (aggregates)",
+    )
+    update_progress_artifact(progress, 100.0 * rnd / config.rounds)

@@ -1,0 +1,210 @@
+"""Round tasks of the coordinator: start the sites' runs, open the round, collect the replies.
+
+Replies always come from the hub (``fedchem.federation.rounds``); Prefect only says how each
+site's run is doing, read through its client in one request for all sites.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID
+
+from prefect import get_client, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import State, StateType
+from prefect.deployments import run_deployment
+from prefect.states import Cancelled, Cancelling
+
+from fedchem.config import FederationConfig
+from fedchem.federation.manifest import FitInstructions, SiteUpdateManifest
+from fedchem.federation.rounds import RunState, collect_replies, open_round, withdraw_round
+from fedchem.storage.hub import HubStore
+
+__all__ = [
+    "await_replies",
+    "await_running",
+    "book_site_runs",
+    "open_site_round",
+    "stop_site_runs",
+    "withdraw_site_rounds",
+]
+
+
+def _states(client: SyncPrefectClient, ids: list[UUID]) -> dict[UUID, State | None]:
+    if not ids:
+        return {}
+    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    return {r.id: r.state for r in runs}
+
+
+def _run_state(state: State | None) -> RunState:
+    return RunState("no state", False) if state is None else RunState(state.name, state.is_final())
+
+
+def _cancel(client: SyncPrefectClient, run_id: UUID, state: State | None) -> None:
+    """A run not started yet is Cancelled at once; a running one is asked to stop (its worker
+    stops it), so that no update of it is read for this round."""
+    started = state is not None and state.type not in (StateType.SCHEDULED, StateType.PENDING)
+    client.set_flow_run_state(run_id, Cancelling() if started else Cancelled(), force=True)
+
+
+def _params(config: FederationConfig, rnd: int, site: str, ticket: str) -> dict[str, Any]:
+    """A booked site run's parameters: settings and the ticket (the fit instructions come with
+    the round's opening), no site data (the site's worker resolves its own config)."""
+    dep = config.deployment
+    return {
+        "site": {"name": site},
+        "hub_url": config.hub_url,
+        "run_id": config.run_id,
+        "round": rnd,
+        "chem": config.chem.model_dump(mode="json"),
+        "model": config.model.model_dump(mode="json"),
+        "train": config.train.model_dump(mode="json"),
+        "ticket": ticket,
+        # booked rounds ahead: wait at most through the rounds before and their commits
+        "open_timeout_s": (dep.book_ahead + 1) * dep.round_deadline_s + 60,
+    }
+
+
+@task(cache_policy=NO_CACHE)
+def book_site_runs(
+    config: FederationConfig, rnd: int, ticket: str, booked: dict[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Create round ``rnd``'s run of every site (its own deployment on its own pool) that has
+    no live one in ``booked``; the runs wait until the round is opened under ``ticket``.
+
+    Returns (site -> flow run id, site -> why its run could not be created). A booked run that
+    already ended before its round opened (its worker died, an operator cancelled it) is
+    booked again.
+    """
+    booked, rebook = dict(booked or {}), set()
+    if booked:
+        with get_client(sync_client=True) as client:
+            states = _states(client, [UUID(v) for v in booked.values()])
+        for site, run_id in list(booked.items()):
+            state = _run_state(states.get(UUID(run_id)))
+            if state.final or state.name == "no state":
+                get_run_logger().warning(
+                    "round %d: %s's booked run ended before the round opened (%s); booking "
+                    "again",
+                    rnd, site, state.name,
+                )
+                del booked[site]
+                rebook.add(site)
+    failed = {}
+    for site in config.site_names:  # in turn: run_deployment links each run to this task
+        if site in booked:
+            continue
+        try:
+            run = run_deployment(
+                config.deployment.site_round.format(site=site),
+                parameters=_params(config, rnd, site, ticket),
+                timeout=0,
+                flow_run_name=f"round-{rnd:02d}/{site}",
+                tags=["fedchem", f"site:{site}", f"round:{rnd}", f"run:{config.run_id}"],
+                # one run per site, round and booking of this coordinator attempt: a retried
+                # task gets the run it already created
+                idempotency_key=f"{config.run_id}/{rnd}/{site}/{ticket}"
+                + ("/again" if site in rebook else ""),
+            )
+        except Exception as exc:  # no deployment, server unreachable: this site is missing
+            failed[site] = f"not started: {type(exc).__name__}: {exc}"
+            continue
+        booked[site] = str(run.id)
+    return booked, failed
+
+
+@task(cache_policy=NO_CACHE)
+def open_site_round(config: FederationConfig, rnd: int, ticket: str, fit: FitInstructions) -> None:
+    """The go for round ``rnd``: the sites' runs start training from the last global model."""
+    open_round(HubStore(config.hub_url), config.run_id, rnd, ticket, fit)
+
+
+@task(cache_policy=NO_CACHE)
+def await_running(config: FederationConfig, runs: dict[str, str], deadline: float) -> None:
+    """Wait until every run is running or has ended (one API read per poll)."""
+    ids = [UUID(v) for v in runs.values()]
+    with get_client(sync_client=True) as client:
+        while True:
+            states = _states(client, ids)
+            running = all(
+                (s := states.get(i)) is not None and (s.is_final() or s.is_running()) for i in ids
+            )
+            left = deadline - time.time()
+            if running or left <= 0:
+                return
+            time.sleep(min(config.deployment.poll_interval_s, left))
+
+
+@task(cache_policy=NO_CACHE)
+def await_replies(
+    config: FederationConfig, rnd: int, runs: dict[str, str], deadline: float
+) -> tuple[list[SiteUpdateManifest], dict[str, str]]:
+    """Round ``rnd``'s replies from the hub, waiting until every site whose run is in ``runs``
+    (site -> flow run id) replied or ended, or the deadline; a run still going then is
+    cancelled (an update it sends later is never read). Returns the manifests in site order
+    and, per missing site, why."""
+    ids = {site: UUID(run_id) for site, run_id in runs.items()}
+    with get_client(sync_client=True) as client:
+
+        def states() -> dict[str, RunState]:
+            by_id = _states(client, list(ids.values()))
+            return {site: _run_state(by_id.get(i)) for site, i in ids.items()}
+
+        out = collect_replies(
+            HubStore(config.hub_url), config.run_id, rnd, list(ids), states, deadline,
+            poll_s=config.deployment.poll_interval_s,
+        )
+        if out.late:
+            late = _states(client, [ids[s] for s in out.late])
+            for site in out.late:
+                _cancel(client, ids[site], late.get(ids[site]))
+    return [out.replies[s] for s in sorted(out.replies)], out.missing
+
+
+@task(cache_policy=NO_CACHE)
+def withdraw_site_rounds(config: FederationConfig, rounds: list[int], ticket: str) -> None:
+    """Rounds booked that will not run (the federation stopped): their waiting runs end."""
+    hub = HubStore(config.hub_url)
+    for rnd in rounds:
+        withdraw_round(hub, config.run_id, rnd, ticket)
+
+
+@task(cache_policy=NO_CACHE)
+def stop_site_runs(run_ids: list[str], grace_s: float, poll_s: float = 0.5) -> dict[str, str]:
+    """Every run of ``run_ids`` ends in a final state before the coordinator does.
+
+    A run not started is Cancelled; a running one is asked to stop (Cancelling: its worker
+    stops it; a run waiting for a withdrawn round ends by itself). After ``grace_s`` a run
+    still not final is marked Cancelled (the Prefect API refuses any later state of it).
+    Returns run id -> final state name.
+    """
+    ids = [UUID(v) for v in run_ids]
+    logger = get_run_logger()
+    with get_client(sync_client=True) as client:
+        for run_id, state in _states(client, ids).items():
+            if state is None or not state.is_final():
+                _cancel(client, run_id, state)
+        deadline = time.monotonic() + grace_s
+        while True:
+            states = _states(client, ids)
+            left = [i for i in ids if not ((s := states.get(i)) is not None and s.is_final())]
+            if not left:
+                break
+            if time.monotonic() >= deadline:
+                for run_id in left:
+                    logger.warning(
+                        "site run %s did not stop within %.0fs of its cancel; marked Cancelled",
+                        run_id, grace_s,
+                    )
+                    client.set_flow_run_state(
+                        run_id, Cancelled(message="the coordinator stopped; run not stopped"),
+                        force=True,
+                    )
+                states = _states(client, ids)
+                break
+            time.sleep(poll_s)
+    return {str(i): _run_state(states.get(i)).name for i in ids}
