@@ -39,7 +39,7 @@ from rdkit.Chem import rdFingerprintGenerator
 from rdkit.Chem.MolStandardize import rdMolStandardize
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
-from fedchem.chem.batch import featurize_to_shards
+from fedchem.chem.cache import featurize_to_shards
 from fedchem.config import ChemConfig, StandardizeConfig
 
 RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]

@@ -45,7 +45,7 @@ from faulty_site import stall_marker  # noqa: E402  (benchmarks/, next to this f
 
 from fedchem.config import ChemConfig  # noqa: E402
 from fedchem.demo.sites import bundled_dataset  # noqa: E402
-from fedchem.federation.manifest import RoundManifest  # noqa: E402
+from fedchem.messages import RoundManifest  # noqa: E402
 from fedchem.stack import (  # noqa: E402
     Stack,
     deploy,
@@ -138,7 +138,7 @@ class Suite:
 
     # -- what the hub says -------------------------------------------------------------
     def committed(self, run_id: str) -> list[RoundManifest]:
-        from fedchem.federation.coordinator import committed_rounds
+        from fedchem.federation.commits import committed_rounds
 
         return committed_rounds(self.hub, run_id)
 

@@ -24,7 +24,7 @@ from prefect import flow
 from prefect.states import State
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef, TrainConfig
-from fedchem.federation.manifest import SiteUpdateManifest
+from fedchem.messages import SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
 from fedchem.flows.site_round import site_round
 

@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import PrefectFuture, wait
 
 from fedchem.config import FederationConfig, SiteConfig
-from fedchem.federation.manifest import FitInstructions, RoundManifest
+from fedchem.messages import FitInstructions, RoundManifest
 from fedchem.federation.rounds import new_ticket
 from fedchem.federation.strategies import Strategy, build_strategy
 from fedchem.flows.site_round import site_round

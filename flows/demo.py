@@ -13,14 +13,8 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from fedchem.config import (
-    ChemConfig,
-    FedAvgMConfig,
-    FederationConfig,
-    ModelConfig,
-    StrategyConfig,
-    TrainConfig,
-)
+from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig
+from fedchem.federation.strategies import FedAvgMConfig, StrategyConfig
 from fedchem.flows.coordinator import coordinator
 from fedchem.flows.site_cross_evaluate import site_cross_evaluate
 from fedchem.flows.site_evaluate import site_evaluate

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
-from fedchem.federation.manifest import EvalReport
+from fedchem.messages import EvalReport
 from fedchem.tasks.site import train_local_baseline
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from fedchem.config import ChemConfig, SiteConfig, SiteRef, TaskSpec
-from fedchem.data.prepare import PrepareReport
+from fedchem.messages import PrepareReport
 from fedchem.tasks.site import prepare, publish_prepare_report
 
 

@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.states import Cancelled, State
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef, TrainConfig
-from fedchem.federation.manifest import SiteUpdateManifest
+from fedchem.messages import SiteUpdateManifest
 from fedchem.tasks.site import await_round, train_round
 
 

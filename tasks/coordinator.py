@@ -9,11 +9,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from fedchem.chem.consistency import ConsistencyError
+from fedchem.federation.consistency import ConsistencyError, check_consistency
 from fedchem.config import FederationConfig
-from fedchem.data.prepare import PrepareReport
+from fedchem.messages import PrepareReport
 from fedchem.federation import coordinator as coord
-from fedchem.federation.manifest import RoundManifest, SiteUpdateManifest
+from fedchem.federation.commits import committed_rounds, record_best_round
+from fedchem.messages import RoundManifest, SiteUpdateManifest
 from fedchem.federation.strategies import Strategy
 from fedchem.storage.hub import HubLayout, HubStore
 
@@ -48,7 +49,7 @@ def read_prepare_reports(hub_url: str, sites: list[str]) -> list[PrepareReport]:
     if missing:
         raise RuntimeError(f"sites without published preparation: {missing}; run site_prepare")
     reports = [PrepareReport.model_validate(doc) for doc in hub.map(hub.get_json, paths)]
-    coord.check_consistency(reports)  # a disagreement is not transient: no retry helps
+    check_consistency(reports)  # a disagreement is not transient: no retry helps
     return reports
 
 
@@ -58,7 +59,7 @@ def start(config: FederationConfig, reports: list[PrepareReport]) -> list[RoundM
     on the hub (same run id, same settings) resumes after its last committed round."""
     hub = HubStore(config.hub_url)
     coord.start_run(hub, config, [r.label_stats for r in reports])
-    committed = coord.committed_rounds(hub, config.run_id)
+    committed = committed_rounds(hub, config.run_id)
     if len(committed) > 1:
         get_run_logger().warning(
             "run %s resumes after committed round %d (global %s)",
@@ -94,7 +95,7 @@ def aggregate(
 @task(cache_policy=NO_CACHE)
 def record_best(hub_url: str, run_id: str, committed: list[RoundManifest]) -> dict[str, Any]:
     """Keep the best round by the sites' validation scores (``runs/<run>/best.json``)."""
-    doc = coord.record_best_round(HubStore(hub_url), run_id, committed)
+    doc = record_best_round(HubStore(hub_url), run_id, committed)
     get_run_logger().info("best round by validation: %s", doc)
     return doc
 

@@ -12,7 +12,7 @@ from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.demo.pooled import train_pooled
 from fedchem.demo.report import build_report, write_report
 from fedchem.demo.sites import DemoSplit, split_into_sites
-from fedchem.federation.manifest import EvalReport
+from fedchem.messages import EvalReport
 
 __all__ = ["make_sites", "pooled_baseline", "report"]
 

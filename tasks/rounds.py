@@ -19,7 +19,7 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling
 
 from fedchem.config import FederationConfig
-from fedchem.federation.manifest import FitInstructions, SiteUpdateManifest
+from fedchem.messages import FitInstructions, SiteUpdateManifest
 from fedchem.federation.rounds import RunState, collect_replies, open_round, withdraw_round
 from fedchem.storage.hub import HubStore
 

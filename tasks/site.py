@@ -20,13 +20,14 @@ from fedchem.config import (
     TrainConfig,
     resolve_site,
 )
+from fedchem.federation import baselines
 from fedchem.federation import site as site_lib
-from fedchem.federation.manifest import EvalReport, FitInstructions, SiteUpdateManifest
+from fedchem.messages import EvalReport, FitInstructions, SiteUpdateManifest
 from fedchem.federation.rounds import RoundSuperseded, RoundWithdrawn, await_round_open
 from fedchem.storage.hub import HubLayout, HubStore
 
 if TYPE_CHECKING:
-    from fedchem.data.prepare import PrepareReport
+    from fedchem.messages import PrepareReport
 
 __all__ = [
     "await_round",
@@ -138,10 +139,10 @@ def train_local_baseline(
 ) -> EvalReport:  # fmt: skip
     """The site's local-only model; ``publish_to=(hub_url, run_id)`` also puts its weights on
     the hub for the cross-site evaluation (shared heads only)."""
-    report, arrays = site_lib.train_local_only(site, chem, model, train, epochs, label_stats)
+    report, arrays = baselines.train_local_only(site, chem, model, train, epochs, label_stats)
     if publish_to is not None:
         hub_url, run_id = publish_to
-        site_lib.publish_baseline(HubStore(hub_url), run_id, site.name, arrays)
+        baselines.publish_baseline(HubStore(hub_url), run_id, site.name, arrays)
     return report
 
 
@@ -153,6 +154,6 @@ def evaluate_baselines(
     """Other sites' published local-only models, scored on this site's test fold."""
     hub = HubStore(hub_url)
     return [
-        site_lib.evaluate_baseline_at_site(site, hub, run_id, owner, chem, model)
+        baselines.evaluate_baseline_at_site(site, hub, run_id, owner, chem, model)
         for owner in owners
     ]

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from fedchem.config import STRATEGY_NAMES, ConfigFileError, DemoConfig, load_config
+from fedchem.config import ConfigFileError, DemoConfig, load_config
+from fedchem.federation.strategies import STRATEGY_NAMES
 from fedchem.contracts import (
     ContractError,
     compile_table,

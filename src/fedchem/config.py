@@ -8,42 +8,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from fedchem.federation.strategies import FedAvgMConfig, StrategyConfig
+from fedchem.strict import StrictModel
 
 __all__ = [
-    "STRATEGY_NAMES",
     "ChemConfig",
     "ConfigFileError",
     "DeploymentConfig",
-    "FedAdamConfig",
-    "FedAvgConfig",
-    "FedAvgMConfig",
-    "FedProxConfig",
-    "FedYogiConfig",
     "FederationConfig",
-    "KrumConfig",
     "LabelConfig",
-    "MedianConfig",
     "ModelConfig",
     "PrepareConfig",
     "Selection",
     "SiteConfig",
     "SiteRef",
     "StandardizeConfig",
-    "StrategyConfig",
     "TaskSpec",
     "TrainConfig",
-    "TrimmedMeanConfig",
     "load_config",
     "load_federation_config",
     "read_yaml_mapping",
@@ -52,14 +38,10 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 _M = TypeVar("_M", bound=BaseModel)
 
 
-class StandardizeConfig(_Strict):
+class StandardizeConfig(StrictModel):
     """Structure standardization steps (MELLODDY-TUNER order), each switchable."""
 
     max_heavy_atoms: int = Field(100, ge=1, description="molecules at or above this are rejected")
@@ -73,7 +55,7 @@ class StandardizeConfig(_Strict):
     max_tautomers: int = Field(256, ge=1, description="tautomer enumeration bound")
 
 
-class LabelConfig(_Strict):
+class LabelConfig(StrictModel):
     """From measurements to tasks: automatic thresholds and task quorum (MELLODDY's rules).
 
     Quorum defaults are off (0) so small demo sites keep their tasks; MELLODDY used 25 actives
@@ -93,7 +75,7 @@ class LabelConfig(_Strict):
     min_uncensored: int = Field(0, ge=0)
 
 
-class ChemConfig(_Strict):
+class ChemConfig(StrictModel):
     """What every site must compute identically (the consortium's pinned pipeline).
 
     Its hash, with the library versions and the key's fingerprint, is what sites compare on the
@@ -125,7 +107,7 @@ class ChemConfig(_Strict):
         return v
 
 
-class TaskSpec(_Strict):
+class TaskSpec(StrictModel):
     """One task of the federation's shared catalogue (metadata only, never labels)."""
 
     name: str
@@ -133,7 +115,7 @@ class TaskSpec(_Strict):
     weight: float = Field(1.0, gt=0, description="the task's weight in the training loss")
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     hidden: int = Field(512, ge=8)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     depth: int = Field(1, ge=1, le=4, description="dense layers after the sparse input layer")
@@ -143,7 +125,7 @@ class ModelConfig(_Strict):
 Selection = Literal["last", "best_valid"]
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -165,7 +147,7 @@ class TrainConfig(_Strict):
     )
 
 
-class SiteConfig(_Strict):
+class SiteConfig(StrictModel):
     """A site as its own operator configures it. The paths never leave the site."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -182,85 +164,7 @@ class SiteConfig(_Strict):
     partition_rows: int = Field(5000, ge=100)
 
 
-class FedAvgConfig(_Strict):
-    """Example-weighted mean of the sites' models."""
-
-    name: Literal["fedavg"] = "fedavg"
-
-
-class FedAvgMConfig(_Strict):
-    """FedAvg with server momentum: ``v = momentum*v + delta``; ``x += server_lr*v``."""
-
-    name: Literal["fedavgm"] = "fedavgm"
-    server_lr: float = Field(1.0, gt=0)
-    momentum: float = Field(0.7, ge=0, lt=1, description="0.7: measured best on Tox21 + Lipo")
-
-
-class FedProxConfig(_Strict):
-    """FedAvg with a proximal term ``mu/2*||w - w_global||^2`` in every site's loss."""
-
-    name: Literal["fedprox"] = "fedprox"
-    mu: float = Field(0.01, ge=0)
-
-
-class _ServerOptimizerConfig(_Strict):
-    server_lr: float = Field(0.01, gt=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.99, ge=0, lt=1)
-    tau: float = Field(1e-3, gt=0, description="adaptivity: added to sqrt(v)")
-
-
-class FedAdamConfig(_ServerOptimizerConfig):
-    """Adam at the server on the FedAvg pseudo-gradient (Reddi et al. 2021)."""
-
-    name: Literal["fedadam"] = "fedadam"
-
-
-class FedYogiConfig(_ServerOptimizerConfig):
-    """Yogi at the server on the FedAvg pseudo-gradient (Reddi et al. 2021)."""
-
-    name: Literal["fedyogi"] = "fedyogi"
-
-
-class MedianConfig(_Strict):
-    """Coordinate-wise median (robust to a minority of bad updates)."""
-
-    name: Literal["median"] = "median"
-
-
-class TrimmedMeanConfig(_Strict):
-    """Coordinate-wise mean after cutting ``trim_fraction`` of values at each end."""
-
-    name: Literal["trimmed_mean"] = "trimmed_mean"
-    trim_fraction: float = Field(0.2, ge=0, lt=0.5)
-
-
-class KrumConfig(_Strict):
-    """Multi-Krum: average the ``m`` updates closest to the others, ``n_byzantine`` tolerated."""
-
-    name: Literal["krum"] = "krum"
-    n_byzantine: int = Field(1, ge=0)
-    m: int = Field(1, ge=1)
-
-
-StrategyConfig = Annotated[
-    FedAvgConfig
-    | FedAvgMConfig
-    | FedProxConfig
-    | FedAdamConfig
-    | FedYogiConfig
-    | MedianConfig
-    | TrimmedMeanConfig
-    | KrumConfig,
-    Field(discriminator="name"),
-]
-#: the strategies by the name a federation config (or ``fedchem demo --strategy``) uses
-STRATEGY_NAMES: tuple[str, ...] = tuple(
-    c.model_fields["name"].default for c in get_args(get_args(StrategyConfig)[0])
-)
-
-
-class SiteRef(_Strict):
+class SiteRef(StrictModel):
     """A site known by name only: its data location lives at the site (deployed mode).
 
     The site's worker finds its own :class:`SiteConfig` through ``FEDCHEM_SITE_CONFIG``.
@@ -269,7 +173,7 @@ class SiteRef(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
-class DeploymentConfig(_Strict):
+class DeploymentConfig(StrictModel):
     """How the coordinator reaches sites in deployed mode: one deployment per site and flow."""
 
     site_round: str = Field(
@@ -304,7 +208,7 @@ class DeploymentConfig(_Strict):
     )
 
 
-class FaultConfig(_Strict):
+class FaultConfig(StrictModel):
     """What a round does when sites fail or send bad updates."""
 
     policy: Literal["tolerate", "strict"] = Field(
@@ -321,7 +225,7 @@ class FaultConfig(_Strict):
     )
 
 
-class FederationConfig(_Strict):
+class FederationConfig(StrictModel):
     """The coordinator's view: sites by name, the task catalogue, rounds, model and training.
 
     ``mode: local`` runs every site's flow as a subflow in this process (simulation; sites are
@@ -394,7 +298,7 @@ class FederationConfig(_Strict):
         return self.deployment.min_sites or len(self.sites)
 
 
-class PrepareConfig(_Strict):
+class PrepareConfig(StrictModel):
     """``fedchem prepare --config``: one site's files, the consortium's pipeline, its tasks.
 
     ``tasks`` is the federation's task catalogue; left out, it is derived from the site's own
@@ -406,7 +310,7 @@ class PrepareConfig(_Strict):
     tasks: list[TaskSpec] | None = None
 
 
-class DemoConfig(_Strict):
+class DemoConfig(StrictModel):
     """``fedchem demo --config``: a simulated federation on a public table, with baselines.
 
     ``dataset`` is a bundled name (``tox21``, ``lipophilicity``, ``biogen``, ``chembl``) or a

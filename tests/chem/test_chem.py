@@ -6,7 +6,8 @@ import pytest
 from rdkit import Chem
 
 from fedchem.chem import fold_of, scaffold_of, standardize_smiles
-from fedchem.chem.batch import featurize_many, featurize_partition
+from fedchem.chem.batch import featurize_many
+from fedchem.chem.featurize import featurize_partition
 from fedchem.chem.fingerprints import morgan_bits_from_smiles
 from fedchem.config import ChemConfig
 from fedchem.demo.sites import bundled_dataset

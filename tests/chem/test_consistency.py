@@ -2,13 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from fedchem.chem.consistency import (
-    consistency_report,
-    describe_disagreements,
-    find_disagreements,
-    reference_smiles,
-)
+from fedchem.chem.consistency import consistency_report, reference_smiles
 from fedchem.config import ChemConfig, StandardizeConfig
+from fedchem.federation.consistency import describe_disagreements, find_disagreements
 
 
 def test_reference_set_exercises_failures_too():

@@ -9,12 +9,9 @@ import pandas as pd
 import pytest
 from rdkit import Chem
 
-from fedchem.chem.batch import (
-    featurize_many,
-    featurize_partition,
-    featurize_to_shards,
-    load_shards,
-)
+from fedchem.chem.batch import featurize_many
+from fedchem.chem.cache import featurize_to_shards, load_shards
+from fedchem.chem.featurize import featurize_partition
 from fedchem.chem.fingerprints import (
     column_permutation,
     featurizer_names,

@@ -10,7 +10,7 @@ import pytest
 
 from fedchem.demo.report import cross_site_matrix
 from fedchem.demo.sites import resolve_dataset, split_into_sites
-from fedchem.federation.manifest import EvalReport
+from fedchem.messages import EvalReport
 
 
 @pytest.fixture(scope="module")

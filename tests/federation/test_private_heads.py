@@ -12,16 +12,16 @@ from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfi
 from fedchem.data.prepare import prepare_site
 from fedchem.demo.sites import bundled_dataset, split_into_sites
 from fedchem.federation.coordinator import aggregate_round, start_run
-from fedchem.federation.manifest import FitInstructions
+from fedchem.messages import FitInstructions
 from fedchem.federation.site import (
     _load_private_head,
-    evaluate_at_site,
     evaluate_global_at_site,
     fetch_global,
     load_site_dataset,
     run_site_round,
 )
 from fedchem.federation.strategies import build_strategy
+from fedchem.model.evaluate import evaluate_at_site
 from fedchem.model.network import build_model
 from fedchem.model.state import arrays_to_model, load_arrays
 from fedchem.model.train import predict

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedchem.federation.manifest import EvalReport, FitInstructions, SiteUpdateManifest
+from fedchem.messages import EvalReport, FitInstructions, SiteUpdateManifest
 from fedchem.federation.rounds import (
     RoundNotOpened,
     RoundSuperseded,

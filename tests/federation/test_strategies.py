@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from fedchem.config import STRATEGY_NAMES, FaultConfig, StrategyConfig
-from fedchem.federation.coordinator import QuorumError, _commit, aggregate_round, read_round
-from fedchem.federation.manifest import EvalReport, SiteUpdateManifest
+from fedchem.config import FaultConfig
+from fedchem.federation.strategies import STRATEGY_NAMES, StrategyConfig
+from fedchem.federation.commits import commit_round, read_round
+from fedchem.federation.coordinator import QuorumError, aggregate_round
+from fedchem.messages import EvalReport, SiteUpdateManifest
 from fedchem.federation.strategies import SiteReply, build_strategy
 from fedchem.model.state import dump_arrays
 from fedchem.storage.hub import HubLayout, HubStore
@@ -68,7 +70,7 @@ def _publish(hub: HubStore, run: str, rnd: int, site: str, arrays: dict, n: int,
 
 def test_server_momentum_survives_between_rounds_on_the_hub(tmp_path: Path):
     hub, run = HubStore(str(tmp_path)), "r1"
-    m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+    m0 = commit_round(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
     fedavgm = build_strategy(ADAPTER.validate_python({"name": "fedavgm", "momentum": 0.5}))
     ups = [_publish(hub, run, 1, "a", _arr(1.0), 10, m0.global_sha256),
            _publish(hub, run, 1, "b", _arr(3.0), 30, m0.global_sha256)]  # fmt: skip
@@ -89,7 +91,7 @@ def test_server_momentum_survives_between_rounds_on_the_hub(tmp_path: Path):
 
 def test_a_round_without_an_accepted_update_commits_nothing(tmp_path: Path):
     hub, run = HubStore(str(tmp_path)), "r1"
-    m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+    m0 = commit_round(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
     stale = _publish(hub, run, 1, "a", _arr(1.0), 10, "0" * 64)
     with pytest.raises(QuorumError, match="stale update"):
         aggregate_round(hub, run, 1, [stale])
@@ -102,7 +104,7 @@ def test_a_round_without_an_accepted_update_commits_nothing(tmp_path: Path):
 
 def test_krum_records_whom_it_left_out(tmp_path: Path):
     hub, run = HubStore(str(tmp_path)), "r1"
-    m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+    m0 = commit_round(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
     vals = {"a": 1.0, "b": 1.1, "c": 0.9, "d": 80.0}
     ups = [_publish(hub, run, 1, s, _arr(v), 10, m0.global_sha256) for s, v in vals.items()]
     krum = build_strategy(ADAPTER.validate_python({"name": "krum", "n_byzantine": 1, "m": 3}))
@@ -120,13 +122,13 @@ def test_no_reply_is_an_error_for_every_strategy():
 
 
 def test_the_best_round_by_validation_is_recorded(tmp_path: Path):
-    from fedchem.federation.coordinator import best_round, record_best_round
+    from fedchem.federation.commits import best_round, record_best_round
 
     hub, run = HubStore(str(tmp_path)), "r1"
-    m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+    m0 = commit_round(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
     ms = [m0]
     for rnd, auc in ((1, 0.61), (2, 0.70), (3, 0.66)):
-        ms.append(_commit(hub, run, rnd, dump_arrays(_arr(float(rnd))), "fedavg", {"a": 1}, {},
+        ms.append(commit_round(hub, run, rnd, dump_arrays(_arr(float(rnd))), "fedavg", {"a": 1}, {},
                           valid_score={"mean_roc_auc": auc, "mean_rmse": 1.0}))  # fmt: skip
     assert best_round(ms) == (2, "mean_roc_auc", 0.70)
     doc = record_best_round(hub, run, ms)
@@ -145,7 +147,7 @@ def test_a_site_refuses_a_global_model_that_does_not_match_its_manifest(tmp_path
     from fedchem.federation.site import fetch_global
 
     hub, run = HubStore(str(tmp_path)), "r1"
-    m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+    m0 = commit_round(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
     arrays, sha = fetch_global(hub, run, 0)
     assert sha == m0.global_sha256 and np.array_equal(arrays["w"], _arr(0.0)["w"])
     hub.put_bytes(m0.global_path, dump_arrays(_arr(5.0)))  # altered after the commit
@@ -159,7 +161,7 @@ def test_the_committed_model_does_not_depend_on_the_order_replies_arrived(tmp_pa
     shas = []
     for run, order in (("in-order", "abc"), ("late-b", "acb"), ("reversed", "cba")):
         hub = HubStore(str(tmp_path / run))
-        m0 = _commit(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
+        m0 = commit_round(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
         ups = [_publish(hub, run, 1, s, _arr(values[s]), 10, m0.global_sha256) for s in order]
         shas.append(aggregate_round(hub, run, 1, ups, faults=FaultConfig(max_norm_ratio=1e12))
                     .global_sha256)  # fmt: skip

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from fedchem.config import FaultConfig
-from fedchem.federation.coordinator import QuorumError, _commit, aggregate_round, read_round
-from fedchem.federation.manifest import EvalReport, SiteUpdateManifest
+from fedchem.federation.commits import commit_round, read_round
+from fedchem.federation.coordinator import QuorumError, aggregate_round
+from fedchem.messages import EvalReport, SiteUpdateManifest
 from fedchem.federation.validation import check_arrays, screen_updates, update_norm
 from fedchem.model.state import dump_arrays
 from fedchem.storage.hub import HubLayout, HubStore
@@ -45,7 +46,7 @@ def _publish(hub: HubStore, site: str, arrays: dict | bytes, base: str, *, rnd: 
 
 def test_every_kind_of_bad_update_is_rejected_with_its_reason(tmp_path: Path):
     hub = HubStore(str(tmp_path))
-    m0 = _commit(hub, RUN, 0, dump_arrays(_global()), "init", {}, {})
+    m0 = commit_round(hub, RUN, 0, dump_arrays(_global()), "init", {}, {})
     base = m0.global_sha256
     good = [_publish(hub, s, _near(0.1 * (i + 1)), base) for i, s in enumerate("abc")]
     altered = _publish(hub, "d", _near(0.2), base)
@@ -87,7 +88,7 @@ def test_every_kind_of_bad_update_is_rejected_with_its_reason(tmp_path: Path):
 
 def test_the_round_fails_when_rejections_break_the_quorum(tmp_path: Path):
     hub = HubStore(str(tmp_path))
-    m0 = _commit(hub, RUN, 0, dump_arrays(_global()), "init", {}, {})
+    m0 = commit_round(hub, RUN, 0, dump_arrays(_global()), "init", {}, {})
     nan = _near(0.1)
     nan["b"][:] = np.inf
     ups = [_publish(hub, "a", _near(0.1), m0.global_sha256),

@@ -17,7 +17,7 @@ import pytest
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
-from fedchem.chem.consistency import ConsistencyError
+from fedchem.federation.consistency import ConsistencyError
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig
 from fedchem.demo.sites import bundled_dataset, split_into_sites
 from fedchem.storage.hub import HubLayout, HubStore
@@ -275,7 +275,7 @@ def test_a_booked_site_run_of_a_replaced_coordinator_ends_cancelled(
     """A run booked ahead waits for its round's opening; when a newer coordinator attempt
     opened the round instead, the run ends Cancelled without touching the site's data."""
     from fedchem.config import SiteRef
-    from fedchem.federation.manifest import FitInstructions
+    from fedchem.messages import FitInstructions
     from fedchem.federation.rounds import new_ticket, open_round
     from fedchem.flows.site_round import site_round
 

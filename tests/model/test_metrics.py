@@ -75,7 +75,7 @@ def test_improve_to_perfect():
 
 
 def test_model_selection_prefers_roc_auc_then_lowest_rmse_and_the_earliest_on_ties():
-    from fedchem.model.metrics import pick_best
+    from fedchem.model.selection import pick_best
 
     assert pick_best([{"mean_roc_auc": 0.6}, {"mean_roc_auc": 0.7}, {"mean_roc_auc": 0.7}]) == (
         1, "mean_roc_auc", 0.7,

@@ -79,7 +79,8 @@ def test_a_zero_learning_rate_epoch_leaves_the_weights_alone():
 
 
 def test_the_epoch_best_on_validation_is_kept_and_restored():
-    from fedchem.federation.site import EpochSelector, evaluate_at_site
+    from fedchem.model.evaluate import evaluate_at_site
+    from fedchem.model.selection import EpochSelector
 
     def balanced(n: int, seed: int) -> SiteDataset:  # active: any of the first 8 bits set
         ds = _dataset(n=n, seed=seed)

@@ -13,35 +13,15 @@ from pathlib import Path
 import fsspec
 import pandas as pd
 import pandera.errors as pa_errors
-from pydantic import BaseModel, ConfigDict, model_validator
 
 from fedchem.contracts.compile import CompiledTable
 from fedchem.contracts.errors import MissingColumnError
+from fedchem.messages import RowAccount
 
 __all__ = ["QUARANTINE_COLUMNS", "RowAccount", "ValidationResult", "read_table", "validate_frame"]
 
 #: leading columns of every quarantine file; the row's raw columns follow
 QUARANTINE_COLUMNS = ("source_row", "step", "reason")
-
-
-class RowAccount(BaseModel):
-    """Rows in, accepted and quarantined at one step; the three always add up."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    step: str
-    rows_in: int
-    accepted: int
-    quarantined: int
-
-    @model_validator(mode="after")
-    def _balanced(self) -> RowAccount:
-        if self.rows_in != self.accepted + self.quarantined:
-            raise ValueError(
-                f"{self.step}: rows in {self.rows_in} != accepted {self.accepted} "
-                f"+ quarantined {self.quarantined}"
-            )
-        return self
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """The site preparation pipeline: contract → standardize + featurize + fold → tasks → dataset.
 
+Each arrow is one step function here: :func:`validate_inputs`, :func:`standardize_rows`,
+:func:`label_molecules`, :func:`assemble_dataset`, then :func:`write_quarantine` and the
+report; :func:`prepare_site` runs them in order.
+
 Runs once per data version: the output directory is named by a hash of everything that
 determines it (input bytes, contracts, chemistry config, task catalogue, key fingerprint,
 library versions), so an unchanged input is a cache hit and nothing is recomputed.
@@ -12,18 +16,20 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
-from fedchem.chem.batch import Progress, featurize_many, pipeline_fingerprint
+from fedchem.chem.batch import featurize_many
 from fedchem.chem.consistency import consistency_report
+from fedchem.chem.featurize import FeaturizedBatch, pipeline_fingerprint
+from fedchem.chem.parallel import Progress
 from fedchem.config import ChemConfig, SiteConfig, TaskSpec
 from fedchem.contracts import (
     ContractViolation,
-    RowAccount,
+    ValidationResult,
     compile_table,
     default_contracts_dir,
     load_contract,
@@ -32,38 +38,24 @@ from fedchem.contracts import (
 )
 from fedchem.data.csr import csr_take
 from fedchem.data.dataset import SiteDataset, current_dataset_path
-from fedchem.data.tasks import build_tasks, catalogue_from_assays
+from fedchem.data.tasks import TaskTable, build_tasks, catalogue_from_assays
+from fedchem.messages import PrepareReport, RowAccount
 
-__all__ = ["PrepareReport", "current_dataset_path", "prepare_site", "read_key"]
+__all__ = [
+    "Inputs",
+    "Molecules",
+    "assemble_dataset",
+    "current_dataset_path",
+    "label_molecules",
+    "prepare_site",
+    "read_key",
+    "standardize_rows",
+    "validate_inputs",
+    "write_quarantine",
+]
 
 MEASUREMENTS_CONTRACT = "measurements.odcs.yaml"
 ASSAYS_CONTRACT = "assays.odcs.yaml"
-
-
-class PrepareReport(BaseModel):
-    """What a site may tell the federation about its preparation: counts, never rows."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    site: str
-    cache_key: str
-    cache_hit: bool
-    accounts: list[RowAccount]
-    rows_in: int
-    rows_accepted: int
-    rows_quarantined: int
-    n_molecules: int
-    n_labels: int
-    labels_per_task: dict[str, int]
-    label_stats: dict[str, dict[str, float]]
-    dataset_sha256: str
-    auto_thresholds: dict[str, float] = Field(default_factory=dict)
-    tasks_below_quorum: dict[str, str] = Field(default_factory=dict)
-    consistency: dict[str, str] = Field(
-        default_factory=dict,
-        description="hashes of the reference set's output, config, versions, key fingerprint",
-    )
-    seconds: float
 
 
 def read_key(site: SiteConfig) -> bytes:
@@ -91,80 +83,108 @@ def _cache_key(
     return h.hexdigest()[:24]
 
 
-def prepare_site(
-    site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec] | None = None,
-    progress: Progress | None = None,
-) -> PrepareReport:  # fmt: skip
-    """Validate, standardize, featurize and label one site's data; cached by content.
+@dataclass(frozen=True)
+class Inputs:
+    """Step 1, the contracts: a site's two tables checked row by row."""
 
-    Two caches: the whole run (same inputs, config, key and versions → the previous report)
-    and the featurization shards under ``workdir/features`` (a changed input recomputes only
-    the partitions it touches). ``progress(done, total)`` is called as partitions finish.
-    ``catalogue`` is the federation's task list; ``None`` derives one from the assay table.
+    raw: pd.DataFrame
+    """every measurement row as read (text), with ``source_row``"""
+    assays: ValidationResult
+    measurements: ValidationResult
+    catalogue: list[TaskSpec]
+
+
+@dataclass(frozen=True)
+class Molecules:
+    """Step 2, standardization: accepted rows mapped to unique standardized parent molecules.
+
+    ``features`` holds one row per distinct input SMILES; ``row_parent[i]`` is the parent
+    molecule of accepted row ``i`` (-1: quarantined at this step); ``parent_features[m]`` the
+    row of ``features`` that stands for parent ``m``.
     """
-    start = time.perf_counter()
-    key = read_key(site)
-    cache_key = _cache_key(site, chem, catalogue, key)
-    out = site.workdir / "prepared" / cache_key
-    report_path = out / "report.json"
-    if report_path.exists():
-        report = PrepareReport.model_validate_json(report_path.read_text())
-        report = report.model_copy(
-            update={"cache_hit": True, "seconds": time.perf_counter() - start}
-        )
-        _point_to(site, cache_key)
-        return report
 
+    features: FeaturizedBatch
+    row_parent: np.ndarray
+    parent_features: np.ndarray
+    quarantine: pd.DataFrame
+    account: RowAccount
+
+
+def validate_inputs(site: SiteConfig, catalogue: Sequence[TaskSpec] | None) -> Inputs:
+    """The assay table, then the measurements (whose assay ids must be accepted assays)."""
     m_path, a_path = _contracts(site)
     a_table = compile_table(load_contract(a_path))
     assays = validate_frame(read_table(site.assays), a_table, source=str(site.assays))
-    if catalogue is None:
-        catalogue = catalogue_from_assays(assays.accepted)
+    tasks = list(catalogue) if catalogue is not None else catalogue_from_assays(assays.accepted)
     m_table = compile_table(
         load_contract(m_path), references={"assays.assay_id": set(assays.accepted["assay_id"])}
     )
     raw = read_table(site.measurements)
     checked = validate_frame(raw, m_table, source=str(site.measurements))
+    return Inputs(raw=raw, assays=assays, measurements=checked, catalogue=tasks)
 
-    rows = checked.accepted
+
+def standardize_rows(
+    rows: pd.DataFrame, chem: ChemConfig, key: bytes, site: SiteConfig,
+    progress: Progress | None = None,
+) -> Molecules:
+    """Featurize every distinct SMILES once (through the site's feature cache) and map rows to
+    standardized parents: several raw SMILES (salts, charged forms) may share one parent."""
     unique_smiles, inverse = np.unique(rows["smiles"].to_numpy(dtype=str), return_inverse=True)
     feats = featurize_many(
-        list(unique_smiles), chem, key,
-        partition_rows=site.partition_rows, n_workers=site.dask_workers,
-        dask_address=site.dask_address, cache_dir=site.workdir / "features", progress=progress,
-    )  # fmt: skip
-    # molecules = unique standardized parents; several raw SMILES may share one parent
+        list(unique_smiles), chem, key, partition_rows=site.partition_rows,
+        n_workers=site.dask_workers, dask_address=site.dask_address,
+        cache_dir=site.workdir / "features", progress=progress,
+    )
     canon = pd.Series(feats.canonical, dtype="object")
     ok_raw = canon.notna().to_numpy()
     parents, first_raw = np.unique(canon[ok_raw].to_numpy(dtype=str), return_index=True)
-    raw_ids = np.flatnonzero(ok_raw)[first_raw]
     parent_of_raw = np.full(len(unique_smiles), -1, dtype=np.int64)
     parent_of_raw[ok_raw] = np.searchsorted(parents, canon[ok_raw].to_numpy(dtype=str))
     row_parent = parent_of_raw[inverse]
     reasons = np.array(feats.reason, dtype=object)[inverse]
-    std_bad = row_parent < 0
-    std_quarantine = pd.DataFrame(
-        {"source_row": rows.loc[std_bad, "source_row"].to_numpy(), "step": "standardize",
-         "reason": ["smiles: " + str(r) for r in reasons[std_bad]]}
-    )  # fmt: skip
-    std_account = RowAccount(
-        step="standardize", rows_in=len(rows), accepted=int((~std_bad).sum()),
-        quarantined=int(std_bad.sum()),
-    )  # fmt: skip
-
-    labelled = rows.loc[
-        ~std_bad, ["source_row", "compound_id", "assay_id", "value", "qualifier", "unit"]
-    ].copy()
-    labelled["mol"] = row_parent[~std_bad]
-    tasks = build_tasks(
-        labelled, assays.accepted, catalogue, n_molecules=len(parents), rules=chem.labels
+    bad = row_parent < 0
+    quarantine = pd.DataFrame(
+        {
+            "source_row": rows.loc[bad, "source_row"].to_numpy(),
+            "step": "standardize",
+            "reason": ["smiles: " + str(r) for r in reasons[bad]],
+        }
+    )
+    account = RowAccount(
+        step="standardize", rows_in=len(rows), accepted=int((~bad).sum()),
+        quarantined=int(bad.sum()),
+    )
+    return Molecules(
+        features=feats, row_parent=row_parent, parent_features=np.flatnonzero(ok_raw)[first_raw],
+        quarantine=quarantine, account=account,
     )
 
-    # keep only molecules with at least one label
+
+def label_molecules(
+    rows: pd.DataFrame, mols: Molecules, inputs: Inputs, chem: ChemConfig
+) -> TaskTable:
+    """Step 3: the rows that standardized, as labels of the catalogue's tasks per parent."""
+    ok = mols.row_parent >= 0
+    labelled = rows.loc[
+        ok, ["source_row", "compound_id", "assay_id", "value", "qualifier", "unit"]
+    ].copy()
+    labelled["mol"] = mols.row_parent[ok]
+    return build_tasks(
+        labelled, inputs.assays.accepted, inputs.catalogue,
+        n_molecules=len(mols.parent_features), rules=chem.labels,
+    )
+
+
+def assemble_dataset(
+    mols: Molecules, tasks: TaskTable, catalogue: Sequence[TaskSpec], chem: ChemConfig
+) -> SiteDataset:
+    """Step 4: the training-ready dataset, the molecules with at least one label."""
     has_label = np.isfinite(tasks.y).any(axis=1)
-    keep = raw_ids[has_label]
+    keep = mols.parent_features[has_label]
+    feats = mols.features
     indptr, take = csr_take(feats.indptr, keep)
-    dataset = SiteDataset(
+    return SiteDataset(
         indptr=indptr,
         indices=feats.indices[take],
         values=feats.values[take] if feats.values is not None else None,
@@ -177,25 +197,66 @@ def prepare_site(
         fp_size=chem.fp_size,
     )
 
+
+def write_quarantine(
+    out: Path, inputs: Inputs, mols: Molecules, tasks: TaskTable
+) -> pd.DataFrame:
+    """Every quarantined row of every step with its reason and raw values (they stay here)."""
+    quarantine = pd.concat(
+        [inputs.measurements.quarantine[["source_row", "step", "reason"]], mols.quarantine,
+         tasks.quarantine],
+        ignore_index=True,
+    )
+    quarantine = quarantine.merge(inputs.raw, on="source_row", how="left").sort_values(
+        "source_row"
+    )
+    quarantine.to_csv(out / "quarantine_measurements.csv", index=False)
+    inputs.assays.quarantine.to_csv(out / "quarantine_assays.csv", index=False)
+    return quarantine
+
+
+def prepare_site(
+    site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec] | None = None,
+    progress: Progress | None = None,
+) -> PrepareReport:
+    """Validate, standardize, featurize and label one site's data; cached by content.
+
+    Two caches: the whole run (same inputs, config, key and versions → the previous report)
+    and the feature cache under ``workdir/features`` (a changed input computes only the
+    molecules it adds). ``progress(done, total)`` is called as partitions finish.
+    ``catalogue`` is the federation's task list; ``None`` derives one from the assay table.
+    """
+    start = time.perf_counter()
+    key = read_key(site)
+    cache_key = _cache_key(site, chem, catalogue, key)
+    out = site.workdir / "prepared" / cache_key
+    report_path = out / "report.json"
+    if report_path.exists():
+        report = PrepareReport.model_validate_json(report_path.read_text())
+        _point_to(site, cache_key)
+        return report.model_copy(update={"cache_hit": True, "seconds": time.perf_counter() - start})
+
+    inputs = validate_inputs(site, catalogue)
+    rows = inputs.measurements.accepted
+    mols = standardize_rows(rows, chem, key, site, progress)
+    tasks = label_molecules(rows, mols, inputs, chem)
+    dataset = assemble_dataset(mols, tasks, inputs.catalogue, chem)
+
     out.mkdir(parents=True, exist_ok=True)
     sha = dataset.save(out / "dataset.npz")
-    quarantine = pd.concat([checked.quarantine[["source_row", "step", "reason"]],
-                            std_quarantine, tasks.quarantine], ignore_index=True)  # fmt: skip
-    quarantine = quarantine.merge(raw, on="source_row", how="left").sort_values("source_row")
-    quarantine.to_csv(out / "quarantine_measurements.csv", index=False)
-    assays.quarantine.to_csv(out / "quarantine_assays.csv", index=False)
-
-    rows_q = len(quarantine)
-    total = RowAccount(step="total", rows_in=len(raw), accepted=tasks.account.accepted,
-                       quarantined=rows_q)  # fmt: skip
+    rows_q = len(write_quarantine(out, inputs, mols, tasks))
+    raw = inputs.raw
+    total = RowAccount(
+        step="total", rows_in=len(raw), accepted=tasks.account.accepted, quarantined=rows_q
+    )
     report = PrepareReport(
         site=site.name,
         cache_key=cache_key,
         cache_hit=False,
         accounts=[
-            assays.account.model_copy(update={"step": "contract:assays"}),
-            checked.account.model_copy(update={"step": "contract:measurements"}),
-            std_account,
+            inputs.assays.account.model_copy(update={"step": "contract:assays"}),
+            inputs.measurements.account.model_copy(update={"step": "contract:measurements"}),
+            mols.account,
             tasks.account,
             total,
         ],

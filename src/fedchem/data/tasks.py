@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fedchem.config import LabelConfig, TaskSpec
-from fedchem.contracts.validate import RowAccount
+from fedchem.messages import RowAccount
 from fedchem.data.dataset import CENSOR_CODES
 
 __all__ = ["TaskTable", "build_tasks", "catalogue_from_assays"]

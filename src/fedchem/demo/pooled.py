@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.data.dataset import SiteDataset
 from fedchem.federation.coordinator import initial_model
-from fedchem.federation.manifest import EvalReport
-from fedchem.federation.site import EpochSelector, evaluate_at_site, load_site_dataset
+from fedchem.messages import EvalReport
+from fedchem.federation.site import load_site_dataset
+from fedchem.model.evaluate import evaluate_at_site
+from fedchem.model.selection import EpochSelector
 from fedchem.model.train import epoch_lr_factors, train_epochs
 
 __all__ = ["train_pooled"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fedchem.federation.manifest import EvalReport
+from fedchem.messages import EvalReport
 from fedchem.model.metrics import improve_to_perfect
 
 __all__ = ["build_report", "cross_site_matrix", "render_markdown", "write_report"]

@@ -1,56 +1,33 @@
-"""The coordinator's side of a round: initialise, aggregate, commit. It never sees rows.
-
-A round is committed when its manifest is written (after the global model it names), so a
-reader that finds a round manifest always finds the model it describes.
-"""
+"""The coordinator's side of a round: initialise a run, screen and aggregate a round's
+updates, commit the result (:mod:`fedchem.federation.commits`). It never sees rows."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import numpy as np
 import torch
 
-from fedchem.chem.consistency import ConsistencyError, describe_disagreements
 from fedchem.config import FaultConfig, FederationConfig, ModelConfig
-from fedchem.data.prepare import PrepareReport
-from fedchem.federation.manifest import RoundManifest, SiteUpdateManifest
+from fedchem.messages import RoundManifest, SiteUpdateManifest
+from fedchem.federation.commits import commit_round, read_round
 from fedchem.federation.strategies import FedAvg, Strategy
 from fedchem.federation.validation import screen_updates
-from fedchem.model.metrics import pick_best
 from fedchem.model.network import MultitaskNet, build_model
-from fedchem.model.state import dump_arrays, load_arrays, model_to_arrays
+from fedchem.model.state import dump_arrays, model_to_arrays
 from fedchem.storage.hub import HubLayout, HubStore
-from fedchem.types import StateArrays
 
 __all__ = [
     "QuorumError",
     "ResumeError",
     "aggregate_round",
-    "best_round",
-    "check_consistency",
-    "committed_rounds",
     "config_digest",
     "initial_model",
     "pooled_label_stats",
-    "read_round",
-    "record_best_round",
     "start_run",
 ]
-
-
-def check_consistency(reports: Sequence[PrepareReport]) -> None:
-    """Refuse to go on while sites' reference-set hashes disagree; name site and component."""
-    missing = [r.site for r in reports if not r.consistency]
-    if missing:
-        raise ConsistencyError(f"sites without a consistency report: {missing}; re-run preparation")
-    problem = describe_disagreements({r.site: r.consistency for r in reports})
-    if problem:
-        raise ConsistencyError(problem)
 
 
 def pooled_label_stats(
@@ -97,84 +74,6 @@ class ResumeError(RuntimeError):
     """A run id already on the hub was started with a different configuration."""
 
 
-def _commit(
-    hub: HubStore, run_id: str, rnd: int, data: bytes, aggregation: str,
-    n_examples: dict[str, int], valid: dict[str, dict[str, float]], *,
-    server_state: StateArrays | None = None, missing: dict[str, str] | None = None,
-    rejected: dict[str, str] | None = None, excluded: Sequence[str] = (),
-    valid_score: dict[str, float] | None = None, started_at: float | None = None,
-    config_digest: dict[str, str] | None = None,
-) -> RoundManifest:  # fmt: skip
-    """Write the model (and strategy state), then the manifest that commits them.
-
-    The manifest goes last: a coordinator killed before it leaves an uncommitted round, which
-    readers ignore and a resumed run redoes (overwriting the same paths).
-    """
-    layout = HubLayout(run_id)
-    hub.put_bytes(layout.global_model(rnd), data)
-    state_path = state_sha = None
-    if server_state:
-        blob = dump_arrays(server_state)
-        state_path, state_sha = layout.server_state(rnd), hashlib.sha256(blob).hexdigest()
-        hub.put_bytes(state_path, blob)
-    missing = missing or {}
-    manifest = RoundManifest(
-        run_id=run_id,
-        round=rnd,
-        global_path=layout.global_model(rnd),
-        global_sha256=hashlib.sha256(data).hexdigest(),
-        aggregation=aggregation,
-        server_state_path=state_path,
-        server_state_sha256=state_sha,
-        sites=sorted(n_examples),
-        missing=sorted(missing),
-        missing_reasons=missing,
-        rejected=rejected or {},
-        config_digest=config_digest or {},
-        excluded=sorted(excluded),
-        n_examples=n_examples,
-        valid_summary=valid,
-        valid_score=valid_score or {},
-        round_seconds=None if started_at is None else time.time() - started_at,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    hub.put_json(layout.round_manifest(rnd), manifest.model_dump(mode="json"))
-    return manifest
-
-
-def read_round(
-    hub: HubStore, run_id: str, rnd: int
-) -> tuple[RoundManifest, StateArrays, StateArrays]:
-    """A committed round: its manifest, global model and strategy state, hashes checked."""
-    layout = HubLayout(run_id)
-    manifest = RoundManifest.model_validate(hub.get_json(layout.round_manifest(rnd)))
-    what = f"round {rnd}"
-    arrays = load_arrays(
-        hub.get_verified(manifest.global_path, manifest.global_sha256, f"global model of {what}")
-    )
-    state: StateArrays = {}
-    if manifest.server_state_path and manifest.server_state_sha256:
-        blob = hub.get_verified(
-            manifest.server_state_path, manifest.server_state_sha256, f"server state of {what}"
-        )
-        state = load_arrays(blob)
-    return manifest, arrays, state
-
-
-def committed_rounds(hub: HubStore, run_id: str) -> list[RoundManifest]:
-    """The run's committed rounds 0..k, in order: those whose manifest is on the hub, up to the
-    first gap. Anything else under the run (an uploaded model without its manifest, a
-    temporary file) is uncommitted and ignored."""
-    layout = HubLayout(run_id)
-    out: list[RoundManifest] = []
-    while True:
-        try:
-            doc = hub.get_json(layout.round_manifest(len(out)))
-        except FileNotFoundError:
-            return out
-        out.append(RoundManifest.model_validate(doc))
-
-
 #: the config sections that decide the model a run produces; ``mode``, ``deployment``,
 #: ``faults``, ``hub_url`` and ``rounds`` may change when a run is resumed
 _DIGEST_SECTIONS = ("tasks", "chem", "model", "train", "strategy", "heads", "shared_tasks")
@@ -213,7 +112,7 @@ def start_run(
     tasks = [(t.name, t.kind) for t in config.tasks]
     model = initial_model(config.chem.fp_size, tasks, config.model, config.train.seed, label_stats)
     data = dump_arrays(model_to_arrays(model))
-    return _commit(hub, config.run_id, 0, data, "init", {}, {}, config_digest=digest)
+    return commit_round(hub, config.run_id, 0, data, "init", {}, {}, config_digest=digest)
 
 
 def _read_or_error(hub: HubStore, rel: str) -> bytes | Exception:
@@ -272,7 +171,7 @@ def aggregate_round(
     used = {m.site: m for m in screened.manifests if m.site in result.used_sites}
     weights = {s: m.n_examples for s, m in used.items()}
     summaries = {m.site: m.valid.summary for m in screened.manifests}
-    return _commit(
+    return commit_round(
         hub, run_id, rnd, dump_arrays(result.arrays), strategy.name, weights, summaries,
         server_state=result.server_state, missing=missing, rejected=screened.rejected,
         excluded=[m.site for m in screened.manifests if m.site not in used],
@@ -283,33 +182,3 @@ def aggregate_round(
     )  # fmt: skip
 
 
-def best_round(manifests: Sequence[RoundManifest]) -> tuple[int, str, float] | None:
-    """The committed round with the best example-weighted validation score at the sites.
-
-    Classification federations select on ROC-AUC, regression ones on R² (then RMSE).
-    Returns (round, metric, value), or None when no round has a validation score.
-    """
-    scored = [m for m in manifests if m.round > 0 and m.valid_score]
-    best = pick_best([m.valid_score for m in scored])
-    if best is None:
-        return None
-    i, metric, value = best
-    return scored[i].round, metric, value
-
-
-def record_best_round(
-    hub: HubStore, run_id: str, manifests: Sequence[RoundManifest]
-) -> dict[str, object]:
-    """Write ``runs/<run>/best.json`` (round, metric, value, global model hash): what a registry
-    would publish. Nothing but aggregates and hashes."""
-    best = best_round(manifests)
-    doc: dict[str, object] = {"run_id": run_id, "round": None}
-    if best is not None:
-        rnd, metric, value = best
-        chosen = next(m for m in manifests if m.round == rnd)
-        doc = {
-            "run_id": run_id, "round": rnd, "metric": metric, "value": value,
-            "global_path": chosen.global_path, "global_sha256": chosen.global_sha256,
-        }  # fmt: skip
-    hub.put_json(HubLayout(run_id).best(), doc)
-    return doc

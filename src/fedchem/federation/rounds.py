@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from fedchem.federation.manifest import FitInstructions, RoundOpen, SiteUpdateManifest
+from fedchem.messages import FitInstructions, RoundOpen, SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
 
 __all__ = [

@@ -1,5 +1,8 @@
 """What a site does in a federation: train on the global model, evaluate, publish an update.
 
+The site's local-only baseline is :mod:`fedchem.federation.baselines`; how a model is scored
+and chosen on a fold is :mod:`fedchem.model.evaluate` and :mod:`fedchem.model.selection`.
+
 Only the update (weights) and a manifest of counts and aggregate metrics reach the hub.
 """
 
@@ -15,30 +18,28 @@ import torch
 
 from fedchem.config import ChemConfig, ModelConfig, Selection, SiteConfig, TrainConfig
 from fedchem.data.dataset import SiteDataset, current_dataset_path
-from fedchem.federation.manifest import (
+from fedchem.messages import (
     EvalReport,
     FitInstructions,
     RoundManifest,
     SiteUpdateManifest,
 )
-from fedchem.model.metrics import pick_best, score_tasks, summarize
+from fedchem.model.evaluate import evaluate_at_site
 from fedchem.model.network import MultitaskNet, build_model
+from fedchem.model.selection import BestSoFar
 from fedchem.model.state import arrays_to_model, dump_arrays, load_arrays, model_to_arrays
-from fedchem.model.train import epoch_lr_factors, predict, train_epochs
+from fedchem.model.train import train_epochs
 from fedchem.storage.hub import HubLayout, HubStore
 from fedchem.types import StateArrays
 
 __all__ = [
-    "EpochSelector",
-    "evaluate_at_site",
-    "evaluate_baseline_at_site",
     "evaluate_global_at_site",
     "fetch_global",
     "load_site_dataset",
-    "publish_baseline",
+    "model_for",
+    "private_head_path",
     "run_site_round",
     "site_seed",
-    "train_local_only",
 ]
 
 
@@ -60,63 +61,7 @@ def fetch_global(hub: HubStore, run_id: str, rnd: int) -> tuple[StateArrays, str
     return load_arrays(data), manifest.global_sha256
 
 
-def evaluate_at_site(
-    model: MultitaskNet, ds: SiteDataset, *, site: str, model_name: str, fold: str
-) -> EvalReport:
-    pred = predict(model, ds)
-    per_task = score_tasks(ds.y, ds.censor, pred, ds.task_names, ds.task_kinds)
-    return EvalReport(
-        site=site, model=model_name, fold=fold, n_molecules=len(ds),
-        per_task=per_task, summary=summarize(per_task),
-    )  # fmt: skip
-
-
-class _BestSoFar:
-    """Validation summaries of candidate models, offered one at a time: ``offer`` says whether
-    the latest is now the best (``pick_best``; the earliest wins a tie)."""
-
-    def __init__(self) -> None:
-        self.summaries: list[dict[str, float]] = []
-
-    def offer(self, summary: dict[str, float]) -> bool:
-        self.summaries.append(summary)
-        best = pick_best(self.summaries)
-        return best is not None and best[0] == len(self.summaries) - 1
-
-
-class EpochSelector:
-    """Model selection for a baseline trained epoch by epoch (``train_epochs(after_epoch=)``):
-    scores the model on a validation fold after every epoch, keeps the best epoch's weights
-    (``SELECTION_METRICS``; the earliest wins a tie) and puts them back in ``restore``."""
-
-    def __init__(self, model: MultitaskNet, valid: SiteDataset, site: str) -> None:
-        self.model, self.valid, self.site = model, valid, site
-        self._best = _BestSoFar()
-        self.best_epoch: int | None = None
-        self._best_state: dict[str, torch.Tensor] | None = None
-
-    def __call__(self, epoch: int) -> None:
-        report = evaluate_at_site(self.model, self.valid, site=self.site,
-                                  model_name=f"epoch-{epoch + 1}", fold="valid")  # fmt: skip
-        if self._best.offer(report.summary):
-            self.best_epoch = epoch + 1
-            self._best_state = {
-                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
-            }
-
-    @property
-    def summaries(self) -> list[dict[str, float]]:
-        """The validation summary of every epoch so far."""
-        return self._best.summaries
-
-    def restore(self) -> int | None:
-        """Load the best epoch's weights into the model; returns that epoch (from 1)."""
-        if self._best_state is not None:
-            self.model.load_state_dict(self._best_state)
-        return self.best_epoch
-
-
-def _model_for(ds: SiteDataset, cfg: ModelConfig, arrays: StateArrays | None) -> MultitaskNet:
+def model_for(ds: SiteDataset, cfg: ModelConfig, arrays: StateArrays | None) -> MultitaskNet:
     model = build_model(ds.fp_size, ds.n_tasks, cfg)
     if arrays is not None:
         arrays_to_model(model, arrays)
@@ -210,7 +155,7 @@ def run_site_round(
     ds = load_site_dataset(site)
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
     valid = ds.folds([chem.valid_fold])
-    model = _model_for(ds, model_cfg, arrays)
+    model = model_for(ds, model_cfg, arrays)
     private = _private_rows(ds, fit.private_tasks)
     state_dir = site.workdir / "runs" / run_id
     if private.size:
@@ -254,61 +199,6 @@ def run_site_round(
     return manifest
 
 
-def train_local_only(
-    site: SiteConfig,
-    chem: ChemConfig,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    epochs: int,
-    label_stats: dict[str, dict[str, float]] | None = None,
-) -> tuple[EvalReport, StateArrays]:
-    """The site's own model with the same budget, scored on its test fold (a baseline).
-
-    Returns the report and the model's weights (they stay at the site unless published).
-    """
-    from fedchem.federation.coordinator import initial_model
-
-    ds = load_site_dataset(site)
-    train = ds.without_folds([chem.test_fold, chem.valid_fold])
-    model = initial_model(ds.fp_size, list(zip(ds.task_names, ds.task_kinds, strict=True)),
-                          model_cfg, train_cfg.seed, [label_stats or {}])  # fmt: skip
-    selector = (EpochSelector(model, ds.folds([chem.valid_fold]), site.name)
-                if train_cfg.select == "best_valid" else None)  # fmt: skip
-    train_epochs(model, train, train_cfg, epochs, site_seed(train_cfg.seed, site.name, 0),
-                 lr_factors=epoch_lr_factors(train_cfg, epochs), after_epoch=selector)  # fmt: skip
-    selected = selector.restore() if selector is not None else None
-    report = evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
-                              model_name="local", fold="test")  # fmt: skip
-    return report.model_copy(update={"selected": selected}), model_to_arrays(model)
-
-
-def publish_baseline(hub: HubStore, run_id: str, site: str, arrays: StateArrays) -> str:
-    """Put a site's local-only model on the hub for the cross-site evaluation (opt-in; the
-    demo does it only with shared heads, so no private head ever leaves its site)."""
-    layout = HubLayout(run_id)
-    data = dump_arrays(arrays)
-    hub.put_bytes(layout.baseline_model(site), data)
-    sha = hashlib.sha256(data).hexdigest()
-    hub.put_json(layout.baseline_manifest(site), {"site": site, "sha256": sha})
-    return sha
-
-
-def evaluate_baseline_at_site(
-    site: SiteConfig, hub: HubStore, run_id: str, owner: str, chem: ChemConfig,
-    model_cfg: ModelConfig,
-) -> EvalReport:  # fmt: skip
-    """Score site ``owner``'s published local-only model on this site's test fold."""
-    layout = HubLayout(run_id)
-    sha = str(hub.get_json(layout.baseline_manifest(owner))["sha256"])
-    arrays = load_arrays(
-        hub.get_verified(layout.baseline_model(owner), sha, f"local model of {owner}")
-    )
-    ds = load_site_dataset(site)
-    model = _model_for(ds, model_cfg, arrays)
-    return evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
-                            model_name=f"local:{owner}", fold="test")  # fmt: skip
-
-
 def evaluate_global_at_site(
     site: SiteConfig, hub: HubStore, run_id: str, rnd: int, chem: ChemConfig,
     model_cfg: ModelConfig, select: Selection = "last",
@@ -324,13 +214,13 @@ def evaluate_global_at_site(
 
     def model_of(r: int) -> MultitaskNet:
         arrays, _ = fetch_global(hub, run_id, r)
-        model = _model_for(ds, model_cfg, arrays)
+        model = model_for(ds, model_cfg, arrays)
         _load_private_head(model, private_head_path(state_dir, r))
         return model
 
     model, selected = None, None
     if select == "best_valid":  # one round's model in memory at a time: the best so far
-        layout, valid, best = HubLayout(run_id), ds.folds([chem.valid_fold]), _BestSoFar()
+        layout, valid, best = HubLayout(run_id), ds.folds([chem.valid_fold]), BestSoFar()
         for r in (r for r in range(1, rnd + 1) if hub.exists(layout.round_manifest(r))):
             candidate = model_of(r)
             scored = evaluate_at_site(candidate, valid, site=site.name, model_name=f"round-{r}",

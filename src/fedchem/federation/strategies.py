@@ -1,8 +1,10 @@
 """Federated strategies in Flower's shape: configure a round, aggregate replies, evaluate.
 
-A strategy is chosen by name in the federation config (:class:`fedchem.config.StrategyConfig`).
-It holds no hidden state: whatever must survive between rounds (server momentum, Adam moments)
-is returned as ``StateArrays`` that the coordinator commits with the round, so a restarted
+A strategy is chosen by name in the federation config (``strategy: {name: fedavgm, ...}`` or
+just ``strategy: fedavgm``): its settings class sits next to it here, and
+:func:`register_strategy` maps each settings class to the strategy it builds. A strategy holds
+no hidden state: whatever must survive between rounds (server momentum, Adam moments) is
+returned as ``StateArrays`` that the coordinator commits with the round, so a restarted
 coordinator continues exactly where it stopped. The math lives in
 :mod:`fedchem.federation.aggregate` as pure functions.
 """
@@ -10,22 +12,13 @@ coordinator continues exactly where it stopped. The math lives in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import numpy as np
+from pydantic import BeforeValidator, Field
 
-from fedchem.config import (
-    FedAdamConfig,
-    FedAvgConfig,
-    FedAvgMConfig,
-    FedProxConfig,
-    FedYogiConfig,
-    KrumConfig,
-    MedianConfig,
-    StrategyConfig,
-    TrimmedMeanConfig,
-)
 from fedchem.federation.aggregate import (
     aggregate_weighted,
     coordinate_median,
@@ -34,10 +27,137 @@ from fedchem.federation.aggregate import (
     server_momentum_step,
     trimmed_mean,
 )
-from fedchem.federation.manifest import FitInstructions
+from fedchem.messages import FitInstructions
+from fedchem.strict import StrictModel
 from fedchem.types import StateArrays
 
-__all__ = ["Aggregated", "SiteReply", "Strategy", "build_strategy", "weighted_valid_summary"]
+__all__ = [
+    "STRATEGY_NAMES",
+    "Aggregated",
+    "FedAdamConfig",
+    "FedAvgConfig",
+    "FedAvgMConfig",
+    "FedProxConfig",
+    "FedYogiConfig",
+    "KrumConfig",
+    "MedianConfig",
+    "SiteReply",
+    "Strategy",
+    "StrategyConfig",
+    "TrimmedMeanConfig",
+    "build_strategy",
+    "register_strategy",
+    "weighted_valid_summary",
+]
+
+# ---------------------------------------------------------------------------- settings
+
+class FedAvgConfig(StrictModel):
+    """Example-weighted mean of the sites' models."""
+
+    name: Literal["fedavg"] = "fedavg"
+
+
+class FedAvgMConfig(StrictModel):
+    """FedAvg with server momentum: ``v = momentum*v + delta``; ``x += server_lr*v``."""
+
+    name: Literal["fedavgm"] = "fedavgm"
+    server_lr: float = Field(1.0, gt=0)
+    momentum: float = Field(0.7, ge=0, lt=1, description="0.7: measured best on Tox21 + Lipo")
+
+
+class FedProxConfig(StrictModel):
+    """FedAvg with a proximal term ``mu/2*||w - w_global||^2`` in every site's loss."""
+
+    name: Literal["fedprox"] = "fedprox"
+    mu: float = Field(0.01, ge=0)
+
+
+class _ServerOptimizerConfig(StrictModel):
+    server_lr: float = Field(0.01, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0, description="adaptivity: added to sqrt(v)")
+
+
+class FedAdamConfig(_ServerOptimizerConfig):
+    """Adam at the server on the FedAvg pseudo-gradient (Reddi et al. 2021)."""
+
+    name: Literal["fedadam"] = "fedadam"
+
+
+class FedYogiConfig(_ServerOptimizerConfig):
+    """Yogi at the server on the FedAvg pseudo-gradient (Reddi et al. 2021)."""
+
+    name: Literal["fedyogi"] = "fedyogi"
+
+
+class MedianConfig(StrictModel):
+    """Coordinate-wise median (robust to a minority of bad updates)."""
+
+    name: Literal["median"] = "median"
+
+
+class TrimmedMeanConfig(StrictModel):
+    """Coordinate-wise mean after cutting ``trim_fraction`` of values at each end."""
+
+    name: Literal["trimmed_mean"] = "trimmed_mean"
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5)
+
+
+class KrumConfig(StrictModel):
+    """Multi-Krum: average the ``m`` updates closest to the others, ``n_byzantine`` tolerated."""
+
+    name: Literal["krum"] = "krum"
+    n_byzantine: int = Field(1, ge=0)
+    m: int = Field(1, ge=1)
+
+
+def _by_name(value: Any) -> Any:
+    """``strategy: fedavg`` is ``strategy: {name: fedavg}`` (the defaults of that strategy)."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+StrategyConfig = Annotated[
+    FedAvgConfig
+    | FedAvgMConfig
+    | FedProxConfig
+    | FedAdamConfig
+    | FedYogiConfig
+    | MedianConfig
+    | TrimmedMeanConfig
+    | KrumConfig,
+    BeforeValidator(_by_name),
+    Field(discriminator="name"),
+]
+#: the strategies by the name a federation config (or ``fedchem demo --strategy``) uses
+STRATEGY_NAMES: tuple[str, ...] = tuple(
+    c.model_fields["name"].default for c in get_args(get_args(StrategyConfig)[0])
+)
+
+_S = TypeVar("_S", bound="Strategy")
+_REGISTRY: dict[type[StrictModel], Callable[[Any], Strategy]] = {}
+
+
+def register_strategy(cfg_type: type[StrictModel]) -> Callable[[type[_S]], type[_S]]:
+    """Decorator: the strategy class that ``cfg_type`` (its settings) builds."""
+
+    def deco(cls: type[_S]) -> type[_S]:
+        _REGISTRY[cfg_type] = cls
+        return cls
+
+    return deco
+
+
+def build_strategy(cfg: StrategyConfig) -> Strategy:
+    """The strategy named in the federation config, built from its settings."""
+    try:
+        return _REGISTRY[type(cfg)](cfg)
+    except KeyError:
+        raise TypeError(f"no strategy registered for {type(cfg).__name__}") from None
+
+
+# ---------------------------------------------------------------------------- strategies
 
 
 @dataclass(frozen=True)
@@ -120,10 +240,14 @@ def _all(replies: Sequence[SiteReply]) -> tuple[str, ...]:
     return tuple(r.site for r in replies)
 
 
+@register_strategy(FedAvgConfig)
 class FedAvg(Strategy):
     """McMahan et al. 2017: the example-weighted mean of the sites' models."""
 
     name = "fedavg"
+
+    def __init__(self, cfg: FedAvgConfig | FedProxConfig | None = None):
+        self.cfg = cfg or FedAvgConfig()
 
     def combine(
         self, rnd: int, current: StateArrays, server_state: StateArrays,
@@ -132,18 +256,20 @@ class FedAvg(Strategy):
         return Aggregated(_fedavg(replies), {}, _all(replies))
 
 
+@register_strategy(FedProxConfig)
 class FedProx(FedAvg):
     """Li et al. 2020: FedAvg plus a proximal term ``mu/2 * ||w - w_global||^2`` at the sites."""
 
     name = "fedprox"
 
     def __init__(self, cfg: FedProxConfig):
-        self.cfg = cfg
+        self.prox = cfg
 
     def configure_fit(self, rnd: int) -> FitInstructions:
-        return FitInstructions(proximal_mu=self.cfg.mu)
+        return FitInstructions(proximal_mu=self.prox.mu)
 
 
+@register_strategy(FedAvgMConfig)
 class FedAvgM(Strategy):
     """Hsu et al. 2019: server momentum on the FedAvg pseudo-gradient."""
 
@@ -163,6 +289,8 @@ class FedAvgM(Strategy):
         return Aggregated(x, v, _all(replies))
 
 
+@register_strategy(FedYogiConfig)
+@register_strategy(FedAdamConfig)
 class FedAdaptive(Strategy):
     """FedAdam / FedYogi (Reddi et al. 2021): an adaptive optimizer at the server."""
 
@@ -183,10 +311,14 @@ class FedAdaptive(Strategy):
         return Aggregated(x, state, _all(replies))
 
 
+@register_strategy(MedianConfig)
 class Median(Strategy):
     """Coordinate-wise median of the sites' models (unweighted, robust)."""
 
     name = "median"
+
+    def __init__(self, cfg: MedianConfig):
+        self.cfg = cfg
 
     def combine(
         self, rnd: int, current: StateArrays, server_state: StateArrays,
@@ -195,6 +327,7 @@ class Median(Strategy):
         return Aggregated(coordinate_median([r.arrays for r in replies]), {}, _all(replies))
 
 
+@register_strategy(TrimmedMeanConfig)
 class TrimmedMean(Strategy):
     """Coordinate-wise trimmed mean (unweighted, robust)."""
 
@@ -211,6 +344,7 @@ class TrimmedMean(Strategy):
         return Aggregated(merged, {}, _all(replies))
 
 
+@register_strategy(KrumConfig)
 class Krum(Strategy):
     """(Multi-)Krum: FedAvg over the ``m`` updates closest to the others."""
 
@@ -226,22 +360,3 @@ class Krum(Strategy):
         chosen = krum_select([r.arrays for r in replies], self.cfg.n_byzantine, self.cfg.m)
         picked = [replies[i] for i in chosen]
         return Aggregated(_fedavg(picked), {}, _all(picked))
-
-
-def build_strategy(cfg: StrategyConfig) -> Strategy:
-    """The strategy named in the federation config."""
-    if isinstance(cfg, FedAvgConfig):
-        return FedAvg()
-    if isinstance(cfg, FedProxConfig):
-        return FedProx(cfg)
-    if isinstance(cfg, FedAvgMConfig):
-        return FedAvgM(cfg)
-    if isinstance(cfg, FedAdamConfig | FedYogiConfig):
-        return FedAdaptive(cfg)
-    if isinstance(cfg, MedianConfig):
-        return Median()
-    if isinstance(cfg, TrimmedMeanConfig):
-        return TrimmedMean(cfg)
-    if isinstance(cfg, KrumConfig):
-        return Krum(cfg)
-    raise TypeError(f"no strategy for {type(cfg).__name__}")

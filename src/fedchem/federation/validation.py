@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedchem.federation.manifest import SiteUpdateManifest
+from fedchem.messages import SiteUpdateManifest
 from fedchem.federation.strategies import SiteReply
 from fedchem.model.state import load_arrays
 from fedchem.storage.hub import IntegrityError

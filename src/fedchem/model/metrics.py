@@ -7,14 +7,11 @@ A classification task is scored only with at least ``min_per_class`` of each cla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = [
-    "SELECTION_METRICS",
     "average_precision",
-    "pick_best",
     "r2",
     "rmse",
     "roc_auc",
@@ -162,31 +159,6 @@ def score_tasks(
                 "n": float(exact.sum()),
             }
     return out
-
-
-#: validation metrics a model is selected on, by preference, and whether higher is better:
-#: classification on ROC-AUC (then PR-AUC), regression on R² (then RMSE)
-SELECTION_METRICS = (
-    ("mean_roc_auc", True),
-    ("mean_pr_auc", True),
-    ("mean_r2", True),
-    ("mean_rmse", False),
-)
-
-
-def pick_best(summaries: Sequence[dict[str, float]]) -> tuple[int, str, float] | None:
-    """Index of the best of ``summaries`` (validation summaries of candidate models) by the
-    first metric of ``SELECTION_METRICS`` that any of them has; the earliest wins a tie.
-
-    Returns (index, metric, value), or None when none has a finite selection metric.
-    """
-    for metric, higher in SELECTION_METRICS:
-        have = [(i, s[metric]) for i, s in enumerate(summaries)
-                if np.isfinite(s.get(metric, np.nan))]  # fmt: skip
-        if have:
-            i, v = (max if higher else min)(have, key=lambda iv: iv[1])
-            return i, metric, float(v)
-    return None
 
 
 def summarize(per_task: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -1,19 +1,70 @@
-"""What travels between sites and coordinator: small manifests of counts, metrics and hashes."""
+"""What crosses a site's boundary: small messages of counts, aggregate metrics and hashes.
+
+Sites publish these to the hub and the coordinator reads them; none holds a SMILES, a compound
+id, a label or any per-row value. This module imports nothing but pydantic, so the coordinator
+and anything that only reads the hub never load RDKit, Dask or torch for them.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
+
+from fedchem.strict import StrictModel
 
 __all__ = [
-    "EvalReport", "FitInstructions", "RoundManifest", "RoundOpen", "SiteUpdateManifest",
-]  # fmt: skip
+    "EvalReport",
+    "FitInstructions",
+    "PrepareReport",
+    "RoundManifest",
+    "RoundOpen",
+    "RowAccount",
+    "SiteUpdateManifest",
+]
 
 
-class _Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class RowAccount(StrictModel):
+    """Rows in, accepted and quarantined at one step; the three always add up."""
+
+    step: str
+    rows_in: int
+    accepted: int
+    quarantined: int
+
+    @model_validator(mode="after")
+    def _balanced(self) -> RowAccount:
+        if self.rows_in != self.accepted + self.quarantined:
+            raise ValueError(
+                f"{self.step}: rows in {self.rows_in} != accepted {self.accepted} "
+                f"+ quarantined {self.quarantined}"
+            )
+        return self
 
 
-class FitInstructions(_Manifest):
+class PrepareReport(StrictModel):
+    """What a site may tell the federation about its preparation: counts, never rows."""
+
+    site: str
+    cache_key: str
+    cache_hit: bool
+    accounts: list[RowAccount]
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: int
+    n_molecules: int
+    n_labels: int
+    labels_per_task: dict[str, int]
+    label_stats: dict[str, dict[str, float]]
+    dataset_sha256: str
+    auto_thresholds: dict[str, float] = Field(default_factory=dict)
+    tasks_below_quorum: dict[str, str] = Field(default_factory=dict)
+    consistency: dict[str, str] = Field(
+        default_factory=dict,
+        description="hashes of the reference set's output, config, versions, key fingerprint",
+    )
+    seconds: float
+
+
+class FitInstructions(StrictModel):
     """What the coordinator's strategy asks every site to apply in a round."""
 
     proximal_mu: float = Field(0.0, ge=0, description="FedProx: mu/2*||w - w_global||^2")
@@ -27,7 +78,7 @@ class FitInstructions(_Manifest):
     )
 
 
-class RoundOpen(_Manifest):
+class RoundOpen(StrictModel):
     """The coordinator's word on one round: its go (once per round and coordinator attempt), or
     that the round is withdrawn (the federation stopped before it; booked runs end)."""
 
@@ -41,7 +92,7 @@ class RoundOpen(_Manifest):
     )
 
 
-class EvalReport(_Manifest):
+class EvalReport(StrictModel):
     """A model scored at a site on one of its folds: aggregates only."""
 
     site: str
@@ -57,7 +108,7 @@ class EvalReport(_Manifest):
     )
 
 
-class SiteUpdateManifest(_Manifest):
+class SiteUpdateManifest(StrictModel):
     run_id: str
     round: int = Field(ge=1)
     site: str
@@ -75,7 +126,7 @@ class SiteUpdateManifest(_Manifest):
     valid: EvalReport
 
 
-class RoundManifest(_Manifest):
+class RoundManifest(StrictModel):
     """A committed round: the global model's path and hash, and who contributed."""
 
     run_id: str

@@ -1,0 +1,22 @@
+"""A model scored on a site's fold: per-task metrics and their means, aggregates only."""
+
+from __future__ import annotations
+
+from fedchem.data.dataset import SiteDataset
+from fedchem.messages import EvalReport
+from fedchem.model.metrics import score_tasks, summarize
+from fedchem.model.network import MultitaskNet
+from fedchem.model.train import predict
+
+__all__ = ["evaluate_at_site"]
+
+
+def evaluate_at_site(
+    model: MultitaskNet, ds: SiteDataset, *, site: str, model_name: str, fold: str
+) -> EvalReport:
+    pred = predict(model, ds)
+    per_task = score_tasks(ds.y, ds.censor, pred, ds.task_names, ds.task_kinds)
+    return EvalReport(
+        site=site, model=model_name, fold=fold, n_molecules=len(ds),
+        per_task=per_task, summary=summarize(per_task),
+    )  # fmt: skip
