@@ -25,6 +25,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tasks flows tests benchmarks deployments
+	$(VENV)/bin/ruff format --check src tasks flows tests benchmarks deployments
 	$(VENV)/bin/mypy
 
 clean:

@@ -52,16 +52,18 @@ def _t(stamp: str) -> float:
 def _fetch_timeline(stack: Stack, run_id: str) -> dict[str, Any]:
     """The site runs of ``run_id`` with their state histories, and the coordinator's tasks."""
     api = stack.api_url
-    runs = prefect_api(api, "flow_runs/filter",
-                       {"flow_runs": {"tags": {"all_": [f"run:{run_id}"]}}})  # fmt: skip
+    runs = prefect_api(
+        api, "flow_runs/filter", {"flow_runs": {"tags": {"all_": [f"run:{run_id}"]}}}
+    )
     for run in runs:
         run["states"] = prefect_api(api, f"flow_run_states/?flow_run_id={run['id']}")
     name = {"flow_runs": {"name": {"any_": [f"federation/{run_id}"]}}}
     coordinator = prefect_api(api, "flow_runs/filter", name)
     linked = sum(bool(r["parent_task_run_id"]) for r in runs)
     print(f"{linked} of {len(runs)} site runs linked to the coordinator's run (UI nesting)")
-    tasks = prefect_api(api, "task_runs/filter",
-                 {"task_runs": {"flow_run_id": {"any_": [coordinator[0]["id"]]}}})  # fmt: skip
+    tasks = prefect_api(
+        api, "task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [coordinator[0]["id"]]}}}
+    )
     return {"runs": runs, "tasks": tasks}
 
 
@@ -76,8 +78,10 @@ def _phases(timeline: dict[str, Any], site_manifests: list[list[dict]]) -> dict[
     """
     by_name = {r["name"]: r for r in timeline["runs"]}
     tasks = {t["name"]: t for t in timeline["tasks"] if t["end_time"]}
-    aggregates = sorted((t for t in timeline["tasks"] if t["name"].startswith("aggregate")
-                         and t["end_time"]), key=lambda t: _t(t["end_time"]))  # fmt: skip
+    aggregates = sorted(
+        (t for t in timeline["tasks"] if t["name"].startswith("aggregate") and t["end_time"]),
+        key=lambda t: _t(t["end_time"]),
+    )
     acc: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:
@@ -91,19 +95,29 @@ def _phases(timeline: dict[str, Any], site_manifests: list[list[dict]]) -> dict[
             run = by_name[f"round-{r:02d}/{m['site']}"]
             states = {s["type"]: _t(s["timestamp"]) for s in run["states"]}
             created = _t(run["created"])
-            add("off the critical path when booked ahead: created -> Pending (1 s poll)",
-                states["PENDING"] - created)  # fmt: skip
-            add("  Pending -> Running (process start, engine, flow load)",
-                states["RUNNING"] - states["PENDING"])  # fmt: skip
-            add("  share of site runs Running before their round opened",
-                float(states["RUNNING"] <= opened))  # fmt: skip
-            add("round opened -> site Completed, less the site's own step",
-                states["COMPLETED"] - opened - m["site_seconds"])  # fmt: skip
+            add(
+                "off the critical path when booked ahead: created -> Pending (1 s poll)",
+                states["PENDING"] - created,
+            )
+            add(
+                "  Pending -> Running (process start, engine, flow load)",
+                states["RUNNING"] - states["PENDING"],
+            )
+            add(
+                "  share of site runs Running before their round opened",
+                float(states["RUNNING"] <= opened),
+            )
+            add(
+                "round opened -> site Completed, less the site's own step",
+                states["COMPLETED"] - opened - m["site_seconds"],
+            )
             ends.append(states["COMPLETED"])
         agg = aggregates[r - 1]  # rounds commit in order
         add("previous round committed -> this round opened", opened - committed_before)
-        add("last site Completed -> round committed (< 0: before the runs reported their end)",
-            _t(agg["end_time"]) - max(ends))  # fmt: skip
+        add(
+            "last site Completed -> round committed (< 0: before the runs reported their end)",
+            _t(agg["end_time"]) - max(ends),
+        )
         committed_before = _t(agg["end_time"])
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
@@ -111,8 +125,11 @@ def _phases(timeline: dict[str, Any], site_manifests: list[list[dict]]) -> dict[
 def _commit_to_commit(timeline: dict[str, Any], n_rounds: int) -> list[float]:
     """Round wall time measured between commits (the start task's end for round 1): it
     includes all the coordinator does between rounds (checks, artifacts, booking)."""
-    ends = sorted(_t(t["end_time"]) for t in timeline["tasks"]
-                  if t["name"].startswith(("start", "aggregate")) and t["end_time"])  # fmt: skip
+    ends = sorted(
+        _t(t["end_time"])
+        for t in timeline["tasks"]
+        if t["name"].startswith(("start", "aggregate")) and t["end_time"]
+    )
     return list(np.diff(ends[: n_rounds + 1]))
 
 
@@ -121,12 +138,24 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--molecules", type=int, default=1500)
-    ap.add_argument("--cold", dest="warm", action="store_false",
-                    help="plain process workers (a fresh interpreter per flow run)")  # fmt: skip
-    ap.add_argument("--book-ahead", type=int, default=1,
-                    help="rounds of site runs created ahead (0: at round start)")  # fmt: skip
-    ap.add_argument("--deferred-sqlite", dest="immediate", action="store_false",
-                    help="plain `prefect server start` (SQLite writes begun DEFERRED)")  # fmt: skip
+    ap.add_argument(
+        "--cold",
+        dest="warm",
+        action="store_false",
+        help="plain process workers (a fresh interpreter per flow run)",
+    )
+    ap.add_argument(
+        "--book-ahead",
+        type=int,
+        default=1,
+        help="rounds of site runs created ahead (0: at round start)",
+    )
+    ap.add_argument(
+        "--deferred-sqlite",
+        dest="immediate",
+        action="store_false",
+        help="plain `prefect server start` (SQLite writes begun DEFERRED)",
+    )
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="fedchem-bench-deploy-"))
@@ -134,8 +163,15 @@ def main() -> None:
     pd.read_csv(bundled_dataset()).head(args.molecules).to_csv(data, index=False)
     chem = ChemConfig(fp_size=2048)
     t0 = time.perf_counter()
-    stack = stack_up(base / "stack", data, n_sites=args.sites, rounds=args.rounds, chem=chem,
-                     warm_workers=args.warm, sqlite_immediate=args.immediate)  # fmt: skip
+    stack = stack_up(
+        base / "stack",
+        data,
+        n_sites=args.sites,
+        rounds=args.rounds,
+        chem=chem,
+        warm_workers=args.warm,
+        sqlite_immediate=args.immediate,
+    )
     print(f"stack up in {time.perf_counter() - t0:.1f}s: {stack.sites}, worker poll 1 s")
     try:
         for site in stack.sites:
@@ -145,16 +181,27 @@ def main() -> None:
         config = {**cfg["config"], "run_id": "bench-deployed", "model": {"hidden": 256}}
         config["deployment"] = {**config["deployment"], "book_ahead": args.book_ahead}
         t0 = time.perf_counter()
-        _prefect(stack, "deployment", "run", "coordinator/coordinator", "--watch",
-                 "--params", json.dumps({"config": config}))  # fmt: skip
+        _prefect(
+            stack,
+            "deployment",
+            "run",
+            "coordinator/coordinator",
+            "--watch",
+            "--params",
+            json.dumps({"config": config}),
+        )
         print(f"deployed coordinator run: {time.perf_counter() - t0:.1f}s for {args.rounds} rounds")
-        fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET,
-                               client_kwargs={"endpoint_url": stack.s3_endpoint})  # fmt: skip
+        fs = s3fs.S3FileSystem(
+            key=S3_KEY, secret=S3_SECRET, client_kwargs={"endpoint_url": stack.s3_endpoint}
+        )
         root = "fedchem-hub/hub/runs/bench-deployed/rounds"
-        rounds = [json.loads(fs.cat(f"{root}/{r:04d}/manifest.json"))
-                  for r in range(1, args.rounds + 1)]  # fmt: skip
-        sites = [[json.loads(fs.cat(f"{root}/{r:04d}/sites/{s}/manifest.json"))
-                  for s in stack.sites] for r in range(1, args.rounds + 1)]  # fmt: skip
+        rounds = [
+            json.loads(fs.cat(f"{root}/{r:04d}/manifest.json")) for r in range(1, args.rounds + 1)
+        ]
+        sites = [
+            [json.loads(fs.cat(f"{root}/{r:04d}/sites/{s}/manifest.json")) for s in stack.sites]
+            for r in range(1, args.rounds + 1)
+        ]
         deployed = _overheads(rounds, sites)
         timeline = _fetch_timeline(stack, "bench-deployed")
         (base / "timeline.json").write_text(json.dumps({"timeline": timeline, "sites": sites}))
@@ -167,8 +214,10 @@ def main() -> None:
         )
         from fedchem.flows.coordinator import coordinator
 
-        site_cfgs = [load_config(base / "stack" / "sites" / s / "site.yaml", PrepareConfig).site
-                     for s in stack.sites]  # fmt: skip
+        site_cfgs = [
+            load_config(base / "stack" / "sites" / s / "site.yaml", PrepareConfig).site
+            for s in stack.sites
+        ]
         local_cfg = FederationConfig.model_validate(
             {
                 **config,
@@ -180,15 +229,19 @@ def main() -> None:
         assert local_cfg.model == ModelConfig(hidden=256)
         committed = coordinator(local_cfg)
         lroot = "fedchem-hub/hub/runs/bench-local/rounds"
-        lsites = [[json.loads(fs.cat(f"{lroot}/{r:04d}/sites/{s}/manifest.json"))
-                   for s in stack.sites] for r in range(1, args.rounds + 1)]  # fmt: skip
+        lsites = [
+            [json.loads(fs.cat(f"{lroot}/{r:04d}/sites/{s}/manifest.json")) for s in stack.sites]
+            for r in range(1, args.rounds + 1)
+        ]
         local = _overheads([m.model_dump() for m in committed[1:]], lsites)
     finally:
         stack_down(base / "stack")
     slowest = [max(s["site_seconds"] for s in r) for r in sites]
-    print(f"per round, deployed: wall {np.mean([m['round_seconds'] for m in rounds]):.2f}s, "
-          f"slowest site step {np.mean(slowest):.2f}s, overhead {np.mean(deployed):.2f}s "
-          f"(min {min(deployed):.2f}, max {max(deployed):.2f}; target <= 3 s)")  # fmt: skip
+    print(
+        f"per round, deployed: wall {np.mean([m['round_seconds'] for m in rounds]):.2f}s, "
+        f"slowest site step {np.mean(slowest):.2f}s, overhead {np.mean(deployed):.2f}s "
+        f"(min {min(deployed):.2f}, max {max(deployed):.2f}; target <= 3 s)"
+    )
     between = [w - s for w, s in zip(walls, slowest, strict=True)]
     print(
         f"  measured commit to commit: wall {np.mean(walls):.2f}s, overhead "

@@ -160,8 +160,9 @@ def run_fedchem(
     with PeakRSS() as mem:
         start = time.perf_counter()
         uniq = np.unique(smiles)
-        index = featurize_to_shards(uniq, chem, KEY, cache, partition_rows=5000,
-                                    n_workers=workers, progress=progress)  # fmt: skip
+        index = featurize_to_shards(
+            uniq, chem, KEY, cache, partition_rows=5000, n_workers=workers, progress=progress
+        )
         seconds = time.perf_counter() - start
     return seconds, index.computed_molecules, mem.peak / 1e9
 
@@ -177,8 +178,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     smiles = pd.read_csv(args.data, nrows=args.limit).iloc[:, 0].astype(str).to_numpy(object)
-    print(f"read {len(smiles):,} SMILES in {time.perf_counter() - t0:.1f}s; "
-          f"{args.workers} worker processes")  # fmt: skip
+    print(
+        f"read {len(smiles):,} SMILES in {time.perf_counter() - t0:.1f}s; "
+        f"{args.workers} worker processes"
+    )
     rng = np.random.default_rng(0)
     sample = [str(s) for s in rng.choice(smiles, size=min(args.sample, len(smiles)), replace=False)]
 
@@ -186,29 +189,39 @@ def main() -> None:
     fp_only = parse_fp_loop(sample)
     ceiling = hardware_ceiling(sample, args.workers)
     scaling = ceiling / (args.workers * base)
-    print(f"plain RDKit loop, same work: {base:,.0f} mol/s; parse+fingerprint only: "
-          f"{fp_only:,.0f} mol/s; {args.workers} plain loops in parallel processes: "
-          f"{ceiling:,.0f} mol/s (hardware scaling {scaling:.2f})")  # fmt: skip
+    print(
+        f"plain RDKit loop, same work: {base:,.0f} mol/s; parse+fingerprint only: "
+        f"{fp_only:,.0f} mol/s; {args.workers} plain loops in parallel processes: "
+        f"{ceiling:,.0f} mol/s (hardware scaling {scaling:.2f})"
+    )
 
     chem = ChemConfig()
     cache = Path(tempfile.mkdtemp(prefix="fedchem-bench-shards-"))
     try:
         first, n_first, peak = run_fedchem(smiles, chem, cache, args.workers, "first run")
         rate = len(smiles) / first
-        print(f"fedchem, first run: {first:.1f}s = {rate:,.0f} mol/s, {n_first:,} computed, "
-              f"peak RSS (all processes) {peak:.2f} GB")  # fmt: skip
-        print(f"  ratio to workers x plain loop: {rate / (args.workers * base):.3f} "
-              f"(target >= 0.9); to {args.workers} parallel plain loops: "
-              f"{rate / ceiling:.3f}")  # fmt: skip
+        print(
+            f"fedchem, first run: {first:.1f}s = {rate:,.0f} mol/s, {n_first:,} computed, "
+            f"peak RSS (all processes) {peak:.2f} GB"
+        )
+        print(
+            f"  ratio to workers x plain loop: {rate / (args.workers * base):.3f} "
+            f"(target >= 0.9); to {args.workers} parallel plain loops: "
+            f"{rate / ceiling:.3f}"
+        )
         second, n_second, _ = run_fedchem(smiles, chem, cache, args.workers, "unchanged")
-        print(f"fedchem, unchanged input: {second:.1f}s ({second / first:.1%} of the first run; "
-              f"target <= 5%), {n_second} molecules recomputed")  # fmt: skip
+        print(
+            f"fedchem, unchanged input: {second:.1f}s ({second / first:.1%} of the first run; "
+            f"target <= 5%), {n_second} molecules recomputed"
+        )
         changed = smiles.copy()
         idx = rng.choice(len(changed), size=max(1, len(changed) // 1000), replace=False)
         changed[idx] = [f"{s}C" if not str(s).endswith(")") else f"C{s}" for s in changed[idx]]
         third, n_third, _ = run_fedchem(changed, chem, cache, args.workers, "0.1% changed")
-        print(f"fedchem, 0.1% of rows changed: {third:.1f}s ({third / first:.1%} of the first "
-              f"run), {n_third:,} molecules computed of {n_first:,}")  # fmt: skip
+        print(
+            f"fedchem, 0.1% of rows changed: {third:.1f}s ({third / first:.1%} of the first "
+            f"run), {n_third:,} molecules computed of {n_first:,}"
+        )
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
@@ -223,9 +236,11 @@ def main() -> None:
     finally:
         shutil.rmtree(cache_t, ignore_errors=True)
     rate_t = len(taut) / t1
-    print(f"tautomer step, plain loop: {base_t:,.0f} mol/s; fedchem: {rate_t:,.0f} mol/s "
-          f"(ratio to workers x plain {rate_t / (args.workers * base_t):.3f}); "
-          f"cached re-run {t2:.2f}s vs {t1:.1f}s (saves {1 - t2 / t1:.1%})")  # fmt: skip
+    print(
+        f"tautomer step, plain loop: {base_t:,.0f} mol/s; fedchem: {rate_t:,.0f} mol/s "
+        f"(ratio to workers x plain {rate_t / (args.workers * base_t):.3f}); "
+        f"cached re-run {t2:.2f}s vs {t1:.1f}s (saves {1 - t2 / t1:.1%})"
+    )
 
 
 if __name__ == "__main__":

@@ -32,15 +32,25 @@ def synthetic(n: int, fp_size: int, tasks: int, bits: int, seed: int = 0) -> Sit
     y = (rng.random((n, tasks)) < 0.2).astype(np.float32)
     y[rng.random((n, tasks)) < 0.7] = np.nan
     return SiteDataset(
-        indptr=np.arange(0, n * bits + 1, bits, dtype=np.int64), indices=indices.ravel(),
-        fold=np.zeros(n, np.int8), y=y, censor=np.zeros_like(y, dtype=np.int8),
+        indptr=np.arange(0, n * bits + 1, bits, dtype=np.int64),
+        indices=indices.ravel(),
+        fold=np.zeros(n, np.int8),
+        y=y,
+        censor=np.zeros_like(y, dtype=np.int8),
         task_names=tuple(f"t{i}" for i in range(tasks)),
-        task_kinds=("classification",) * tasks, fp_size=fp_size,
-    )  # fmt: skip
+        task_kinds=("classification",) * tasks,
+        fp_size=fp_size,
+    )
 
 
-def plain_loop(ds: SiteDataset, cfg: ModelConfig, tc: TrainConfig, epochs: int,
-               device: torch.device, bf16: bool) -> float:  # fmt: skip
+def plain_loop(
+    ds: SiteDataset,
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    epochs: int,
+    device: torch.device,
+    bf16: bool,
+) -> float:
     """Samples/s of a hand-written loop over the same model and data."""
     model = build_model(ds.fp_size, ds.n_tasks, cfg, seed=0).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -100,9 +110,11 @@ def main() -> None:
         stats, _ = train_epochs(model, ds, tc, args.epochs, seed=0)
         ours.append(args.epochs * len(ds) / stats.seconds)
     p, o = float(np.median(plain)), float(np.median(ours))
-    print(f"{args.fp_size} x {args.hidden} trunk, {args.tasks} tasks, batch {args.batch_size}, "
-          f"{args.device}{' bf16' if args.bf16 else ''}: plain loop {p:,.0f} samples/s, "
-          f"fedchem {o:,.0f} samples/s, overhead {1 - o / p:+.1%} (target <= 5%)")  # fmt: skip
+    print(
+        f"{args.fp_size} x {args.hidden} trunk, {args.tasks} tasks, batch {args.batch_size}, "
+        f"{args.device}{' bf16' if args.bf16 else ''}: plain loop {p:,.0f} samples/s, "
+        f"fedchem {o:,.0f} samples/s, overhead {1 - o / p:+.1%} (target <= 5%)"
+    )
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

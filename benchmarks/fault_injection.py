@@ -103,8 +103,12 @@ class Suite:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         env = stack.env()
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
-                  "AWS_DEFAULT_REGION"):  # fmt: skip
+        for k in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ENDPOINT_URL",
+            "AWS_DEFAULT_REGION",
+        ):
             os.environ[k] = env[k]
         self.hub = HubStore(stack.hub_url)
         doc = yaml.safe_load((Path(stack.dir) / "prefect.yaml").read_text())
@@ -119,15 +123,27 @@ class Suite:
         return [exe, "deployment", "run", deployment, "--watch", *extra]
 
     def run(self, deployment: str, params: dict[str, Any] | None = None) -> int:
-        res = subprocess.run(self._cmd(deployment, params), env=self.stack.env(), cwd=REPO,
-                             capture_output=True, text=True, timeout=900)  # fmt: skip
+        res = subprocess.run(
+            self._cmd(deployment, params),
+            env=self.stack.env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         return res.returncode
 
     def start(self, run_id: str, **deployment: Any) -> subprocess.Popen[str]:
         """The coordinator run, in the background (``run`` waits for it)."""
         cmd = self._cmd("coordinator/coordinator", self._params(run_id, **deployment))
-        return subprocess.Popen(cmd, env=self.stack.env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        return subprocess.Popen(
+            cmd,
+            env=self.stack.env(),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     def wait_for(self, path: str, timeout: float = 300) -> None:
         deadline = time.time() + timeout
@@ -172,8 +188,14 @@ class Suite:
         return self.outcome(o, "f0-fault-free", t)
 
     def _params(self, run_id: str, **deployment: Any) -> dict[str, Any]:
-        return {"config": {**self.config, "run_id": run_id, "rounds": ROUNDS,
-                           "deployment": {**self.config["deployment"], **deployment}}}  # fmt: skip
+        return {
+            "config": {
+                **self.config,
+                "run_id": run_id,
+                "rounds": ROUNDS,
+                "deployment": {**self.config["deployment"], **deployment},
+            }
+        }
 
     @contextlib.contextmanager
     def faulty(self, run_id: str, plan: dict[str, dict[str, str]]) -> Iterator[None]:
@@ -198,8 +220,12 @@ class Suite:
 
     def site_worker_killed(self) -> Outcome:
         t, run_id, site = time.time(), "f1-site-killed", self.stack.sites[-1]
-        o = Outcome("site worker killed", f"SIGKILL {site}'s worker + flow run mid-round 2 "
-                    "(trained, update not yet sent), restarted after the round", False)  # fmt: skip
+        o = Outcome(
+            "site worker killed",
+            f"SIGKILL {site}'s worker + flow run mid-round 2 "
+            "(trained, update not yet sent), restarted after the round",
+            False,
+        )
         with self.faulty(run_id, {site: {"2": "stall"}}):
             proc = self.start(run_id, min_sites=len(self.stack.sites) - 1, round_deadline_s=30)
             marker = stall_marker(Path(self.stack.dir), run_id, site, 2)
@@ -219,8 +245,9 @@ class Suite:
 
     def s3_stopped(self) -> Outcome:
         t, run_id = time.time(), "f2-s3-stopped"
-        o = Outcome("S3 server stopped", "SIGSTOP the S3 server for 30 s mid-round 2, then "
-                    "SIGCONT", True)  # fmt: skip
+        o = Outcome(
+            "S3 server stopped", "SIGSTOP the S3 server for 30 s mid-round 2, then SIGCONT", True
+        )
         proc = self.start(run_id, round_deadline_s=300)
         self.wait_for(HubLayout(run_id).round_manifest(1))
         time.sleep(1.0)
@@ -235,19 +262,28 @@ class Suite:
     def bad_updates(self) -> Outcome:
         t, run_id = time.time(), "f3-bad-updates"
         b, c = self.stack.sites[1:3]
-        o = Outcome("altered and garbage updates", f"{b} stores an altered update under its "
-                    f"honest manifest (round 2); {c} uploads random bytes with a matching hash "
-                    "(round 3)", False)  # fmt: skip
+        o = Outcome(
+            "altered and garbage updates",
+            f"{b} stores an altered update under its "
+            f"honest manifest (round 2); {c} uploads random bytes with a matching hash "
+            "(round 3)",
+            False,
+        )
         with self.faulty(run_id, {b: {"2": "corrupt"}, c: {"3": "garbage"}}):
-            o.exit_codes = str(self.run("coordinator/coordinator",
-                                        self._params(run_id, min_sites=2)))  # fmt: skip
+            o.exit_codes = str(
+                self.run("coordinator/coordinator", self._params(run_id, min_sites=2))
+            )
         return self.outcome(o, run_id, t)
 
     def coordinator_killed(self) -> Outcome:
         t, run_id = time.time(), "f4-coordinator-killed"
-        o = Outcome("coordinator killed, resumed", "SIGKILL the coordinator's flow run as "
-                    "round 2's updates are in (mid-aggregation), then run it again with the "
-                    "same run id", True)  # fmt: skip
+        o = Outcome(
+            "coordinator killed, resumed",
+            "SIGKILL the coordinator's flow run as "
+            "round 2's updates are in (mid-aggregation), then run it again with the "
+            "same run id",
+            True,
+        )
         proc = self.start(run_id, round_deadline_s=300)
         layout = HubLayout(run_id)
         self.wait_for(layout.round_manifest(1))
@@ -282,8 +318,13 @@ def run_suite(workdir: Path) -> list[Outcome]:
         for site in stack.sites:
             if suite.run(f"site-prepare/{site}-prepare") != 0:
                 raise RuntimeError(f"{site} preparation failed; see {state}")
-        return [suite.fault_free(), suite.site_worker_killed(), suite.s3_stopped(),
-                suite.bad_updates(), suite.coordinator_killed()]  # fmt: skip
+        return [
+            suite.fault_free(),
+            suite.site_worker_killed(),
+            suite.s3_stopped(),
+            suite.bad_updates(),
+            suite.coordinator_killed(),
+        ]
     finally:
         stack_down(state)
 
@@ -315,8 +356,7 @@ def write_readme(table: str) -> None:
     text = readme.read_text()
     block = f"{MARK_BEGIN}\n{table}{MARK_END}"
     if MARK_BEGIN in text:
-        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), block, text,
-                      flags=re.S)  # fmt: skip
+        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), block, text, flags=re.S)
     else:
         cmd = ".venv/bin/python benchmarks/fault_injection.py --write-readme"
         text += f"\n## Fault injection (issue 6)\n\n`{cmd}`\n\n{block}\n"

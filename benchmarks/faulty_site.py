@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fedchem.flows.site_round import site_round
 from prefect import flow
 from prefect.states import State
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef, TrainConfig
 from fedchem.messages import SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
-from fedchem.flows.site_round import site_round
 
 STALL_S = 600.0
 

@@ -1,6 +1,7 @@
 """Check the Prefect UI as a user would: screenshot the latest coordinator run's page.
 
-    PREFECT_API_URL=http://127.0.0.1:4200/api python -m fedchem.deployments.screenshot [--out run.png]
+    PREFECT_API_URL=http://127.0.0.1:4200/api \
+        python -m fedchem.deployments.screenshot [--out run.png]
 
 Finds the newest flow run of the ``coordinator`` flow through Prefect's client, opens its page
 (``<ui>/runs/flow-run/<id>``: the round-by-round artifacts, the progress bar and the summary)
@@ -46,9 +47,16 @@ def run_page(api_url: str, run_id: str) -> str:
 
 def browser_command(browser: str, url: str, out: Path, size: str = "1600,1400") -> list[str]:
     return [
-        browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-        f"--window-size={size}", "--virtual-time-budget=15000", f"--screenshot={out}", url,
-    ]  # fmt: skip
+        browser,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--window-size={size}",
+        "--virtual-time-budget=15000",
+        f"--screenshot={out}",
+        url,
+    ]
 
 
 def main() -> int:

@@ -78,11 +78,15 @@ class FedchemVariables(BaseVariables):
         description="Where flow runs start; a temporary directory when empty.",
     )
     cancel_poll_s: float = Field(
-        default=2.0, gt=0, title="Cancel poll (s)",
+        default=2.0,
+        gt=0,
+        title="Cancel poll (s)",
         description="How often the worker reads a running run's state to notice a cancel.",
     )
     grace_s: float = Field(
-        default=10.0, ge=0, title="Grace (s)",
+        default=10.0,
+        ge=0,
+        title="Grace (s)",
         description="Time from SIGTERM to SIGKILL when a running run is cancelled.",
     )
 
@@ -206,8 +210,9 @@ def _identifier(pid: int) -> str:
 
 
 def _pid_of(identifier: str) -> int:
+    """The pid of an infrastructure pid as Prefect recorded it (``pid`` or ``host:pid``)."""
     host, _, pid = identifier.rpartition(":")
-    if host != socket.gethostname():
+    if host and host != socket.gethostname():
         raise InfrastructureNotAvailable(
             f"run {identifier!r} was started on host {host!r}, not this worker's"
         )
@@ -255,7 +260,7 @@ class FedchemWorker(BaseWorker[FedchemJobConfiguration, FedchemVariables, Fedche
         self,
         flow_run: FlowRun,
         configuration: FedchemJobConfiguration,
-        task_status: anyio.abc.TaskStatus[str] | None = None,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
     ) -> FedchemWorkerResult:
         env = {**os.environ, **{k: v for k, v in configuration.env.items() if v is not None}}
         workdir = (
@@ -267,11 +272,13 @@ class FedchemWorker(BaseWorker[FedchemJobConfiguration, FedchemVariables, Fedche
             pid = await self.zygote.fork(env, cwd, str(flow_run.id))
             identifier = _identifier(pid)
             if task_status is not None:
-                task_status.started(identifier)
+                task_status.started(pid)  # Prefect records it as the run's infrastructure pid
             code = await self._wait(flow_run, configuration, pid)
         return FedchemWorkerResult(identifier=identifier, status_code=code)
 
-    async def _wait(self, flow_run: FlowRun, configuration: FedchemJobConfiguration, pid: int) -> int:
+    async def _wait(
+        self, flow_run: FlowRun, configuration: FedchemJobConfiguration, pid: int
+    ) -> int:
         """The run's exit code; a run set Cancelling meanwhile is stopped and marked Cancelled."""
         exit_code = asyncio.ensure_future(self.zygote.wait(pid))
         while True:
@@ -287,13 +294,16 @@ class FedchemWorker(BaseWorker[FedchemJobConfiguration, FedchemVariables, Fedche
                 await _stop_process(pid, configuration.grace_s)
                 await exit_code
                 await self.client.set_flow_run_state(
-                    flow_run.id, Cancelled(message="cancelled: the worker stopped its process"),
+                    flow_run.id,
+                    Cancelled(message="cancelled: the worker stopped its process"),
                     force=True,
                 )
                 return 0
 
     async def kill_infrastructure(
-        self, infrastructure_pid: str, configuration: FedchemJobConfiguration,
+        self,
+        infrastructure_pid: str,
+        configuration: FedchemJobConfiguration,
         grace_seconds: int = 30,
     ) -> None:
         pid = _pid_of(infrastructure_pid)

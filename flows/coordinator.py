@@ -16,16 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact
-from prefect.futures import PrefectFuture, wait
-
-from fedchem.config import FederationConfig, SiteConfig
-from fedchem.messages import FitInstructions, RoundManifest
-from fedchem.federation.rounds import new_ticket
-from fedchem.federation.strategies import Strategy, build_strategy
 from fedchem.flows.site_round import site_round
-from fedchem.model.train import lr_factor
 from fedchem.tasks.coordinator import (
     aggregate,
     artifact_key,
@@ -42,6 +33,15 @@ from fedchem.tasks.rounds import (
     stop_site_runs,
     withdraw_site_rounds,
 )
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact
+from prefect.futures import PrefectFuture, wait
+
+from fedchem.config import FederationConfig, SiteConfig
+from fedchem.federation.rounds import new_ticket
+from fedchem.federation.strategies import Strategy, build_strategy
+from fedchem.messages import FitInstructions, RoundManifest
+from fedchem.model.train import lr_factor
 
 #: site -> its run's flow run id, site -> why it has no run, and when the round was opened
 Started = tuple[dict[str, str], dict[str, str], float]
@@ -67,8 +67,14 @@ class LocalSites:
         for site in config.sites:
             assert isinstance(site, SiteConfig)  # local mode: checked by FederationConfig
             state = site_round.with_options(flow_run_name=f"round-{rnd:02d}/{site.name}")(
-                site=site, hub_url=config.hub_url, run_id=config.run_id, round=rnd,
-                chem=config.chem, model=config.model, train=config.train, ticket=self.ticket,
+                site=site,
+                hub_url=config.hub_url,
+                run_id=config.run_id,
+                round=rnd,
+                chem=config.chem,
+                model=config.model,
+                train=config.train,
+                ticket=self.ticket,
                 return_state=True,
             )
             runs[site.name] = str(state.state_details.flow_run_id)

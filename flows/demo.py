@@ -11,16 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow
-
-from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig
-from fedchem.federation.strategies import FedAvgMConfig, StrategyConfig
 from fedchem.flows.coordinator import coordinator
 from fedchem.flows.site_cross_evaluate import site_cross_evaluate
 from fedchem.flows.site_evaluate import site_evaluate
 from fedchem.flows.site_local_baseline import site_local_baseline
 from fedchem.flows.site_prepare import site_prepare
 from fedchem.tasks.demo import make_sites, pooled_baseline, report
+from prefect import flow
+
+from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig
+from fedchem.federation.strategies import FedAvgMConfig, StrategyConfig
 
 
 @flow(name="demo", flow_run_name="demo/{run_id}")
@@ -49,9 +49,17 @@ def demo(
         site_prepare(site=s, chem=chem, tasks=split.tasks, hub_url=hub_url) for s in split.sites
     ]
     config = FederationConfig(
-        run_id=run_id, hub_url=hub_url, sites=split.sites, tasks=split.tasks,
-        rounds=rounds, chem=chem, model=model, train=train, strategy=strategy, heads=heads,
-    )  # fmt: skip
+        run_id=run_id,
+        hub_url=hub_url,
+        sites=split.sites,
+        tasks=split.tasks,
+        rounds=rounds,
+        chem=chem,
+        model=model,
+        train=train,
+        strategy=strategy,
+        heads=heads,
+    )
     coordinator(config)
     budget = rounds * train.local_epochs
     stats = [p.label_stats for p in prepared]
@@ -91,14 +99,29 @@ def demo(
                 site=s, hub_url=hub_url, run_id=run_id, owners=others, chem=chem, model=model
             )
     meta = {
-        "dataset": dataset.name, "smiles_col": smiles_col, "sites": n_sites, "rounds": rounds,
-        "local_epochs": train.local_epochs, "seed": seed, "train_seed": train.seed,
+        "dataset": dataset.name,
+        "smiles_col": smiles_col,
+        "sites": n_sites,
+        "rounds": rounds,
+        "local_epochs": train.local_epochs,
+        "seed": seed,
+        "train_seed": train.seed,
         "run_id": run_id,
-        "strategy": strategy.model_dump(), "heads": heads,
-        "molecules_per_site": split.molecules_per_site, "task_split": task_split,
-        "tasks_per_site": split.tasks_per_site, "continuous_as": continuous_as,
-        "prepared": {p.site: {"rows_in": p.rows_in, "accepted": p.rows_accepted,
-                              "quarantined": p.rows_quarantined} for p in prepared},
-        "budget_epochs": budget, "select": train.select,
-    }  # fmt: skip
+        "strategy": strategy.model_dump(),
+        "heads": heads,
+        "molecules_per_site": split.molecules_per_site,
+        "task_split": task_split,
+        "tasks_per_site": split.tasks_per_site,
+        "continuous_as": continuous_as,
+        "prepared": {
+            p.site: {
+                "rows_in": p.rows_in,
+                "accepted": p.rows_accepted,
+                "quarantined": p.rows_quarantined,
+            }
+            for p in prepared
+        },
+        "budget_epochs": budget,
+        "select": train.select,
+    }
     return report(evals, meta, out, cross)

@@ -6,16 +6,20 @@ report. Only aggregate metrics leave the site.
 
 from __future__ import annotations
 
+from fedchem.tasks.site import evaluate_baselines
 from prefect import flow
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig
 from fedchem.messages import EvalReport
-from fedchem.tasks.site import evaluate_baselines
 
 
 @flow(name="site-cross-evaluate", flow_run_name="cross-evaluate/{site.name}")
 def site_cross_evaluate(
-    site: SiteConfig, hub_url: str, run_id: str, owners: list[str], chem: ChemConfig,
+    site: SiteConfig,
+    hub_url: str,
+    run_id: str,
+    owners: list[str],
+    chem: ChemConfig,
     model: ModelConfig,
-) -> list[EvalReport]:  # fmt: skip
+) -> list[EvalReport]:
     return evaluate_baselines(site, hub_url, run_id, owners, chem, model)

@@ -9,13 +9,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from fedchem.federation.consistency import ConsistencyError, check_consistency
 from fedchem.config import FederationConfig
-from fedchem.messages import PrepareReport
 from fedchem.federation import coordinator as coord
 from fedchem.federation.commits import committed_rounds, record_best_round
-from fedchem.messages import RoundManifest, SiteUpdateManifest
+from fedchem.federation.consistency import ConsistencyError, check_consistency
 from fedchem.federation.strategies import Strategy
+from fedchem.messages import PrepareReport, RoundManifest, SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
 
 __all__ = [
@@ -39,9 +38,11 @@ def _is_consistency_error(state: Any) -> bool:
 
 
 @task(
-    retries=3, retry_delay_seconds=[1, 4, 10], cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=[1, 4, 10],
+    cache_policy=NO_CACHE,
     retry_condition_fn=lambda task, run, state: not _is_consistency_error(state),
-)  # fmt: skip
+)
 def read_prepare_reports(hub_url: str, sites: list[str]) -> list[PrepareReport]:
     hub = HubStore(hub_url)
     paths = [HubLayout.site_prepared(s) for s in sites]
@@ -63,32 +64,49 @@ def start(config: FederationConfig, reports: list[PrepareReport]) -> list[RoundM
     if len(committed) > 1:
         get_run_logger().warning(
             "run %s resumes after committed round %d (global %s)",
-            config.run_id, committed[-1].round, committed[-1].global_sha256[:12],
-        )  # fmt: skip
+            config.run_id,
+            committed[-1].round,
+            committed[-1].global_sha256[:12],
+        )
     return committed
 
 
 @task(cache_policy=NO_CACHE)
 def aggregate(
-    config: FederationConfig, strategy: Strategy, rnd: int, replies: list[SiteUpdateManifest],
-    missing: dict[str, str], started_at: float | None = None,
+    config: FederationConfig,
+    strategy: Strategy,
+    rnd: int,
+    replies: list[SiteUpdateManifest],
+    missing: dict[str, str],
+    started_at: float | None = None,
 ) -> RoundManifest:
     """Screen the round's updates, aggregate the accepted ones, commit; the round's quorum is
     decided here, on the accepted updates (a :class:`~fedchem.federation.coordinator.QuorumError`
     commits nothing)."""
     manifest = coord.aggregate_round(
-        HubStore(config.hub_url), config.run_id, rnd, replies, strategy, missing, started_at,
-        members=config.site_names, quorum=config.quorum(), faults=config.faults,
+        HubStore(config.hub_url),
+        config.run_id,
+        rnd,
+        replies,
+        strategy,
+        missing,
+        started_at,
+        members=config.site_names,
+        quorum=config.quorum(),
+        faults=config.faults,
     )
     logger = get_run_logger()
     for site, why in manifest.rejected.items():
         logger.warning("round %d: update of %s rejected: %s", rnd, site, why)
     logger.info(
         "round %d committed (%s): %d sites, %d examples, global %s, valid %s",
-        rnd, manifest.aggregation, len(manifest.sites), sum(manifest.n_examples.values()),
+        rnd,
+        manifest.aggregation,
+        len(manifest.sites),
+        sum(manifest.n_examples.values()),
         manifest.global_sha256[:12],
         {k: round(v, 4) for k, v in manifest.valid_score.items()},
-    )  # fmt: skip
+    )
     return manifest
 
 

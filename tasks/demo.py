@@ -19,26 +19,36 @@ __all__ = ["make_sites", "pooled_baseline", "report"]
 
 @task(cache_policy=NO_CACHE)
 def make_sites(
-    dataset: Path, smiles_col: str, n_sites: int, out_dir: Path, seed: int,
+    dataset: Path,
+    smiles_col: str,
+    n_sites: int,
+    out_dir: Path,
+    seed: int,
     task_split: Literal["shared", "disjoint"] = "shared",
     continuous_as: Literal["regression", "classification"] = "regression",
-) -> DemoSplit:  # fmt: skip
+) -> DemoSplit:
     return split_into_sites(dataset, smiles_col, n_sites, out_dir, seed, task_split, continuous_as)
 
 
 @task(cache_policy=NO_CACHE)
 def pooled_baseline(
-    sites: list[SiteConfig], chem: ChemConfig, model: ModelConfig, train: TrainConfig,
-    epochs: int, label_stats: list[dict[str, dict[str, float]]],
-) -> list[EvalReport]:  # fmt: skip
+    sites: list[SiteConfig],
+    chem: ChemConfig,
+    model: ModelConfig,
+    train: TrainConfig,
+    epochs: int,
+    label_stats: list[dict[str, dict[str, float]]],
+) -> list[EvalReport]:
     return train_pooled(sites, chem, model, train, epochs, label_stats)
 
 
 @task(cache_policy=NO_CACHE)
 def report(
-    evals: dict[str, list[EvalReport]], meta: dict[str, Any], out_dir: Path,
+    evals: dict[str, list[EvalReport]],
+    meta: dict[str, Any],
+    out_dir: Path,
     cross: list[EvalReport] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     rep = build_report(evals, meta, cross)
     write_report(rep, out_dir)
     return rep

@@ -7,20 +7,20 @@ site's run is doing, read through its client in one request for all sites.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import State, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling
 
 from fedchem.config import FederationConfig
-from fedchem.messages import FitInstructions, SiteUpdateManifest
 from fedchem.federation.rounds import RunState, collect_replies, open_round, withdraw_round
+from fedchem.messages import FitInstructions, SiteUpdateManifest
 from fedchem.storage.hub import HubStore
 
 __all__ = [
@@ -41,7 +41,9 @@ def _states(client: SyncPrefectClient, ids: list[UUID]) -> dict[UUID, State | No
 
 
 def _run_state(state: State | None) -> RunState:
-    return RunState("no state", False) if state is None else RunState(state.name, state.is_final())
+    if state is None:
+        return RunState("no state", False)
+    return RunState(state.name or state.type.value.title(), state.is_final())
 
 
 def _cancel(client: SyncPrefectClient, run_id: UUID, state: State | None) -> None:
@@ -88,9 +90,10 @@ def book_site_runs(
             state = _run_state(states.get(UUID(run_id)))
             if state.final or state.name == "no state":
                 get_run_logger().warning(
-                    "round %d: %s's booked run ended before the round opened (%s); booking "
-                    "again",
-                    rnd, site, state.name,
+                    "round %d: %s's booked run ended before the round opened (%s); booking again",
+                    rnd,
+                    site,
+                    state.name,
                 )
                 del booked[site]
                 rebook.add(site)
@@ -113,7 +116,8 @@ def book_site_runs(
         except Exception as exc:  # no deployment, server unreachable: this site is missing
             failed[site] = f"not started: {type(exc).__name__}: {exc}"
             continue
-        booked[site] = str(run.id)
+        # called from sync code, run_deployment returns the run (not a coroutine)
+        booked[site] = str(cast(FlowRun, run).id)
     return booked, failed
 
 
@@ -155,7 +159,12 @@ def await_replies(
             return {site: _run_state(by_id.get(i)) for site, i in ids.items()}
 
         out = collect_replies(
-            HubStore(config.hub_url), config.run_id, rnd, list(ids), states, deadline,
+            HubStore(config.hub_url),
+            config.run_id,
+            rnd,
+            list(ids),
+            states,
+            deadline,
             poll_s=config.deployment.poll_interval_s,
         )
         if out.late:
@@ -198,10 +207,12 @@ def stop_site_runs(run_ids: list[str], grace_s: float, poll_s: float = 0.5) -> d
                 for run_id in left:
                     logger.warning(
                         "site run %s did not stop within %.0fs of its cancel; marked Cancelled",
-                        run_id, grace_s,
+                        run_id,
+                        grace_s,
                     )
                     client.set_flow_run_state(
-                        run_id, Cancelled(message="the coordinator stopped; run not stopped"),
+                        run_id,
+                        Cancelled(message="the coordinator stopped; run not stopped"),
                         force=True,
                     )
                 states = _states(client, ids)

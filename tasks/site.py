@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from uuid import UUID
 
 from prefect import get_run_logger, task
@@ -22,8 +22,8 @@ from fedchem.config import (
 )
 from fedchem.federation import baselines
 from fedchem.federation import site as site_lib
-from fedchem.messages import EvalReport, FitInstructions, SiteUpdateManifest
 from fedchem.federation.rounds import RoundSuperseded, RoundWithdrawn, await_round_open
+from fedchem.messages import EvalReport, FitInstructions, SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
 
 if TYPE_CHECKING:
@@ -56,9 +56,8 @@ class _ArtifactProgress:
         pct = 100.0 * done / total if total else 100.0
         text = f"{self.site}: featurized {done}/{total} partitions"
         if self.artifact_id is None:
-            self.artifact_id = create_progress_artifact(
-                pct, key=f"prepare-{self.site}", description=text
-            )
+            created = create_progress_artifact(pct, key=f"prepare-{self.site}", description=text)
+            self.artifact_id = cast(UUID, created)  # sync code: the id, not a coroutine
         else:
             update_progress_artifact(self.artifact_id, pct, description=text)
 
@@ -75,9 +74,13 @@ def prepare(
     report = prepare_site(site, chem, tasks, progress=_ArtifactProgress(site.name))
     get_run_logger().info(
         "site %s: %d rows in, %d accepted, %d quarantined; %d molecules (cache %s)",
-        site.name, report.rows_in, report.rows_accepted, report.rows_quarantined,
-        report.n_molecules, "hit" if report.cache_hit else "miss",
-    )  # fmt: skip
+        site.name,
+        report.rows_in,
+        report.rows_accepted,
+        report.rows_quarantined,
+        report.n_molecules,
+        "hit" if report.cache_hit else "miss",
+    )
     return report
 
 
@@ -105,26 +108,41 @@ def await_round(
 
 @task(cache_policy=NO_CACHE)
 def train_round(
-    site: SiteConfig | SiteRef, hub_url: str, run_id: str, rnd: int,
-    chem: ChemConfig, model: ModelConfig, train: TrainConfig, fit: FitInstructions,
-) -> SiteUpdateManifest:  # fmt: skip
+    site: SiteConfig | SiteRef,
+    hub_url: str,
+    run_id: str,
+    rnd: int,
+    chem: ChemConfig,
+    model: ModelConfig,
+    train: TrainConfig,
+    fit: FitInstructions,
+) -> SiteUpdateManifest:
     site = resolve_site(site)
     manifest = site_lib.run_site_round(
         site, HubStore(hub_url), run_id, rnd, chem, model, train, fit
     )
     get_run_logger().info(
         "round %d site %s: %d examples, loss %.4f, %.1fs on %s",
-        rnd, site.name, manifest.n_examples, manifest.train_loss,
-        manifest.train_seconds, manifest.device,
-    )  # fmt: skip
+        rnd,
+        site.name,
+        manifest.n_examples,
+        manifest.train_loss,
+        manifest.train_seconds,
+        manifest.device,
+    )
     return manifest
 
 
 @task(cache_policy=NO_CACHE)
 def evaluate_global(
-    site: SiteConfig | SiteRef, hub_url: str, run_id: str, rnd: int, chem: ChemConfig,
-    model: ModelConfig, select: Selection = "last",
-) -> EvalReport:  # fmt: skip
+    site: SiteConfig | SiteRef,
+    hub_url: str,
+    run_id: str,
+    rnd: int,
+    chem: ChemConfig,
+    model: ModelConfig,
+    select: Selection = "last",
+) -> EvalReport:
     site = resolve_site(site)
     return site_lib.evaluate_global_at_site(
         site, HubStore(hub_url), run_id, rnd, chem, model, select
@@ -133,10 +151,14 @@ def evaluate_global(
 
 @task(cache_policy=NO_CACHE)
 def train_local_baseline(
-    site: SiteConfig, chem: ChemConfig, model: ModelConfig, train: TrainConfig,
-    epochs: int, label_stats: dict[str, dict[str, float]],
+    site: SiteConfig,
+    chem: ChemConfig,
+    model: ModelConfig,
+    train: TrainConfig,
+    epochs: int,
+    label_stats: dict[str, dict[str, float]],
     publish_to: tuple[str, str] | None = None,
-) -> EvalReport:  # fmt: skip
+) -> EvalReport:
     """The site's local-only model; ``publish_to=(hub_url, run_id)`` also puts its weights on
     the hub for the cross-site evaluation (shared heads only)."""
     report, arrays = baselines.train_local_only(site, chem, model, train, epochs, label_stats)
@@ -148,9 +170,13 @@ def train_local_baseline(
 
 @task(cache_policy=NO_CACHE)
 def evaluate_baselines(
-    site: SiteConfig, hub_url: str, run_id: str, owners: list[str], chem: ChemConfig,
+    site: SiteConfig,
+    hub_url: str,
+    run_id: str,
+    owners: list[str],
+    chem: ChemConfig,
     model: ModelConfig,
-) -> list[EvalReport]:  # fmt: skip
+) -> list[EvalReport]:
     """Other sites' published local-only models, scored on this site's test fold."""
     hub = HubStore(hub_url)
     return [

@@ -85,6 +85,29 @@ def test_demo_settings_come_from_the_yaml_then_the_flags(tmp_path: Path):
     assert demo.train.lr_schedule == "cosine" and demo.train.seed == demo.seed == 0
     args = build_parser().parse_args(["demo", "--config", str(cfg), "--strategy", "median"])
     assert demo_config(args).strategy.name == "median"  # a flag replaces the file's choice
+    # every setting has its flag, nested ones dotted; the common ones have short forms too
+    args = build_parser().parse_args(
+        [
+            "demo",
+            "--local-epochs",
+            "2",
+            "--chem.standardize.tautomer",
+            "--no-train.bf16",
+            "--strategy.name",
+            "fedprox",
+            "--strategy.mu",
+            "0.5",
+            "--fp-size",
+            "1024",
+        ]
+    )
+    flags = demo_config(args)
+    assert (flags.train.local_epochs, flags.chem.fp_size, flags.strategy.mu) == (2, 1024, 0.5)
+    assert flags.chem.standardize.tautomer and not flags.train.bf16
+    # a strategy by name and parameters of a strategy: ambiguous, refused with what to do
+    both = build_parser().parse_args(["demo", "--strategy", "fedprox", "--strategy.mu", "0.5"])
+    with pytest.raises(ConfigFileError, match=r"--strategy\.name NAME"):
+        demo_config(both)
     # the defaults are the bundled Tox21 demo
     plain = demo_config(build_parser().parse_args(["demo"]))
     assert (plain.dataset, plain.sites, plain.rounds, plain.strategy.name) == (
@@ -127,8 +150,11 @@ def test_a_federation_config_is_checked_with_errors_that_say_where(
     cfg.write_text(cfg.read_text().replace("trim_fraction: 0.2", "trim_fraction: 0.7"))
     assert main(["federate", "--config", str(cfg), "--check"]) == 2
     assert "strategy.trimmed_mean.trim_fraction" in capsys.readouterr().err
-    cfg.write_text(cfg.read_text().replace("trim_fraction: 0.7", "trim_fraction: 0.2")
-                   .replace("min_sites: 2", "min_sites: 4"))  # fmt: skip
+    cfg.write_text(
+        cfg.read_text()
+        .replace("trim_fraction: 0.7", "trim_fraction: 0.2")
+        .replace("min_sites: 2", "min_sites: 4")
+    )
     assert main(["federate", "--config", str(cfg), "--check"]) == 2
     assert "min_sites=4 exceeds the 3 sites" in capsys.readouterr().err
 

@@ -84,22 +84,27 @@ def _running(pid: int) -> bool:
 
 def _children(pid: int) -> list[int]:
     tasks = Path(f"/proc/{pid}/task")
-    return [int(c) for t in tasks.iterdir()
-            for c in (t / "children").read_text().split()]  # fmt: skip
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
 
 
 def _run(
     stack: Stack, deployment: str, *extra: str, timeout: int = 300
 ) -> subprocess.CompletedProcess[str]:
     exe = str(Path(sys.executable).with_name("prefect"))
-    return subprocess.run([exe, "deployment", "run", deployment, "--watch", *extra],
-                          env=stack.env(), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [exe, "deployment", "run", deployment, "--watch", *extra],
+        env=stack.env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _hub(stack: Stack) -> s3fs.S3FileSystem:
-    return s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET,
-                             client_kwargs={"endpoint_url": stack.s3_endpoint})  # fmt: skip
+    return s3fs.S3FileSystem(
+        key=S3_KEY, secret=S3_SECRET, client_kwargs={"endpoint_url": stack.s3_endpoint}
+    )
 
 
 def _prepare_and_federate(stack: Stack) -> None:
@@ -188,8 +193,12 @@ def test_a_site_down_does_not_block_the_federation(stack: Stack):
     # every run the coordinator started ended before it did: no waiting here
     runs = _site_runs(stack, "strict")
     a, b = stack.sites
-    assert runs == {f"round-01/{a}": "Completed", f"round-01/{b}": "Cancelled",
-                    f"round-02/{a}": "Cancelled", f"round-02/{b}": "Cancelled"}  # fmt: skip
+    assert runs == {
+        f"round-01/{a}": "Completed",
+        f"round-01/{b}": "Cancelled",
+        f"round-02/{a}": "Cancelled",
+        f"round-02/{b}": "Cancelled",
+    }
 
 
 def test_the_plain_process_worker_and_postgres_run_the_same_deployments(
@@ -215,8 +224,12 @@ def test_committed_prefect_yaml_is_what_the_renderer_writes():
     assert committed == example_prefect_yaml()
     doc = yaml.safe_load(committed)
     pools = {d["name"]: d["work_pool"]["name"] for d in doc["deployments"]}
-    assert pools == {"site-a-prepare": "site-a", "site-a-round": "site-a",
-                     "site-b-prepare": "site-b", "site-b-round": "site-b",
-                     "coordinator": "coordinator"}  # fmt: skip
+    assert pools == {
+        "site-a-prepare": "site-a",
+        "site-a-round": "site-a",
+        "site-b-prepare": "site-b",
+        "site-b-round": "site-b",
+        "coordinator": "coordinator",
+    }
     coord = next(d for d in doc["deployments"] if d["name"] == "coordinator")
     assert coord["schedules"][0]["active"] is False

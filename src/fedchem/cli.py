@@ -13,9 +13,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from fedchem.config import ConfigFileError, DemoConfig, load_config
-from fedchem.federation.strategies import STRATEGY_NAMES
+from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
+
+from fedchem.config import ConfigFileError, DemoConfig, read_config, validate_config
 from fedchem.contracts import (
     ContractError,
     compile_table,
@@ -28,28 +30,51 @@ from fedchem.contracts import (
 __all__ = ["main"]
 
 
-#: demo flags that override a ``--config`` file's value when given (flag → config key)
-_DEMO_FLAGS = {
-    "dataset": "dataset", "smiles_col": "smiles_col", "sites": "sites", "rounds": "rounds",
-    "seed": "seed", "strategy": "strategy", "heads": "heads", "task_split": "task_split",
-    "continuous_as": "continuous_as",
-}  # fmt: skip
+class _DemoFlags(DemoConfig, BaseSettings):
+    """Only the source of ``fedchem demo``'s flags (never built itself: its values come from
+    the parsed flags, never from the environment)."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+
+#: short spellings of the most used demo flags (their long forms work too)
+_DEMO_SHORTCUTS = {"train.local-epochs": "local-epochs", "chem.fp-size": "fp-size"}
+
+
+def _add_demo_flags(parser: argparse.ArgumentParser) -> CliSettingsSource[_DemoFlags]:
+    """One flag per :class:`DemoConfig` setting, nested ones dotted (``--train.lr``,
+    ``--chem.standardize.tautomer``), derived from the model with pydantic-settings."""
+    return CliSettingsSource(
+        _DemoFlags,
+        root_parser=parser,
+        cli_kebab_case=True,
+        cli_avoid_json=True,
+        cli_implicit_flags=True,
+        cli_hide_none_type=True,
+        cli_shortcuts=_DEMO_SHORTCUTS,
+        cli_use_class_docs_for_groups=True,
+    )
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, section by section (a non-mapping value replaces)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def demo_config(args: argparse.Namespace) -> DemoConfig:
     """The demo's settings: the ``--config`` YAML (if any), then the flags given on top."""
-    raw: dict[str, object] = {}
-    if args.config:
-        raw = load_config(Path(args.config), DemoConfig).model_dump(mode="json")
-    for flag, key in _DEMO_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            raw[key] = {"name": value} if key == "strategy" else value
-    if args.local_epochs is not None:
-        raw.setdefault("train", {})["local_epochs"] = args.local_epochs  # type: ignore[index]
-    if args.fp_size is not None:
-        raw.setdefault("chem", {})["fp_size"] = args.fp_size  # type: ignore[index]
-    cfg = DemoConfig.model_validate(raw)
+    given = {k for k, v in vars(args).items() if v is not None}
+    if "strategy" in given and any(k.startswith("strategy.") for k in given):
+        raise ConfigFileError(
+            "--strategy NAME takes that strategy with its defaults; to set its parameters "
+            "too, name it with --strategy.name NAME"
+        )
+    raw = read_config(Path(args.config), DemoConfig) if args.config else {}
+    raw = _merge(raw, args.demo_flags(parsed_args=args)())
+    cfg = validate_config(raw, DemoConfig, args.config or "the command line")
     if "seed" not in cfg.train.model_fields_set:  # one seed for split and training by default
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": cfg.seed})})
     return cfg
@@ -71,11 +96,21 @@ def _demo(args: argparse.Namespace) -> int:
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}"
     start = time.perf_counter()
     report = demo(
-        dataset=dataset, smiles_col=smiles_col, n_sites=cfg.sites, rounds=cfg.rounds,
-        out=out, seed=cfg.seed, run_id=run_id, chem=cfg.chem, model=cfg.model,
-        train=cfg.train, strategy=cfg.strategy, heads=cfg.heads,
-        task_split=cfg.task_split, continuous_as=cfg.continuous_as,
-    )  # fmt: skip
+        dataset=dataset,
+        smiles_col=smiles_col,
+        n_sites=cfg.sites,
+        rounds=cfg.rounds,
+        out=out,
+        seed=cfg.seed,
+        run_id=run_id,
+        chem=cfg.chem,
+        model=cfg.model,
+        train=cfg.train,
+        strategy=cfg.strategy,
+        heads=cfg.heads,
+        task_split=cfg.task_split,
+        continuous_as=cfg.continuous_as,
+    )
     print(render_markdown(report))
     print(
         f"wrote {out / 'report.json'} and {out / 'report.md'} in {time.perf_counter() - start:.0f}s"
@@ -124,8 +159,10 @@ class ProgressBar:
             return
         filled = self.width * done // total
         bar = "#" * filled + "." * (self.width - filled)
-        line = (f"{self.label} [{bar}] {done}/{total} partitions, "
-                f"{time.perf_counter() - self.start:.0f}s")  # fmt: skip
+        line = (
+            f"{self.label} [{bar}] {done}/{total} partitions, "
+            f"{time.perf_counter() - self.start:.0f}s"
+        )
         end = "\n" if done == total or not self.tty else ""
         print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
         self._last = done
@@ -138,9 +175,11 @@ def _prepare(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(Path(args.config), PrepareConfig)
         report = prepare_site(
-            cfg.site, cfg.chem, cfg.tasks,
+            cfg.site,
+            cfg.chem,
+            cfg.tasks,
             progress=None if args.quiet else ProgressBar(f"prepare {cfg.site.name}"),
-        )  # fmt: skip
+        )
     except (ConfigFileError, ContractError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -189,9 +228,15 @@ def _stack(args: argparse.Namespace) -> int:
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
         return 0
     dataset = Path(args.dataset) if args.dataset else bundled_dataset()
-    stack = st.stack_up(directory, dataset, n_sites=args.sites, rounds=args.rounds,
-                        database_url=args.database_url, run_id=args.run_id,
-                        postgres=args.postgres)  # fmt: skip
+    stack = st.stack_up(
+        directory,
+        dataset,
+        n_sites=args.sites,
+        rounds=args.rounds,
+        database_url=args.database_url,
+        run_id=args.run_id,
+        postgres=args.postgres,
+    )
     ui = stack.api_url.removesuffix("/api")
     print(json.dumps({"ui": ui, **{k: v for k, v in vars(stack).items() if k != "dir"}}, indent=2))
     print(f"""
@@ -208,40 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedchem", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser(
-        "demo", help="simulated federation on a public dataset, with baselines",
+        "demo",
+        help="simulated federation on a public dataset, with baselines",
         description="Splits a public table into sites, prepares each, federates, and compares "
         "the federated model with each site's local-only model and the pooled model. Settings "
         "come from --config (a DemoConfig YAML; see benchmarks/configs/) and the flags given "
         "on top of it; the defaults run Tox21 over 4 sites for 10 rounds.",
-    )  # fmt: skip
+    )
     d.add_argument("--config", help="YAML with the demo's settings (flags override it)")
-    d.add_argument(
-        "--dataset", help="bundled name (tox21, lipophilicity, biogen, chembl) or a wide CSV: "
-        "a SMILES column + task columns (default: tox21)",
-    )  # fmt: skip
-    d.add_argument("--smiles-col", help="name of the SMILES column (default: smiles)")
-    d.add_argument("--sites", type=int)
-    d.add_argument("--rounds", type=int)
-    d.add_argument("--local-epochs", type=int)
-    d.add_argument("--fp-size", type=int)
-    d.add_argument(
-        "--strategy", choices=STRATEGY_NAMES,
-        help="aggregation strategy with its default parameters (default: fedavgm)",
-    )  # fmt: skip
-    d.add_argument(
-        "--heads", choices=["shared", "private"],
-        help="private: only the trunk is federated, each site keeps its own task heads",
-    )  # fmt: skip
-    d.add_argument(
-        "--task-split", choices=["shared", "disjoint"],
-        help="disjoint: each site owns different tasks (use with --heads private)",
-    )  # fmt: skip
-    d.add_argument(
-        "--continuous-as", choices=["regression", "classification"],
-        help="classification: threshold continuous columns by the automatic rule",
-    )  # fmt: skip
-    d.add_argument("--out", default="./fedchem-demo")
-    d.add_argument("--seed", type=int)
+    d.add_argument("--out", default="./fedchem-demo", help="where the report and sites go")
+    d.set_defaults(demo_flags=_add_demo_flags(d))
     d.set_defaults(func=_demo)
     v = sub.add_parser("validate", help="check a site's files against the data contracts")
     v.add_argument("--measurements", required=True)
@@ -268,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "strategy, heads, quorum and deadlines, model and training). mode: local prepares and "
         "trains every site here; mode: deployed triggers each site's deployment (set "
         "PREFECT_API_URL). Errors name the offending key.",
-    )  # fmt: skip
+    )
     fe.add_argument("--config", required=True, help="federation YAML")
     fe.add_argument("--check", action="store_true", help="validate and summarize only")
     fe.set_defaults(func=_federate)
@@ -286,9 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--dataset", help="wide CSV to split into sites (default: bundled Tox21)")
     sk.add_argument("--database-url", help="Postgres for the Prefect server (default: SQLite)")
     sk.add_argument("--run-id", default="stack-run")
-    sk.add_argument("--postgres", action="store_true",
-                    help="the Prefect server on a PostgreSQL server of the stack's own "
-                    "(Debian's postgresql package) instead of SQLite")  # fmt: skip
+    sk.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the Prefect server on a PostgreSQL server of the stack's own "
+        "(Debian's postgresql package) instead of SQLite",
+    )
     sk.set_defaults(func=_stack)
     return p
 

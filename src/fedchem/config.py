@@ -32,9 +32,11 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "load_federation_config",
+    "read_config",
     "read_yaml_mapping",
     "resolve_site",
     "site_from_env",
+    "validate_config",
 ]
 
 
@@ -217,9 +219,11 @@ class FaultConfig(StrictModel):
         "accepted updates holds; strict: every site must send an accepted update",
     )
     max_norm_ratio: float = Field(
-        10.0, gt=1, description="reject an update this many times farther from the global "
+        10.0,
+        gt=1,
+        description="reject an update this many times farther from the global "
         "model than the round's median update",
-    )  # fmt: skip
+    )
     min_for_norm_check: int = Field(
         3, ge=2, description="the norm check needs at least this many well-formed updates"
     )
@@ -361,8 +365,8 @@ def read_yaml_mapping(path: Path, error: type[Exception]) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: Path, model: type[_M]) -> _M:
-    """Read a YAML config into ``model``; an error lists each bad key as a dotted path."""
+def read_config(path: Path, model: type[BaseModel]) -> dict[str, Any]:
+    """A YAML config as a mapping, its relative paths anchored at the file (not validated)."""
     path = Path(path)
     raw = read_yaml_mapping(path, ConfigFileError)
     base = path.resolve().parent
@@ -377,13 +381,25 @@ def load_config(path: Path, model: type[_M]) -> _M:
     sites = raw.get("sites")
     for site in sites if isinstance(sites, list) else []:
         _anchor_site_paths(site, base)
+    return raw
+
+
+def validate_config(raw: dict[str, Any], model: type[_M], source: str) -> _M:
+    """``raw`` as ``model``; an error lists each bad key as a dotted path, naming ``source``."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         lines = [
             f"  {'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg']}" for e in exc.errors()
         ]
-        raise ConfigFileError(f"{path}: {exc.error_count()} error(s)\n" + "\n".join(lines)) from exc
+        raise ConfigFileError(
+            f"{source}: {exc.error_count()} error(s)\n" + "\n".join(lines)
+        ) from exc
+
+
+def load_config(path: Path, model: type[_M]) -> _M:
+    """Read a YAML config into ``model``; an error lists each bad key as a dotted path."""
+    return validate_config(read_config(path, model), model, str(path))
 
 
 #: where a site's worker finds its own config (a YAML with a ``site:`` section)

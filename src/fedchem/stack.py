@@ -133,13 +133,22 @@ def render_prefect_yaml(
 
 
 def federation_defaults(
-    sites: list[str], tasks: list[TaskSpec], chem: ChemConfig, rounds: int, hub_url: str,
+    sites: list[str],
+    tasks: list[TaskSpec],
+    chem: ChemConfig,
+    rounds: int,
+    hub_url: str,
     run_id: str,
 ) -> dict[str, Any]:
     """The coordinator deployment's default parameters: deployed mode, sites by name only."""
     cfg = FederationConfig(
-        run_id=run_id, hub_url=hub_url, mode="deployed", sites=[SiteRef(name=s) for s in sites],
-        tasks=tasks, rounds=rounds, chem=chem,
+        run_id=run_id,
+        hub_url=hub_url,
+        mode="deployed",
+        sites=[SiteRef(name=s) for s in sites],
+        tasks=tasks,
+        rounds=rounds,
+        chem=chem,
     )
     return cfg.model_dump(mode="json", exclude_defaults=False)
 
@@ -170,7 +179,9 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         """A clean environment for a stack process: Prefect at this server, hub credentials."""
         base = {
-            k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FEDCHEM_", "AWS_"))
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PREFECT_", "FEDCHEM_", "AWS_"))
         }
         base.update(
             {
@@ -216,7 +227,11 @@ def _wait_http(url: str, timeout: float, what: str) -> None:
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> int:
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
-            args, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=log.parent,
+            args,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,
             start_new_session=True,
         )
     return proc.pid
@@ -228,8 +243,12 @@ def _prefect_exe() -> str:
 
 def _prefect(stack: Stack, *args: str, env: dict[str, str] | None = None) -> None:
     res = subprocess.run(
-        [_prefect_exe(), *args], env=env or stack.env(), cwd=stack.dir, capture_output=True,
-        text=True, timeout=300,
+        [_prefect_exe(), *args],
+        env=env or stack.env(),
+        cwd=stack.dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if res.returncode != 0:
         out = (res.stdout + "\n" + res.stderr)[-4000:]
@@ -237,9 +256,16 @@ def _prefect(stack: Stack, *args: str, env: dict[str, str] | None = None) -> Non
 
 
 def stack_up(
-    directory: Path, dataset: Path, n_sites: int = 2, rounds: int = 2, seed: int = 0,
-    database_url: str | None = None, chem: ChemConfig | None = None,
-    run_id: str = "stack-run", smiles_col: str = "smiles", postgres: bool = False,
+    directory: Path,
+    dataset: Path,
+    n_sites: int = 2,
+    rounds: int = 2,
+    seed: int = 0,
+    database_url: str | None = None,
+    chem: ChemConfig | None = None,
+    run_id: str = "stack-run",
+    smiles_col: str = "smiles",
+    postgres: bool = False,
     worker: str = "fedchem",
 ) -> Stack:
     """Start the whole stack (see the module docstring); stop it with :func:`stack_down`.
@@ -261,8 +287,11 @@ def stack_up(
     chem = chem or ChemConfig()
     api_port, s3_port = _free_port(), _free_port()
     stack = Stack(
-        dir=str(directory), api_url=f"http://127.0.0.1:{api_port}/api",
-        s3_endpoint=f"http://127.0.0.1:{s3_port}", hub_url="s3://fedchem-hub/hub", sites=[],
+        dir=str(directory),
+        api_url=f"http://127.0.0.1:{api_port}/api",
+        s3_endpoint=f"http://127.0.0.1:{s3_port}",
+        hub_url="s3://fedchem-hub/hub",
+        sites=[],
         worker=worker,
     )
     try:
@@ -278,11 +307,13 @@ def stack_up(
             server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
         stack.pids["prefect-server"] = _spawn(
             [_prefect_exe(), "server", "start", "--host", "127.0.0.1", "--port", str(api_port)],
-            server_env, directory / "prefect-server.log",
+            server_env,
+            directory / "prefect-server.log",
         )
         stack.pids["s3"] = _spawn(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-            stack.env(), directory / "s3.log",
+            stack.env(),
+            directory / "s3.log",
         )
         stack.save()
         _wait_http(f"{stack.s3_endpoint}/", 60, "the S3 server")
@@ -310,7 +341,8 @@ def stack_up(
         for site in stack.sites:  # each worker sees its own site's config, no other
             start_site_worker(stack, site)
         stack.pids["worker-coordinator"] = _spawn(
-            _worker_command(stack, "coordinator", "worker-coordinator"), stack.env(),
+            _worker_command(stack, "coordinator", "worker-coordinator"),
+            stack.env(),
             directory / "worker-coordinator.log",
         )
         stack.save()
@@ -328,15 +360,25 @@ def deploy(stack: Stack, prefect_file: Path) -> None:
 
 
 def _worker_command(stack: Stack, pool: str, name: str) -> list[str]:
-    return [_prefect_exe(), "worker", "start", "--pool", pool, "--name", name, "--type",
-            stack.worker]
+    return [
+        _prefect_exe(),
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--name",
+        name,
+        "--type",
+        stack.worker,
+    ]
 
 
 def start_site_worker(stack: Stack, site: str) -> int:
     """Start ``site``'s worker (its own config only in its environment); record its pid."""
     env = stack.env(FEDCHEM_SITE_CONFIG=str(Path(stack.dir) / "sites" / site / "site.yaml"))
     pid = _spawn(
-        _worker_command(stack, pool_for(site), f"worker-{site}"), env,
+        _worker_command(stack, pool_for(site), f"worker-{site}"),
+        env,
         Path(stack.dir) / f"worker-{site}.log",
     )
     stack.pids[f"worker-{site}"] = pid
@@ -382,15 +424,41 @@ def start_postgres(directory: Path) -> tuple[int, str, Path]:
         data_dir = directory / "postgres"
         data_dir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [*user, _postgres_bin("initdb"), "-D", str(data_dir), "-U", "prefect", "--auth=trust",
-         "-E", "UTF8"],
-        check=True, capture_output=True, timeout=120,
+        [
+            *user,
+            _postgres_bin("initdb"),
+            "-D",
+            str(data_dir),
+            "-U",
+            "prefect",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     port = _free_port()
     pid = _spawn(
-        [*user, _postgres_bin("postgres"), "-D", str(data_dir), "-h", "127.0.0.1", "-p", str(port),
-         "-k", str(data_dir), "-c", "max_connections=200", "-c", "fsync=off"],
-        dict(os.environ), directory / "postgres.log",
+        [
+            *user,
+            _postgres_bin("postgres"),
+            "-D",
+            str(data_dir),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-k",
+            str(data_dir),
+            "-c",
+            "max_connections=200",
+            "-c",
+            "fsync=off",
+        ],
+        dict(os.environ),
+        directory / "postgres.log",
     )
     deadline = time.time() + 60
     while True:
@@ -404,7 +472,9 @@ def start_postgres(directory: Path) -> tuple[int, str, Path]:
         time.sleep(0.3)
     subprocess.run(
         [_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
-        check=True, capture_output=True, timeout=60,
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     return pid, f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect", data_dir
 

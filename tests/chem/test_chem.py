@@ -16,9 +16,34 @@ from fedchem.demo.sites import bundled_dataset
 GOLDEN = {
     "CCO": [80, 222, 294, 807, 1057, 1410],
     "c1ccccc1O": [65, 389, 527, 745, 807, 1088, 1199, 1380, 1602, 1750, 1778, 1873, 1947],
-    "CC(=O)Nc1ccc(O)cc1": [145, 191, 231, 245, 356, 530, 650, 693, 745, 807, 843, 849, 1017,
-                           1057, 1077, 1152, 1313, 1380, 1602, 1664, 1750, 1778, 1816, 1873, 1917],
-}  # fmt: skip
+    "CC(=O)Nc1ccc(O)cc1": [
+        145,
+        191,
+        231,
+        245,
+        356,
+        530,
+        650,
+        693,
+        745,
+        807,
+        843,
+        849,
+        1017,
+        1057,
+        1077,
+        1152,
+        1313,
+        1380,
+        1602,
+        1664,
+        1750,
+        1778,
+        1816,
+        1873,
+        1917,
+    ],
+}
 
 
 @pytest.mark.parametrize(("smiles", "bits"), GOLDEN.items())
@@ -52,9 +77,21 @@ def test_same_scaffold_same_fold_and_key_matters():
     a, b = Chem.MolFromSmiles("Cc1ccccc1"), Chem.MolFromSmiles("Oc1ccccc1")
     assert scaffold_of(a) == scaffold_of(b) == "c1ccccc1"
     assert fold_of(scaffold_of(a), b"k1") == fold_of(scaffold_of(b), b"k1")
-    scaffolds = [scaffold_of(Chem.MolFromSmiles(s)) for s in
-                 ["c1ccccc1", "C1CCCCC1", "c1ccncc1", "c1ccc2ccccc2c1", "C1CCNCC1", "c1ccoc1",
-                  "c1ccsc1", "C1CC1", "c1cnccn1", "C1CCOC1"]]  # fmt: skip
+    scaffolds = [
+        scaffold_of(Chem.MolFromSmiles(s))
+        for s in [
+            "c1ccccc1",
+            "C1CCCCC1",
+            "c1ccncc1",
+            "c1ccc2ccccc2c1",
+            "C1CCNCC1",
+            "c1ccoc1",
+            "c1ccsc1",
+            "C1CC1",
+            "c1cnccn1",
+            "C1CCOC1",
+        ]
+    ]
     k1 = [fold_of(s, b"key-one", 5) for s in scaffolds]
     k2 = [fold_of(s, b"key-two", 5) for s in scaffolds]
     assert k1 == [fold_of(s, b"key-one", 5) for s in scaffolds]  # deterministic

@@ -124,8 +124,15 @@ def test_shard_cache_recomputes_only_touched_partitions(tmp_path: Path):
     uniq = np.unique(np.array(raw, dtype=object))
     chem = ChemConfig(fp_size=1024)
     seen: list[tuple[int, int]] = []
-    first = featurize_to_shards(uniq, chem, b"k", tmp_path, partition_rows=200, n_workers=1,
-                                progress=lambda d, t: seen.append((d, t)))  # fmt: skip
+    first = featurize_to_shards(
+        uniq,
+        chem,
+        b"k",
+        tmp_path,
+        partition_rows=200,
+        n_workers=1,
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert first.computed_shards == len(first.shards) == 7 and first.n_rows == len(uniq)
     assert first.computed_molecules == len(uniq)
     assert seen[-1] == (7, 7)
@@ -168,12 +175,19 @@ def test_an_existing_dask_scheduler_by_address_gives_the_same_result(tmp_path: P
     smiles = pd.read_csv(bundled_dataset())["smiles"].head(300).tolist()
     chem = ChemConfig(fp_size=512)
     local = featurize_many(smiles, chem, b"k", n_workers=1)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster:  # fmt: skip
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
         seen: list[tuple[int, int]] = []
-        remote = featurize_many(smiles, chem, b"k", partition_rows=100, cache_dir=tmp_path,
-                                dask_address=cluster.scheduler_address,
-                                progress=lambda d, t: seen.append((d, t)))  # fmt: skip
+        remote = featurize_many(
+            smiles,
+            chem,
+            b"k",
+            partition_rows=100,
+            cache_dir=tmp_path,
+            dask_address=cluster.scheduler_address,
+            progress=lambda d, t: seen.append((d, t)),
+        )
     assert remote.canonical == local.canonical and remote.reason == local.reason
     assert np.array_equal(remote.indices, local.indices) and np.array_equal(remote.fold, local.fold)
     assert seen[-1][0] == seen[-1][1] >= 3

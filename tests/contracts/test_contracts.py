@@ -114,8 +114,9 @@ def test_a_new_builtin_check_needs_no_code(tmp_path: Path):
     def bound(raw):
         raw["schema"][0]["properties"][3]["logicalTypeOptions"] = {"minimum": 0, "maximum": 14}
 
-    table = compile_table(load_contract(_write_contract(tmp_path, bound)),
-                          references={"assays.assay_id": {"tox1"}})  # fmt: skip
+    table = compile_table(
+        load_contract(_write_contract(tmp_path, bound)), references={"assays.assay_id": {"tox1"}}
+    )
     res = validate_frame(_frame("a,CCO,tox1,3,=,\nb,CCO,tox1,15,=,\n"), table)
     assert res.account.quarantined == 1
     assert res.quarantine["reason"].iloc[0] == "value: not <= 14"

@@ -19,9 +19,28 @@ CATALOGUE = [
     TaskSpec(name="sol1", kind="regression"),
 ]
 HEADER = "compound_id,smiles,assay_id,value,qualifier,unit"
-SMILES = ["CCO", "CCN", "c1ccccc1O", "CC(=O)O", "c1ccncc1", "CCCCCl", "OCC(O)CO", "CCOC(=O)C",
-          "c1ccc2ccccc2c1", "CC(C)O", "NCCO", "c1ccsc1", "C1CCCCC1", "CC(=O)Nc1ccc(O)cc1",
-          "COc1ccccc1", "Cc1ccccc1", "ClCCl", "OC(=O)c1ccccc1", "CCCCCCO", "c1ccoc1"]  # fmt: skip
+SMILES = [
+    "CCO",
+    "CCN",
+    "c1ccccc1O",
+    "CC(=O)O",
+    "c1ccncc1",
+    "CCCCCl",
+    "OCC(O)CO",
+    "CCOC(=O)C",
+    "c1ccc2ccccc2c1",
+    "CC(C)O",
+    "NCCO",
+    "c1ccsc1",
+    "C1CCCCC1",
+    "CC(=O)Nc1ccc(O)cc1",
+    "COc1ccccc1",
+    "Cc1ccccc1",
+    "ClCCl",
+    "OC(=O)c1ccccc1",
+    "CCCCCCO",
+    "c1ccoc1",
+]
 
 # (line, expected reason fragment or None when the row must be accepted)
 ADVERSARIAL: list[tuple[str, str | None]] = [
@@ -70,8 +89,14 @@ def _write(tmp_path: Path, assays_file: Path, n_good: int, tail_bad: bool) -> Si
     path.write_bytes(data)
     key = tmp_path / "key"
     key.write_bytes(b"adversarial-key")
-    return SiteConfig(name="site-adv", measurements=path, assays=assays_file,
-                      workdir=tmp_path / "w", key_file=key, dask_workers=1)  # fmt: skip
+    return SiteConfig(
+        name="site-adv",
+        measurements=path,
+        assays=assays_file,
+        workdir=tmp_path / "w",
+        key_file=key,
+        dask_workers=1,
+    )
 
 
 def test_every_bad_row_is_quarantined_with_its_reason(tmp_path: Path, assays_file: Path):
@@ -120,8 +145,15 @@ def test_automatic_threshold_and_quorum_drop_with_reasons(tmp_path: Path, assays
     path.write_text("\n".join(lines) + "\n")
     key = tmp_path / "key"
     key.write_bytes(b"k")
-    site = SiteConfig(name="s", measurements=path, assays=assays_file, workdir=tmp_path / "w",
-                      key_file=key, dask_workers=1, max_quarantine_fraction=1.0)  # fmt: skip
+    site = SiteConfig(
+        name="s",
+        measurements=path,
+        assays=assays_file,
+        workdir=tmp_path / "w",
+        key_file=key,
+        dask_workers=1,
+        max_quarantine_fraction=1.0,
+    )
     cat = [TaskSpec(name="sol1", kind="classification")]
     rules = LabelConfig(auto_min_per_class=10)
     rep = prepare_site(site, ChemConfig(fp_size=256, labels=rules), cat)

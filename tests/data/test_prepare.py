@@ -26,7 +26,7 @@ BAD = [
     "b3,CCO,sol1,high,=,",  # non-numeric value
     ",CCO,tox1,0,=,",  # missing id
     "b5,[Na+].[Cl-],tox1,7,=,",  # binary value not 0/1
-]  # fmt: skip
+]
 
 
 def _site(tmp_path: Path, assays_file: Path, lines: list[str], **kw) -> SiteConfig:
@@ -34,8 +34,15 @@ def _site(tmp_path: Path, assays_file: Path, lines: list[str], **kw) -> SiteConf
     m.write_text(MEASUREMENT_HEADER + "\n".join(lines) + "\n")
     key = tmp_path / "key"
     key.write_bytes(b"secret")
-    return SiteConfig(name="site-x", measurements=m, assays=assays_file, workdir=tmp_path / "w",
-                      key_file=key, dask_workers=1, **kw)  # fmt: skip
+    return SiteConfig(
+        name="site-x",
+        measurements=m,
+        assays=assays_file,
+        workdir=tmp_path / "w",
+        key_file=key,
+        dask_workers=1,
+        **kw,
+    )
 
 
 def test_broken_rows_are_quarantined_and_accounted(tmp_path: Path, assays_file: Path):
@@ -76,7 +83,8 @@ def test_missing_column_fails_naming_column_and_contract(tmp_path: Path, assays_
     m.write_text("compound_id,smiles,assay_id,value,unit\nc1,CCO,tox1,1,\n")
     key = tmp_path / "key"
     key.write_bytes(b"secret")
-    site = SiteConfig(name="site-x", measurements=m, assays=assays_file, workdir=tmp_path / "w",
-                      key_file=key)  # fmt: skip
+    site = SiteConfig(
+        name="site-x", measurements=m, assays=assays_file, workdir=tmp_path / "w", key_file=key
+    )
     with pytest.raises(MissingColumnError, match=r"'qualifier'.*fedchem-site-measurements"):
         prepare_site(site, ChemConfig(fp_size=256), CATALOGUE)

@@ -12,11 +12,13 @@ CATALOGUE = [
     TaskSpec(name="sol1", kind="regression"),
 ]
 ASSAYS = pd.DataFrame(
-    {"assay_id": ["tox1", "pot1", "sol1", "extra"],
-     "assay_type": ["binary", "continuous", "continuous", "binary"],
-     "threshold": [np.nan, 6.0, np.nan, np.nan],
-     "direction": [None, "higher_is_active", None, None]}
-)  # fmt: skip
+    {
+        "assay_id": ["tox1", "pot1", "sol1", "extra"],
+        "assay_type": ["binary", "continuous", "continuous", "binary"],
+        "threshold": [np.nan, 6.0, np.nan, np.nan],
+        "direction": [None, "higher_is_active", None, None],
+    }
+)
 
 
 def _rows(records):
@@ -26,17 +28,28 @@ def _rows(records):
 
 
 def test_labels_thresholds_replicates_and_censoring():
-    rows = _rows([
-        (0, "tox1", 1.0, "="), (0, "tox1", 1.0, "="), (0, "tox1", 0.0, "="),  # majority -> 1
-        (1, "tox1", 1.0, "="), (1, "tox1", 0.0, "="),  # tie -> dropped
-        (0, "pot1", 6.5, "="), (1, "pot1", 5.0, "="), (2, "pot1", 7.0, ">"),  # 1, 0, 1
-        (2, "pot1", 6.2, "<"),  # '<' above threshold -> ambiguous
-        (0, "sol1", 1.0, "="), (0, "sol1", 3.0, "="), (0, "sol1", 2.5, "<"),  # median of '=' -> 2
-        (1, "sol1", 4.0, "<"), (1, "sol1", 3.0, "<"),  # tightest upper bound -> < 3
-        (2, "sol1", 1.0, "<"), (2, "sol1", 2.0, ">"),  # conflicting -> dropped
-        (0, "extra", 1.0, "="),  # not in the catalogue
-        (1, "tox1", 2.0, "="),  # binary value not 0/1
-    ])  # fmt: skip
+    rows = _rows(
+        [
+            (0, "tox1", 1.0, "="),
+            (0, "tox1", 1.0, "="),
+            (0, "tox1", 0.0, "="),  # majority -> 1
+            (1, "tox1", 1.0, "="),
+            (1, "tox1", 0.0, "="),  # tie -> dropped
+            (0, "pot1", 6.5, "="),
+            (1, "pot1", 5.0, "="),
+            (2, "pot1", 7.0, ">"),  # 1, 0, 1
+            (2, "pot1", 6.2, "<"),  # '<' above threshold -> ambiguous
+            (0, "sol1", 1.0, "="),
+            (0, "sol1", 3.0, "="),
+            (0, "sol1", 2.5, "<"),  # median of '=' -> 2
+            (1, "sol1", 4.0, "<"),
+            (1, "sol1", 3.0, "<"),  # tightest upper bound -> < 3
+            (2, "sol1", 1.0, "<"),
+            (2, "sol1", 2.0, ">"),  # conflicting -> dropped
+            (0, "extra", 1.0, "="),  # not in the catalogue
+            (1, "tox1", 2.0, "="),  # binary value not 0/1
+        ]
+    )
     t = build_tasks(rows, ASSAYS, CATALOGUE, n_molecules=3)
     assert t.y[0, 0] == 1.0 and np.isnan(t.y[1, 0])
     assert t.y[0, 1] == 1.0 and t.y[1, 1] == 0.0 and t.y[2, 1] == 1.0

@@ -61,8 +61,14 @@ def test_datasets_by_bundled_name_or_path(tmp_path: Path):
 
 
 def _report(site: str, model: str, auc: float) -> EvalReport:
-    return EvalReport(site=site, model=model, fold="test", n_molecules=10, per_task={},
-                      summary={"mean_roc_auc": auc})  # fmt: skip
+    return EvalReport(
+        site=site,
+        model=model,
+        fold="test",
+        n_molecules=10,
+        per_task={},
+        summary={"mean_roc_auc": auc},
+    )
 
 
 def test_cross_site_matrix_rows_are_models_and_columns_sites():

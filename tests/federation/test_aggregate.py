@@ -74,14 +74,22 @@ def test_server_momentum_matches_the_hand_computed_recursion():
 def test_server_adaptive_first_step_moves_by_about_the_server_lr(kind: str):
     # with bias correction the first Adam/Yogi step is lr * d / (|d| + tau) ≈ lr * sign(d)
     x, state = server_adaptive_step(
-        _u(0.0, 0.0), _u(2.0, -0.5), None, 1, kind=kind,
-        server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-9,
-    )  # fmt: skip
+        _u(0.0, 0.0),
+        _u(2.0, -0.5),
+        None,
+        1,
+        kind=kind,
+        server_lr=0.1,
+        beta1=0.9,
+        beta2=0.99,
+        tau=1e-9,
+    )
     np.testing.assert_allclose(x["w"], [0.1, -0.1], rtol=1e-5)
     assert set(state) == {"m/w", "v/w"}
     with pytest.raises(ValueError, match="unknown"):
-        server_adaptive_step(_u(0), _u(1), None, 1, kind="sgd", server_lr=1, beta1=0, beta2=0,
-                             tau=1)  # fmt: skip
+        server_adaptive_step(
+            _u(0), _u(1), None, 1, kind="sgd", server_lr=1, beta1=0, beta2=0, tau=1
+        )
 
 
 def test_adam_and_yogi_second_moments_differ():

@@ -12,7 +12,6 @@ from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfi
 from fedchem.data.prepare import prepare_site
 from fedchem.demo.sites import bundled_dataset, split_into_sites
 from fedchem.federation.coordinator import aggregate_round, start_run
-from fedchem.messages import FitInstructions
 from fedchem.federation.site import (
     _load_private_head,
     evaluate_global_at_site,
@@ -21,6 +20,7 @@ from fedchem.federation.site import (
     run_site_round,
 )
 from fedchem.federation.strategies import build_strategy
+from fedchem.messages import FitInstructions
 from fedchem.model.evaluate import evaluate_at_site
 from fedchem.model.network import build_model
 from fedchem.model.state import arrays_to_model, load_arrays
@@ -36,10 +36,17 @@ def test_private_heads_never_leave_the_site(tmp_path: Path):
     reports = [prepare_site(s, chem, split.tasks) for s in split.sites]
     shared = split.tasks[0].name
     config = FederationConfig(
-        run_id="ph", hub_url=str(tmp_path / "hub"), sites=split.sites, tasks=split.tasks,
-        rounds=2, chem=chem, model=ModelConfig(hidden=16), train=TrainConfig(batch_size=32),
-        heads="private", shared_tasks=[shared],
-    )  # fmt: skip
+        run_id="ph",
+        hub_url=str(tmp_path / "hub"),
+        sites=split.sites,
+        tasks=split.tasks,
+        rounds=2,
+        chem=chem,
+        model=ModelConfig(hidden=16),
+        train=TrainConfig(batch_size=32),
+        heads="private",
+        shared_tasks=[shared],
+    )
     private = config.private_tasks()
     assert shared not in private and len(private) == len(split.tasks) - 1
     hub = HubStore(config.hub_url)
@@ -47,8 +54,10 @@ def test_private_heads_never_leave_the_site(tmp_path: Path):
     strategy = build_strategy(config.strategy)
     fit = FitInstructions(private_tasks=private)
     for rnd in (1, 2):
-        replies = [run_site_round(s, hub, "ph", rnd, chem, config.model, config.train, fit)
-                   for s in split.sites]  # fmt: skip
+        replies = [
+            run_site_round(s, hub, "ph", rnd, chem, config.model, config.train, fit)
+            for s in split.sites
+        ]
         aggregate_round(hub, "ph", rnd, replies, strategy)
     rows = np.arange(1, len(split.tasks))
     heads = []
@@ -78,8 +87,9 @@ def test_private_heads_never_leave_the_site(tmp_path: Path):
     # the site's validation fold, reported on the test fold
     valid_auc = []
     for rnd in (1, 2):
-        m = arrays_to_model(build_model(ds.fp_size, ds.n_tasks, config.model),
-                            fetch_global(hub, "ph", rnd)[0])  # fmt: skip
+        m = arrays_to_model(
+            build_model(ds.fp_size, ds.n_tasks, config.model), fetch_global(hub, "ph", rnd)[0]
+        )
         _load_private_head(m, site.workdir / "runs" / "ph" / f"private_head-{rnd:04d}.npz")
         valid_auc.append(
             evaluate_at_site(
@@ -94,6 +104,12 @@ def test_private_heads_never_leave_the_site(tmp_path: Path):
 
 def test_shared_tasks_must_be_in_the_catalogue(tmp_path: Path):
     with pytest.raises(ValueError, match="shared_tasks not in the task catalogue"):
-        FederationConfig(run_id="x", hub_url=str(tmp_path), sites=[{"name": "a"}],
-                         tasks=[{"name": "t", "kind": "classification"}], mode="deployed",
-                         heads="private", shared_tasks=["nope"])  # fmt: skip
+        FederationConfig(
+            run_id="x",
+            hub_url=str(tmp_path),
+            sites=[{"name": "a"}],
+            tasks=[{"name": "t", "kind": "classification"}],
+            mode="deployed",
+            heads="private",
+            shared_tasks=["nope"],
+        )

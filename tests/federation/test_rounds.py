@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from fedchem.messages import EvalReport, FitInstructions, SiteUpdateManifest
 from fedchem.federation.rounds import (
     RoundNotOpened,
     RoundSuperseded,
@@ -21,6 +20,7 @@ from fedchem.federation.rounds import (
     read_replies,
     withdraw_round,
 )
+from fedchem.messages import EvalReport, FitInstructions, SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
 
 
@@ -85,10 +85,19 @@ def test_replies_are_the_manifests_on_the_hub_and_an_unreadable_one_says_so(
     assert read_replies(hub, "r1", 2, ["a", "b", "c"]) == {}  # nothing written yet
     valid = EvalReport(site="a", model="m", fold="valid", n_molecules=5, per_task={}, summary={})
     sent = SiteUpdateManifest(
-        run_id="r1", round=2, site="a", n_examples=5, n_labels=5, base_sha256="0" * 64,
-        update_path=layout.site_update(2, "a"), update_sha256="1" * 64, train_loss=0.1,
-        train_seconds=0.1, device="cpu", valid=valid,
-    )  # fmt: skip
+        run_id="r1",
+        round=2,
+        site="a",
+        n_examples=5,
+        n_labels=5,
+        base_sha256="0" * 64,
+        update_path=layout.site_update(2, "a"),
+        update_sha256="1" * 64,
+        train_loss=0.1,
+        train_seconds=0.1,
+        device="cpu",
+        valid=valid,
+    )
     hub.put_bytes(layout.site_update(2, "a"), b"weights")  # an update alone is no reply
     assert read_replies(hub, "r1", 2, ["a", "b", "c"]) == {}
     hub.put_json(layout.site_manifest(2, "a"), sent.model_dump(mode="json"))
@@ -120,16 +129,27 @@ def _reply(hub: HubStore, site: str, rnd: int = 2) -> SiteUpdateManifest:
     layout = HubLayout("r1")
     valid = EvalReport(site=site, model="m", fold="valid", n_molecules=5, per_task={}, summary={})
     m = SiteUpdateManifest(
-        run_id="r1", round=rnd, site=site, n_examples=5, n_labels=5, base_sha256="0" * 64,
-        update_path=layout.site_update(rnd, site), update_sha256="1" * 64, train_loss=0.1,
-        train_seconds=0.1, device="cpu", valid=valid,
-    )  # fmt: skip
+        run_id="r1",
+        round=rnd,
+        site=site,
+        n_examples=5,
+        n_labels=5,
+        base_sha256="0" * 64,
+        update_path=layout.site_update(rnd, site),
+        update_sha256="1" * 64,
+        train_loss=0.1,
+        train_seconds=0.1,
+        device="cpu",
+        valid=valid,
+    )
     hub.put_json(layout.site_manifest(rnd, site), m.model_dump(mode="json"))
     return m
 
 
-RUNNING, FAILED, COMPLETED = RunState("Running", False), RunState("Failed", True), RunState(
-    "Completed", True
+RUNNING, FAILED, COMPLETED = (
+    RunState("Running", False),
+    RunState("Failed", True),
+    RunState("Completed", True),
 )
 
 

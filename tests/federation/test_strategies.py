@@ -8,11 +8,10 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from fedchem.config import FaultConfig
-from fedchem.federation.strategies import STRATEGY_NAMES, StrategyConfig
 from fedchem.federation.commits import commit_round, read_round
 from fedchem.federation.coordinator import QuorumError, aggregate_round
+from fedchem.federation.strategies import STRATEGY_NAMES, SiteReply, StrategyConfig, build_strategy
 from fedchem.messages import EvalReport, SiteUpdateManifest
-from fedchem.federation.strategies import SiteReply, build_strategy
 from fedchem.model.state import dump_arrays
 from fedchem.storage.hub import HubLayout, HubStore
 
@@ -24,8 +23,10 @@ def _arr(v: float) -> dict[str, np.ndarray]:
 
 
 def test_every_named_strategy_builds_and_aggregates():
-    replies = [SiteReply(s, _arr(v), n) for s, v, n in
-               [("a", 1.0, 10), ("b", 2.0, 10), ("c", 3.0, 20), ("d", 2.5, 5)]]  # fmt: skip
+    replies = [
+        SiteReply(s, _arr(v), n)
+        for s, v, n in [("a", 1.0, 10), ("b", 2.0, 10), ("c", 3.0, 20), ("d", 2.5, 5)]
+    ]
     for name in STRATEGY_NAMES:
         strategy = build_strategy(ADAPTER.validate_python({"name": name}))
         assert strategy.name == name
@@ -53,27 +54,44 @@ def test_fedprox_asks_sites_for_the_proximal_term():
     assert prox.configure_fit(3).proximal_mu == 0.1
 
 
-def _publish(hub: HubStore, run: str, rnd: int, site: str, arrays: dict, n: int,
-             base: str) -> SiteUpdateManifest:  # fmt: skip
+def _publish(
+    hub: HubStore, run: str, rnd: int, site: str, arrays: dict, n: int, base: str
+) -> SiteUpdateManifest:
     layout = HubLayout(run)
     data = dump_arrays(arrays)
     hub.put_bytes(layout.site_update(rnd, site), data)
-    valid = EvalReport(site=site, model="m", fold="valid", n_molecules=n, per_task={},
-                       summary={"mean_roc_auc": 0.5 + 0.1 * n / 10})  # fmt: skip
+    valid = EvalReport(
+        site=site,
+        model="m",
+        fold="valid",
+        n_molecules=n,
+        per_task={},
+        summary={"mean_roc_auc": 0.5 + 0.1 * n / 10},
+    )
     return SiteUpdateManifest(
-        run_id=run, round=rnd, site=site, n_examples=n, n_labels=n, base_sha256=base,
+        run_id=run,
+        round=rnd,
+        site=site,
+        n_examples=n,
+        n_labels=n,
+        base_sha256=base,
         update_path=layout.site_update(rnd, site),
         update_sha256=hashlib.sha256(data).hexdigest(),
-        train_loss=0.1, train_seconds=0.1, device="cpu", valid=valid,
-    )  # fmt: skip
+        train_loss=0.1,
+        train_seconds=0.1,
+        device="cpu",
+        valid=valid,
+    )
 
 
 def test_server_momentum_survives_between_rounds_on_the_hub(tmp_path: Path):
     hub, run = HubStore(str(tmp_path)), "r1"
     m0 = commit_round(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
     fedavgm = build_strategy(ADAPTER.validate_python({"name": "fedavgm", "momentum": 0.5}))
-    ups = [_publish(hub, run, 1, "a", _arr(1.0), 10, m0.global_sha256),
-           _publish(hub, run, 1, "b", _arr(3.0), 30, m0.global_sha256)]  # fmt: skip
+    ups = [
+        _publish(hub, run, 1, "a", _arr(1.0), 10, m0.global_sha256),
+        _publish(hub, run, 1, "b", _arr(3.0), 30, m0.global_sha256),
+    ]
     m1 = aggregate_round(hub, run, 1, ups, fedavgm)
     _, g1, state1 = read_round(hub, run, 1)
     np.testing.assert_allclose(g1["w"], 2.5)  # first step = FedAvg
@@ -128,8 +146,18 @@ def test_the_best_round_by_validation_is_recorded(tmp_path: Path):
     m0 = commit_round(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
     ms = [m0]
     for rnd, auc in ((1, 0.61), (2, 0.70), (3, 0.66)):
-        ms.append(commit_round(hub, run, rnd, dump_arrays(_arr(float(rnd))), "fedavg", {"a": 1}, {},
-                          valid_score={"mean_roc_auc": auc, "mean_rmse": 1.0}))  # fmt: skip
+        ms.append(
+            commit_round(
+                hub,
+                run,
+                rnd,
+                dump_arrays(_arr(float(rnd))),
+                "fedavg",
+                {"a": 1},
+                {},
+                valid_score={"mean_roc_auc": auc, "mean_rmse": 1.0},
+            )
+        )
     assert best_round(ms) == (2, "mean_roc_auc", 0.70)
     doc = record_best_round(hub, run, ms)
     assert (
@@ -163,6 +191,7 @@ def test_the_committed_model_does_not_depend_on_the_order_replies_arrived(tmp_pa
         hub = HubStore(str(tmp_path / run))
         m0 = commit_round(hub, run, 0, dump_arrays(_arr(0.0)), "init", {}, {})
         ups = [_publish(hub, run, 1, s, _arr(values[s]), 10, m0.global_sha256) for s in order]
-        shas.append(aggregate_round(hub, run, 1, ups, faults=FaultConfig(max_norm_ratio=1e12))
-                    .global_sha256)  # fmt: skip
+        shas.append(
+            aggregate_round(hub, run, 1, ups, faults=FaultConfig(max_norm_ratio=1e12)).global_sha256
+        )
     assert len(set(shas)) == 1

@@ -12,8 +12,8 @@ import pytest
 from fedchem.config import FaultConfig
 from fedchem.federation.commits import commit_round, read_round
 from fedchem.federation.coordinator import QuorumError, aggregate_round
-from fedchem.messages import EvalReport, SiteUpdateManifest
 from fedchem.federation.validation import check_arrays, screen_updates, update_norm
+from fedchem.messages import EvalReport, SiteUpdateManifest
 from fedchem.model.state import dump_arrays
 from fedchem.storage.hub import HubLayout, HubStore
 
@@ -29,19 +29,42 @@ def _near(v: float) -> dict[str, np.ndarray]:
     return {"w": np.full((4, 3), v, np.float32), "b": np.full(3, v, np.float32)}
 
 
-def _publish(hub: HubStore, site: str, arrays: dict | bytes, base: str, *, rnd: int = 1,
-             run: str = RUN, path_site: str | None = None) -> SiteUpdateManifest:  # fmt: skip
+def _publish(
+    hub: HubStore,
+    site: str,
+    arrays: dict | bytes,
+    base: str,
+    *,
+    rnd: int = 1,
+    run: str = RUN,
+    path_site: str | None = None,
+) -> SiteUpdateManifest:
     layout = HubLayout(RUN)
     data = arrays if isinstance(arrays, bytes) else dump_arrays(arrays)
     path = layout.site_update(1, path_site or site)
     hub.put_bytes(path, data)
-    valid = EvalReport(site=site, model="m", fold="valid", n_molecules=5, per_task={},
-                       summary={"mean_roc_auc": 0.6})  # fmt: skip
+    valid = EvalReport(
+        site=site,
+        model="m",
+        fold="valid",
+        n_molecules=5,
+        per_task={},
+        summary={"mean_roc_auc": 0.6},
+    )
     return SiteUpdateManifest(
-        run_id=run, round=rnd, site=site, n_examples=10, n_labels=10, base_sha256=base,
-        update_path=path, update_sha256=hashlib.sha256(data).hexdigest(),
-        train_loss=0.1, train_seconds=0.1, device="cpu", valid=valid,
-    )  # fmt: skip
+        run_id=run,
+        round=rnd,
+        site=site,
+        n_examples=10,
+        n_labels=10,
+        base_sha256=base,
+        update_path=path,
+        update_sha256=hashlib.sha256(data).hexdigest(),
+        train_loss=0.1,
+        train_seconds=0.1,
+        device="cpu",
+        valid=valid,
+    )
 
 
 def test_every_kind_of_bad_update_is_rejected_with_its_reason(tmp_path: Path):
@@ -57,7 +80,9 @@ def test_every_kind_of_bad_update_is_rejected_with_its_reason(tmp_path: Path):
     nan = _near(0.1)
     nan["w"][0, 0] = np.nan
     bad = [
-        altered, truncated, wrong_shape,
+        altered,
+        truncated,
+        wrong_shape,
         _publish(hub, "g", nan, base),
         _publish(hub, "h", _near(50.0), base),  # 500x the others' distance
         _publish(hub, "i", _near(0.1), base, rnd=2, path_site="i"),  # a future round
@@ -65,7 +90,7 @@ def test_every_kind_of_bad_update_is_rejected_with_its_reason(tmp_path: Path):
         _publish(hub, "mallory", _near(0.1), base),  # not a member
         _publish(hub, "a", _near(0.1), base, path_site="a2"),  # a second upload of a
         _publish(hub, "c", b"garbage, not an npz", base, path_site="c2"),
-    ]  # fmt: skip
+    ]
     m1 = aggregate_round(hub, RUN, 1, good + bad[:-2], members=MEMBERS, quorum=3)
     why = m1.rejected
     assert m1.sites == ["a", "b", "c"] and set(why) == set("defghij") | {"mallory"}
@@ -77,10 +102,14 @@ def test_every_kind_of_bad_update_is_rejected_with_its_reason(tmp_path: Path):
     np.testing.assert_allclose(read_round(hub, RUN, 1)[1]["w"], 0.2, rtol=1e-6)  # a, b, c
     # a duplicate or an unloadable file (with a matching hash) is refused too
     screened = screen_updates(
-        [good[0], bad[-2], _publish(hub, "b", b"garbage", base, path_site="b2")], run_id=RUN,
-        rnd=1, base_sha256=base, reference=_global(), members=MEMBERS,
+        [good[0], bad[-2], _publish(hub, "b", b"garbage", base, path_site="b2")],
+        run_id=RUN,
+        rnd=1,
+        base_sha256=base,
+        reference=_global(),
+        members=MEMBERS,
         fetch=lambda m: hub.get_verified(m.update_path, m.update_sha256, m.site),
-    )  # fmt: skip
+    )
     assert "duplicate upload" in screened.rejected["a"]
     assert "unreadable update" in screened.rejected["b"]
     assert [r.site for r in screened.accepted] == ["a"]
@@ -91,8 +120,10 @@ def test_the_round_fails_when_rejections_break_the_quorum(tmp_path: Path):
     m0 = commit_round(hub, RUN, 0, dump_arrays(_global()), "init", {}, {})
     nan = _near(0.1)
     nan["b"][:] = np.inf
-    ups = [_publish(hub, "a", _near(0.1), m0.global_sha256),
-           _publish(hub, "b", nan, m0.global_sha256)]  # fmt: skip
+    ups = [
+        _publish(hub, "a", _near(0.1), m0.global_sha256),
+        _publish(hub, "b", nan, m0.global_sha256),
+    ]
     with pytest.raises(QuorumError, match=r"1 accepted update\(s\), quorum is 2.*NaN/inf"):
         aggregate_round(hub, RUN, 1, ups, members=MEMBERS, quorum=2, failures={"c": "late"})
     assert not hub.exists(HubLayout(RUN).round_manifest(1))  # nothing committed
@@ -103,26 +134,41 @@ def test_the_round_fails_when_rejections_break_the_quorum(tmp_path: Path):
 def test_the_norm_check_needs_enough_updates_and_respects_its_ratio():
     ref = _global()
     assert check_arrays(_near(1.0), ref) is None
-    assert "dtype float64" in (check_arrays({k: v.astype(np.float64) for k, v in ref.items()},
-                                            ref) or "")  # fmt: skip
+    assert "dtype float64" in (
+        check_arrays({k: v.astype(np.float64) for k, v in ref.items()}, ref) or ""
+    )
     assert "names differ" in (check_arrays({"w": ref["w"]}, ref) or "")
     assert update_norm(_near(1.0), ref) == pytest.approx(np.sqrt(15))
     ups = {"a": _near(0.1), "b": _near(5.0), "c": _near(0.12)}
     # with too few updates the median says nothing: all pass; with enough, b is refused
     for n_needed, expect in ((4, {"a", "b", "c"}), (3, {"a", "c"})):
         screened = screen_updates(
-            [_manifest(s) for s in ups], run_id=RUN, rnd=1, base_sha256="x", reference=ref,
-            members=MEMBERS, fetch=lambda m: dump_arrays(ups[m.site]),
-            max_norm_ratio=FaultConfig().max_norm_ratio, min_for_norm=n_needed,
-        )  # fmt: skip
+            [_manifest(s) for s in ups],
+            run_id=RUN,
+            rnd=1,
+            base_sha256="x",
+            reference=ref,
+            members=MEMBERS,
+            fetch=lambda m: dump_arrays(ups[m.site]),
+            max_norm_ratio=FaultConfig().max_norm_ratio,
+            min_for_norm=n_needed,
+        )
         assert {r.site for r in screened.accepted} == expect
 
 
 def _manifest(site: str) -> SiteUpdateManifest:
-    valid = EvalReport(site=site, model="m", fold="valid", n_molecules=1, per_task={},
-                       summary={})  # fmt: skip
+    valid = EvalReport(site=site, model="m", fold="valid", n_molecules=1, per_task={}, summary={})
     return SiteUpdateManifest(
-        run_id=RUN, round=1, site=site, n_examples=1, n_labels=1, base_sha256="x",
-        update_path="u", update_sha256="s", train_loss=0.0, train_seconds=0.0, device="cpu",
+        run_id=RUN,
+        round=1,
+        site=site,
+        n_examples=1,
+        n_labels=1,
+        base_sha256="x",
+        update_path="u",
+        update_sha256="s",
+        train_loss=0.0,
+        train_seconds=0.0,
+        device="cpu",
         valid=valid,
-    )  # fmt: skip
+    )

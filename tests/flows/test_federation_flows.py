@@ -17,9 +17,9 @@ import pytest
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
-from fedchem.federation.consistency import ConsistencyError
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig
 from fedchem.demo.sites import bundled_dataset, split_into_sites
+from fedchem.federation.consistency import ConsistencyError
 from fedchem.storage.hub import HubLayout, HubStore
 
 pytestmark = pytest.mark.slow
@@ -81,9 +81,15 @@ def test_two_sites_two_rounds_through_prefect(
         assert r.rows_in == r.rows_accepted + r.rows_quarantined and r.n_molecules > 0
 
     config = FederationConfig(
-        run_id="t1", hub_url=hub_url, sites=split.sites, tasks=split.tasks, rounds=2, chem=chem,
-        model=ModelConfig(hidden=32), train=TrainConfig(batch_size=32),
-    )  # fmt: skip
+        run_id="t1",
+        hub_url=hub_url,
+        sites=split.sites,
+        tasks=split.tasks,
+        rounds=2,
+        chem=chem,
+        model=ModelConfig(hidden=32),
+        train=TrainConfig(batch_size=32),
+    )
     committed = coordinator(config)
 
     hub, layout = HubStore(hub_url), HubLayout("t1")
@@ -137,10 +143,17 @@ def test_demo_flow_writes_the_comparison(prefect_api: None, tiny_dataset: Path, 
     from fedchem.flows.demo import demo
 
     rep = demo(
-        dataset=tiny_dataset, smiles_col="smiles", n_sites=2, rounds=2, out=tmp_path / "out",
-        seed=0, run_id="demo-test", chem=ChemConfig(fp_size=512), model=ModelConfig(hidden=32),
+        dataset=tiny_dataset,
+        smiles_col="smiles",
+        n_sites=2,
+        rounds=2,
+        out=tmp_path / "out",
+        seed=0,
+        run_id="demo-test",
+        chem=ChemConfig(fp_size=512),
+        model=ModelConfig(hidden=32),
         train=TrainConfig(batch_size=32),
-    )  # fmt: skip
+    )
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved == json.loads(json.dumps(rep))
     for model in ("federated", "local", "pooled"):
@@ -172,11 +185,19 @@ def test_private_heads_demo_keeps_local_models_at_their_sites(
     from fedchem.flows.demo import demo
 
     rep = demo(
-        dataset=tiny_dataset, smiles_col="smiles", n_sites=2, rounds=2, out=tmp_path / "out",
-        seed=0, run_id="demo-private", chem=ChemConfig(fp_size=256), model=ModelConfig(hidden=16),
-        train=TrainConfig(batch_size=32, select="best_valid"), heads="private",
+        dataset=tiny_dataset,
+        smiles_col="smiles",
+        n_sites=2,
+        rounds=2,
+        out=tmp_path / "out",
+        seed=0,
+        run_id="demo-private",
+        chem=ChemConfig(fp_size=256),
+        model=ModelConfig(hidden=16),
+        train=TrainConfig(batch_size=32, select="best_valid"),
+        heads="private",
         task_split="disjoint",
-    )  # fmt: skip
+    )
     assert "cross_site" not in rep
     # every model is selected on validation: a round (federated, per site) or an epoch
     for model in ("federated", "local", "pooled"):
@@ -200,15 +221,22 @@ def _prepared_sites(tmp_path: Path, tiny_dataset: Path, n: int = 2) -> tuple[lis
 def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
     prefect_api: None, tiny_dataset: Path, tmp_path: Path
 ):
-    from fedchem.federation.coordinator import ResumeError
     from fedchem.flows.coordinator import coordinator
+
+    from fedchem.federation.coordinator import ResumeError
 
     sites, tasks, hub_url = _prepared_sites(tmp_path, tiny_dataset)
     base = FederationConfig(
-        run_id="ref", hub_url=hub_url, sites=sites, tasks=tasks, rounds=3,
-        chem=ChemConfig(fp_size=256), model=ModelConfig(hidden=16),
-        train=TrainConfig(batch_size=32), heads="private",
-    )  # fmt: skip
+        run_id="ref",
+        hub_url=hub_url,
+        sites=sites,
+        tasks=tasks,
+        rounds=3,
+        chem=ChemConfig(fp_size=256),
+        model=ModelConfig(hidden=16),
+        train=TrainConfig(batch_size=32),
+        heads="private",
+    )
     reference = coordinator(base)[-1]
     hub, layout = HubStore(hub_url), HubLayout("cut")
     # stopped after round 1, then again mid-aggregation of round 2: its global model and the
@@ -230,9 +258,8 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
         ]
         assert len(list(state.glob("private_head-*.npz"))) == 3
     # the UI screenshot script finds the newest coordinator run and its page
-    from prefect.settings import PREFECT_API_URL
-
     from fedchem.deployments.screenshot import browser_command, latest_coordinator_run, run_page
+    from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()
     run = latest_coordinator_run(api)
@@ -249,22 +276,29 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
 def test_a_failing_site_is_missing_and_the_round_goes_on_with_the_quorum(
     prefect_api: None, tiny_dataset: Path, tmp_path: Path
 ):
+    from fedchem.flows.coordinator import coordinator
+
     from fedchem.config import DeploymentConfig, FaultConfig
     from fedchem.federation.coordinator import QuorumError
-    from fedchem.flows.coordinator import coordinator
 
     sites, tasks, hub_url = _prepared_sites(tmp_path, tiny_dataset, n=3)
     broken = sites[2].model_copy(update={"workdir": tmp_path / "nowhere"})  # its data is gone
     config = FederationConfig(
-        run_id="tolerate", hub_url=hub_url, sites=[*sites[:2], broken], tasks=tasks, rounds=1,
-        chem=ChemConfig(fp_size=256), model=ModelConfig(hidden=16),
-        train=TrainConfig(batch_size=32), deployment=DeploymentConfig(min_sites=2),
-    )  # fmt: skip
+        run_id="tolerate",
+        hub_url=hub_url,
+        sites=[*sites[:2], broken],
+        tasks=tasks,
+        rounds=1,
+        chem=ChemConfig(fp_size=256),
+        model=ModelConfig(hidden=16),
+        train=TrainConfig(batch_size=32),
+        deployment=DeploymentConfig(min_sites=2),
+    )
     m1 = coordinator(config)[-1]
     assert m1.sites == ["site-a", "site-b"] and m1.missing == ["site-c"]
     assert m1.missing_reasons["site-c"] == "site run failed"
     strict = config.model_copy(update={"run_id": "strict", "faults": FaultConfig(policy="strict")})
-    with pytest.raises(QuorumError, match="2 accepted update.s., quorum is 3"):
+    with pytest.raises(QuorumError, match=r"2 accepted update\(s\), quorum is 3"):
         coordinator(strict)
     assert not HubStore(hub_url).exists(HubLayout("strict").round_manifest(1))
 
@@ -274,19 +308,27 @@ def test_a_booked_site_run_of_a_replaced_coordinator_ends_cancelled(
 ) -> None:
     """A run booked ahead waits for its round's opening; when a newer coordinator attempt
     opened the round instead, the run ends Cancelled without touching the site's data."""
-    from fedchem.config import SiteRef
-    from fedchem.messages import FitInstructions
-    from fedchem.federation.rounds import new_ticket, open_round
     from fedchem.flows.site_round import site_round
+
+    from fedchem.config import SiteRef
+    from fedchem.federation.rounds import new_ticket, open_round
+    from fedchem.messages import FitInstructions
 
     hub_url = str(tmp_path / "hub")
     old, new = new_ticket(1_000.0), new_ticket(2_000.0)
     open_round(HubStore(hub_url), "booked", 2, new, FitInstructions())
     state = site_round(
-        site=SiteRef(name="nowhere"), hub_url=hub_url, run_id="booked", round=2,
-        chem=ChemConfig(), model=ModelConfig(), train=TrainConfig(), ticket=old,
-        open_timeout_s=30, return_state=True,
-    )  # fmt: skip
+        site=SiteRef(name="nowhere"),
+        hub_url=hub_url,
+        run_id="booked",
+        round=2,
+        chem=ChemConfig(),
+        model=ModelConfig(),
+        train=TrainConfig(),
+        ticket=old,
+        open_timeout_s=30,
+        return_state=True,
+    )
     assert state.is_cancelled() and "superseded" in (state.message or "")
 
 
@@ -295,16 +337,24 @@ def test_a_booked_site_run_of_a_withdrawn_round_ends_cancelled(
 ) -> None:
     """The federation stopped before the round a run was booked for: the coordinator withdrew
     the round under its own ticket, and the waiting run ends at once, Cancelled, untrained."""
+    from fedchem.flows.site_round import site_round
+
     from fedchem.config import SiteRef
     from fedchem.federation.rounds import new_ticket, withdraw_round
-    from fedchem.flows.site_round import site_round
 
     hub_url = str(tmp_path / "hub")
     ticket = new_ticket()
     withdraw_round(HubStore(hub_url), "stopped", 3, ticket)
     state = site_round(
-        site=SiteRef(name="nowhere"), hub_url=hub_url, run_id="stopped", round=3,
-        chem=ChemConfig(), model=ModelConfig(), train=TrainConfig(), ticket=ticket,
-        open_timeout_s=30, return_state=True,
-    )  # fmt: skip
+        site=SiteRef(name="nowhere"),
+        hub_url=hub_url,
+        run_id="stopped",
+        round=3,
+        chem=ChemConfig(),
+        model=ModelConfig(),
+        train=TrainConfig(),
+        ticket=ticket,
+        open_timeout_s=30,
+        return_state=True,
+    )
     assert state.is_cancelled() and (state.message or "").startswith("withdrawn: round 3")

@@ -23,8 +23,10 @@ def test_censored_values_are_bounds():
     y = torch.tensor([2.0, 2.0, 2.0, 2.0, 0.0])
     censor = torch.tensor([-1, -1, 1, 1, 0], dtype=torch.int8)  # <, <, >, >, =
     mask = torch.tensor([True, True, True, True, True])
-    per = [float(censored_mse(pred[i : i + 1], y[i : i + 1], censor[i : i + 1], mask[i : i + 1]))
-           for i in range(5)]  # fmt: skip
+    per = [
+        float(censored_mse(pred[i : i + 1], y[i : i + 1], censor[i : i + 1], mask[i : i + 1]))
+        for i in range(5)
+    ]
     assert per == [1.0, 0.0, 0.0, 1.0, 4.0]  # '<2' violated by 3; '<2' met by 1; ...
 
 

@@ -18,9 +18,13 @@ def _dataset(n: int = 96, fp: int = 64, seed: int = 0) -> SiteDataset:
     return SiteDataset(
         indptr=np.arange(0, 8 * (n + 1), 8, dtype=np.int64),
         indices=np.concatenate(rows).astype(np.int32),
-        fold=np.zeros(n, np.int8), y=y, censor=np.zeros_like(y, np.int8),
-        task_names=("t",), task_kinds=("classification",), fp_size=fp,
-    )  # fmt: skip
+        fold=np.zeros(n, np.int8),
+        y=y,
+        censor=np.zeros_like(y, np.int8),
+        task_names=("t",),
+        task_kinds=("classification",),
+        fp_size=fp,
+    )
 
 
 def _distance(a: dict, b: dict) -> float:
@@ -86,9 +90,16 @@ def test_the_epoch_best_on_validation_is_kept_and_restored():
         ds = _dataset(n=n, seed=seed)
         rows = ds.indices.reshape(n, 8)
         y = (rows < 8).any(axis=1).astype(np.float32)[:, None]
-        return SiteDataset(indptr=ds.indptr, indices=ds.indices, fold=ds.fold, y=y,
-                           censor=np.zeros_like(y, np.int8), task_names=ds.task_names,
-                           task_kinds=ds.task_kinds, fp_size=ds.fp_size)  # fmt: skip
+        return SiteDataset(
+            indptr=ds.indptr,
+            indices=ds.indices,
+            fold=ds.fold,
+            y=y,
+            censor=np.zeros_like(y, np.int8),
+            task_names=ds.task_names,
+            task_kinds=ds.task_kinds,
+            fp_size=ds.fp_size,
+        )
 
     train, valid = balanced(192, 0), balanced(96, 1)
     assert 0.3 < valid.y.mean() < 0.9

@@ -28,8 +28,9 @@ def s3_endpoint() -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 30
@@ -109,15 +110,21 @@ def test_an_s3_outage_is_retried_with_backoff(
     """The S3 server goes away (connections refused) and comes back 3 s later."""
     from fedchem.storage.hub import RetryPolicy
 
-    for k, v in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
-                 ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+    for k, v in (
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         monkeypatch.setenv(k, v)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     servers = [_start_moto(port, bucket="fedchem-flaky")]
     try:
-        hub = HubStore("s3://fedchem-flaky/hub", retry=RetryPolicy(attempts=20, max_s=2.0),
-                       client_kwargs={"endpoint_url": url})  # fmt: skip
+        hub = HubStore(
+            "s3://fedchem-flaky/hub",
+            retry=RetryPolicy(attempts=20, max_s=2.0),
+            client_kwargs={"endpoint_url": url},
+        )
         hub.put_bytes("a.bin", b"before")
         servers[0].kill()
         servers[0].wait()

@@ -12,12 +12,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import fedchem.tasks.rounds as rounds
 import pytest
+from fedchem.tasks.rounds import book_site_runs, stop_site_runs
 from prefect.client.schemas.objects import State, StateType
 
-import fedchem.tasks.rounds as rounds
 from fedchem.config import FederationConfig
-from fedchem.tasks.rounds import book_site_runs, stop_site_runs
 
 RUN = "r1"
 
@@ -47,9 +47,13 @@ class _Client:
 
 def _config(hub: Path, sites: list[str]) -> FederationConfig:
     return FederationConfig(
-        run_id=RUN, hub_url=str(hub), mode="deployed", sites=[{"name": s} for s in sites],
-        tasks=[{"name": "t", "kind": "classification"}], deployment={"poll_interval_s": 0.05},
-    )  # fmt: skip
+        run_id=RUN,
+        hub_url=str(hub),
+        mode="deployed",
+        sites=[{"name": s} for s in sites],
+        tasks=[{"name": "t", "kind": "classification"}],
+        deployment={"poll_interval_s": 0.05},
+    )
 
 
 def test_a_booked_run_that_ended_before_its_round_opened_is_booked_again(
@@ -59,11 +63,13 @@ def test_a_booked_run_that_ended_before_its_round_opened_is_booked_again(
     (booked again, under a new idempotency key); d has none yet (booked); e's deployment is
     not there (named, not raised)."""
     kept, crashed, cancelled = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    client = _Client({
-        kept: State(type=StateType.SCHEDULED),
-        crashed: State(type=StateType.CRASHED, name="Crashed"),
-        cancelled: State(type=StateType.CANCELLED, name="Cancelled"),
-    })  # fmt: skip
+    client = _Client(
+        {
+            kept: State(type=StateType.SCHEDULED),
+            crashed: State(type=StateType.CRASHED, name="Crashed"),
+            cancelled: State(type=StateType.CANCELLED, name="Cancelled"),
+        }
+    )
     created: list[dict[str, Any]] = []
 
     def run_deployment(name: str, **kwargs: Any) -> SimpleNamespace:

@@ -41,9 +41,15 @@ def featurize_many(
     uniq, inverse = np.unique(texts, return_inverse=True) if len(texts) else (texts, texts)
     if cache_dir is not None:
         index = featurize_to_shards(
-            uniq, chem, key, cache_dir, partition_rows=partition_rows, n_workers=n_workers,
-            dask_address=dask_address, progress=progress,
-        )  # fmt: skip
+            uniq,
+            chem,
+            key,
+            cache_dir,
+            partition_rows=partition_rows,
+            n_workers=n_workers,
+            dask_address=dask_address,
+            progress=progress,
+        )
         feats = load_shards(index)
     else:
         tasks = [

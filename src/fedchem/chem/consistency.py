@@ -34,5 +34,9 @@ def consistency_report(chem: ChemConfig, key: bytes) -> dict[str, str]:
         if arr is not None:
             h.update(np.ascontiguousarray(arr).tobytes())
     fp = pipeline_fingerprint(chem, key)
-    return {"key": fp["key"], "config": fp["config"], "versions": fp["versions"],
-            "output": h.hexdigest()}  # fmt: skip
+    return {
+        "key": fp["key"],
+        "config": fp["config"],
+        "versions": fp["versions"],
+        "output": h.hexdigest(),
+    }

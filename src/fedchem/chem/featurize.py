@@ -116,8 +116,9 @@ def featurize_partition(
             cols.extend(idx)
             folds[i] = fold_of(scaffold_of(mol), key, n_folds)
         indptr[i + 1] = cols.size
-    return FeaturizedBatch(canonical, reason, folds, indptr, cols.array(),
-                           vals.array() if vals is not None else None)  # fmt: skip
+    return FeaturizedBatch(
+        canonical, reason, folds, indptr, cols.array(), vals.array() if vals is not None else None
+    )
 
 
 def concat_batches(parts: Sequence[FeaturizedBatch]) -> FeaturizedBatch:

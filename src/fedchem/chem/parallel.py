@@ -34,8 +34,13 @@ class _Counter(Callback):
                 self.progress(self.done, self.total)
 
 
-def run_tasks(tasks: list[Any], n_workers: int, dask_address: str | None,
-               progress: Progress | None, total: int) -> list[Any]:  # fmt: skip
+def run_tasks(
+    tasks: list[Any],
+    n_workers: int,
+    dask_address: str | None,
+    progress: Progress | None,
+    total: int,
+) -> list[Any]:
     """Compute the ``featurize-shard-*`` tasks; results in task order.
 
     On an existing scheduler by address, or Dask's local process pool; one task, or one
@@ -57,8 +62,9 @@ def run_tasks(tasks: list[Any], n_workers: int, dask_address: str | None,
         if n_workers == 1 or len(tasks) == 1:
             return list(dask.compute(*tasks, scheduler="synchronous"))
         with dask.config.set({"multiprocessing.context": "spawn"}):
-            return list(dask.compute(*tasks, scheduler="processes", num_workers=n_workers,
-                                     chunksize=1))  # fmt: skip
+            return list(
+                dask.compute(*tasks, scheduler="processes", num_workers=n_workers, chunksize=1)
+            )
 
 
 def offset_progress(progress: Progress | None, already: int) -> Progress | None:

@@ -33,14 +33,29 @@ from fedchem.contracts.load import Contract
 __all__ = ["CompiledTable", "compile_table"]
 
 _DOC_ONLY = {
-    "id", "name", "description", "businessName", "tags", "examples", "classification",
-    "criticalDataElement", "physicalType", "physicalName", "authoritativeDefinitions",
+    "id",
+    "name",
+    "description",
+    "businessName",
+    "tags",
+    "examples",
+    "classification",
+    "criticalDataElement",
+    "physicalType",
+    "physicalName",
+    "authoritativeDefinitions",
     "dataGranularityDescription",
-}  # fmt: skip
+}
 _PROPERTY_KEYS = _DOC_ONLY | {
-    "logicalType", "required", "unique", "primaryKey", "logicalTypeOptions", "quality",
-    "relationships", "enum",
-}  # fmt: skip
+    "logicalType",
+    "required",
+    "unique",
+    "primaryKey",
+    "logicalTypeOptions",
+    "quality",
+    "relationships",
+    "enum",
+}
 _TABLE_KEYS = _DOC_ONLY | {"logicalType", "properties", "quality"}
 _TYPE_OPTIONS = {
     "string": {"minLength", "maxLength", "pattern"},
@@ -217,9 +232,12 @@ def compile_table(
         if "pattern" in options:
             rx = re.compile(options["pattern"])
             checks.append(
-                _mk(lambda s, rx=rx: s.str.fullmatch(rx).fillna(False).astype(bool),
-                    f"does not match {rx.pattern!r}", reasons)
-            )  # fmt: skip
+                _mk(
+                    lambda s, rx=rx: s.str.fullmatch(rx).fillna(False).astype(bool),
+                    f"does not match {rx.pattern!r}",
+                    reasons,
+                )
+            )
         bounds = {
             "minimum": (np.greater_equal, ">="),
             "maximum": (np.less_equal, "<="),

@@ -60,8 +60,9 @@ MALFORMED = "_malformed_line"
 
 def _read_ragged(path: Path | str) -> pd.DataFrame:
     """Slow path: every line kept; one with the wrong field count is flagged, not dropped."""
-    with fsspec.open(str(path), "rt", compression="infer", encoding="utf-8", errors="replace",
-                     newline="") as fh:  # fmt: skip
+    with fsspec.open(
+        str(path), "rt", compression="infer", encoding="utf-8", errors="replace", newline=""
+    ) as fh:
         reader = csv.reader(fh)
         header = next(reader)
         rows: list[list[str | None]] = []

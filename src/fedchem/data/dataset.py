@@ -140,11 +140,16 @@ class SiteDataset:
             fp_size=first.fp_size,
             task_weights=first.task_weights,
             values=(
-                np.concatenate([p.values if p.values is not None
-                                else np.ones(p.indices.size, np.float32) for p in parts])
-                if any(p.values is not None for p in parts) else None
+                np.concatenate(
+                    [
+                        p.values if p.values is not None else np.ones(p.indices.size, np.float32)
+                        for p in parts
+                    ]
+                )
+                if any(p.values is not None for p in parts)
+                else None
             ),
-        )  # fmt: skip
+        )
 
 
 def current_dataset_path(site: SiteConfig) -> Path:

@@ -125,16 +125,24 @@ def validate_inputs(site: SiteConfig, catalogue: Sequence[TaskSpec] | None) -> I
 
 
 def standardize_rows(
-    rows: pd.DataFrame, chem: ChemConfig, key: bytes, site: SiteConfig,
+    rows: pd.DataFrame,
+    chem: ChemConfig,
+    key: bytes,
+    site: SiteConfig,
     progress: Progress | None = None,
 ) -> Molecules:
     """Featurize every distinct SMILES once (through the site's feature cache) and map rows to
     standardized parents: several raw SMILES (salts, charged forms) may share one parent."""
     unique_smiles, inverse = np.unique(rows["smiles"].to_numpy(dtype=str), return_inverse=True)
     feats = featurize_many(
-        list(unique_smiles), chem, key, partition_rows=site.partition_rows,
-        n_workers=site.dask_workers, dask_address=site.dask_address,
-        cache_dir=site.workdir / "features", progress=progress,
+        list(unique_smiles),
+        chem,
+        key,
+        partition_rows=site.partition_rows,
+        n_workers=site.dask_workers,
+        dask_address=site.dask_address,
+        cache_dir=site.workdir / "features",
+        progress=progress,
     )
     canon = pd.Series(feats.canonical, dtype="object")
     ok_raw = canon.notna().to_numpy()
@@ -152,12 +160,17 @@ def standardize_rows(
         }
     )
     account = RowAccount(
-        step="standardize", rows_in=len(rows), accepted=int((~bad).sum()),
+        step="standardize",
+        rows_in=len(rows),
+        accepted=int((~bad).sum()),
         quarantined=int(bad.sum()),
     )
     return Molecules(
-        features=feats, row_parent=row_parent, parent_features=np.flatnonzero(ok_raw)[first_raw],
-        quarantine=quarantine, account=account,
+        features=feats,
+        row_parent=row_parent,
+        parent_features=np.flatnonzero(ok_raw)[first_raw],
+        quarantine=quarantine,
+        account=account,
     )
 
 
@@ -171,8 +184,11 @@ def label_molecules(
     ].copy()
     labelled["mol"] = mols.row_parent[ok]
     return build_tasks(
-        labelled, inputs.assays.accepted, inputs.catalogue,
-        n_molecules=len(mols.parent_features), rules=chem.labels,
+        labelled,
+        inputs.assays.accepted,
+        inputs.catalogue,
+        n_molecules=len(mols.parent_features),
+        rules=chem.labels,
     )
 
 
@@ -198,25 +214,26 @@ def assemble_dataset(
     )
 
 
-def write_quarantine(
-    out: Path, inputs: Inputs, mols: Molecules, tasks: TaskTable
-) -> pd.DataFrame:
+def write_quarantine(out: Path, inputs: Inputs, mols: Molecules, tasks: TaskTable) -> pd.DataFrame:
     """Every quarantined row of every step with its reason and raw values (they stay here)."""
     quarantine = pd.concat(
-        [inputs.measurements.quarantine[["source_row", "step", "reason"]], mols.quarantine,
-         tasks.quarantine],
+        [
+            inputs.measurements.quarantine[["source_row", "step", "reason"]],
+            mols.quarantine,
+            tasks.quarantine,
+        ],
         ignore_index=True,
     )
-    quarantine = quarantine.merge(inputs.raw, on="source_row", how="left").sort_values(
-        "source_row"
-    )
+    quarantine = quarantine.merge(inputs.raw, on="source_row", how="left").sort_values("source_row")
     quarantine.to_csv(out / "quarantine_measurements.csv", index=False)
     inputs.assays.quarantine.to_csv(out / "quarantine_assays.csv", index=False)
     return quarantine
 
 
 def prepare_site(
-    site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec] | None = None,
+    site: SiteConfig,
+    chem: ChemConfig,
+    catalogue: Sequence[TaskSpec] | None = None,
     progress: Progress | None = None,
 ) -> PrepareReport:
     """Validate, standardize, featurize and label one site's data; cached by content.

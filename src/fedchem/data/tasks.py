@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from fedchem.config import LabelConfig, TaskSpec
-from fedchem.messages import RowAccount
 from fedchem.data.dataset import CENSOR_CODES
+from fedchem.messages import RowAccount
 
 __all__ = ["TaskTable", "build_tasks", "catalogue_from_assays"]
 
@@ -79,9 +79,12 @@ def _auto_threshold(values: pd.Series, rules: LabelConfig) -> float | None:
 
 
 def build_tasks(
-    rows: pd.DataFrame, assays: pd.DataFrame, catalogue: Sequence[TaskSpec], n_molecules: int,
+    rows: pd.DataFrame,
+    assays: pd.DataFrame,
+    catalogue: Sequence[TaskSpec],
+    n_molecules: int,
     rules: LabelConfig | None = None,
-) -> TaskTable:  # fmt: skip
+) -> TaskTable:
     """``rows``: source_row, mol, assay_id, value, qualifier, optionally compound_id and unit.
 
     ``assays``: the accepted assay table. ``mol`` indexes the site's unique molecules.
@@ -104,8 +107,10 @@ def build_tasks(
     if "unit" in df and "assay_unit" in df:
         mu = df["unit"].fillna("").astype(str).str.strip()
         au = df["assay_unit"].fillna("").astype(str).str.strip()
-        drop((mu != "") & (au != "") & (mu != au),
-             "unit '" + mu + "' does not match the assay's unit '" + au + "'")  # fmt: skip
+        drop(
+            (mu != "") & (au != "") & (mu != au),
+            "unit '" + mu + "' does not match the assay's unit '" + au + "'",
+        )
     if "compound_id" in df:
         key = ["compound_id", "assay_id", "value", "qualifier"] + (["unit"] if "unit" in df else [])
         live = df[reason.isna()]
@@ -133,9 +138,12 @@ def build_tasks(
         exact = (df.loc[mine, "value"] * sign)[df.loc[mine, "censor"].eq(0)]
         t = _auto_threshold(exact, rules)
         if t is None:
-            drop(mine, f"no automatic threshold in {list(rules.auto_thresholds)} gives "
-                       f">= {rules.auto_min_active_fraction:.0%} actives and "
-                       f">= {rules.auto_min_per_class} per class")  # fmt: skip
+            drop(
+                mine,
+                f"no automatic threshold in {list(rules.auto_thresholds)} gives "
+                f">= {rules.auto_min_active_fraction:.0%} actives and "
+                f">= {rules.auto_min_per_class} per class",
+            )
             continue
         auto_thresholds[str(assay)] = t
         df.loc[mine, "threshold"] = t * sign  # back in the assay's own orientation
@@ -194,14 +202,23 @@ def build_tasks(
 
     bad = reason.notna()
     quarantine = pd.DataFrame(
-        {"source_row": df.loc[bad, "source_row"].to_numpy(), "step": "tasks",
-         "reason": reason[bad].to_numpy()}
-    )  # fmt: skip
+        {
+            "source_row": df.loc[bad, "source_row"].to_numpy(),
+            "step": "tasks",
+            "reason": reason[bad].to_numpy(),
+        }
+    )
     account = RowAccount(
         step="tasks", rows_in=len(df), accepted=int((~bad).sum()), quarantined=int(bad.sum())
     )
-    return TaskTable(y=y, censor=censor, quarantine=quarantine, account=account,
-                     auto_thresholds=auto_thresholds, below_quorum=below)  # fmt: skip
+    return TaskTable(
+        y=y,
+        censor=censor,
+        quarantine=quarantine,
+        account=account,
+        auto_thresholds=auto_thresholds,
+        below_quorum=below,
+    )
 
 
 def _quorum(
@@ -217,8 +234,10 @@ def _quorum(
         if task.kind == "classification":
             act, inact = int((col[seen] == 1).sum()), int((col[seen] == 0).sum())
             if act < rules.min_actives or inact < rules.min_inactives:
-                out[task.name] = (f"{act} actives / {inact} inactives, needs "
-                                  f"{rules.min_actives} / {rules.min_inactives}")  # fmt: skip
+                out[task.name] = (
+                    f"{act} actives / {inact} inactives, needs "
+                    f"{rules.min_actives} / {rules.min_inactives}"
+                )
         else:
             n, exact = int(seen.sum()), int((seen & (censor[:, j] == 0)).sum())
             if n < rules.min_regression_points or exact < rules.min_uncensored:

@@ -52,18 +52,24 @@ def cross_site_matrix(
 
 
 def build_report(
-    evals: dict[str, list[EvalReport]], meta: dict[str, Any],
+    evals: dict[str, list[EvalReport]],
+    meta: dict[str, Any],
     cross: Sequence[EvalReport] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """``evals[model]`` holds one test-fold EvalReport per site; ``cross`` the other sites'
     local models scored at each site (the off-diagonal of the cross-site matrix)."""
     keys = _metric_keys([r for rs in evals.values() for r in rs])
     out: dict[str, Any] = {"meta": meta, "metrics": [k.removeprefix("mean_") for k in keys]}
     for model in MODELS:
-        per_site = {r.site: {k.removeprefix("mean_"): r.summary.get(k) for k in keys}
-                    | {"n_tasks_scored": r.summary.get("n_tasks_scored", 0.0),
-                       "n_test_molecules": r.n_molecules, "selected": r.selected}
-                    for r in evals[model]}  # fmt: skip
+        per_site = {
+            r.site: {k.removeprefix("mean_"): r.summary.get(k) for k in keys}
+            | {
+                "n_tasks_scored": r.summary.get("n_tasks_scored", 0.0),
+                "n_test_molecules": r.n_molecules,
+                "selected": r.selected,
+            }
+            for r in evals[model]
+        }
         overall = {
             k.removeprefix("mean_"): float(
                 np.nanmean([r.summary.get(k, np.nan) for r in evals[model]])
@@ -95,8 +101,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "epochs over its data. Scores are each site's own test fold (scaffold folds)."
     )
     if meta.get("select") == "best_valid":
-        picked = {m: sorted({p.get("selected") for p in report[m]["per_site"].values()} - {None})
-                  for m in MODELS}  # fmt: skip
+        picked = {
+            m: sorted({p.get("selected") for p in report[m]["per_site"].values()} - {None})
+            for m in MODELS
+        }
         lines.append(
             "Every model is the one best on the validation fold: the federated model's round "
             "chosen by each site on its own, the baselines' epoch likewise (chosen: "
@@ -116,8 +124,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {model} | {site} | {vals} |")
     gains = report.get("improve_to_perfect_roc_auc")
     if gains:
-        lines += ["", "Federated over local-only, (MP − SP) / (1 − SP) on ROC-AUC: "
-                  + ", ".join(f"{s} {g:+.3f}" for s, g in sorted(gains.items()))]  # fmt: skip
+        lines += [
+            "",
+            "Federated over local-only, (MP − SP) / (1 − SP) on ROC-AUC: "
+            + ", ".join(f"{s} {g:+.3f}" for s, g in sorted(gains.items())),
+        ]
     cross = report.get("cross_site")
     if cross:
         lines += [

@@ -137,10 +137,14 @@ def _deal_tasks(tasks: list[str], n_sites: int, seed: int) -> list[list[str]]:
 
 
 def split_into_sites(
-    dataset: Path, smiles_col: str, n_sites: int, out_dir: Path, seed: int,
+    dataset: Path,
+    smiles_col: str,
+    n_sites: int,
+    out_dir: Path,
+    seed: int,
     task_split: Literal["shared", "disjoint"] = "shared",
     continuous_as: Literal["regression", "classification"] = "regression",
-) -> DemoSplit:  # fmt: skip
+) -> DemoSplit:
     """Write ``out_dir/<site>/{measurements,assays}.csv`` and the key; return site configs.
 
     ``task_split: shared`` deals molecules (whole scaffold groups) to sites that all measure
@@ -181,18 +185,25 @@ def split_into_sites(
     names = site_names(n_sites)
     sites, counts = [], {}
     assays = pd.DataFrame(
-        {"assay_id": list(tasks), "assay_type": list(tasks.values()),
-         "threshold": "", "direction": "", "unit": ""}
-    )  # fmt: skip
+        {
+            "assay_id": list(tasks),
+            "assay_type": list(tasks.values()),
+            "threshold": "",
+            "direction": "",
+            "unit": "",
+        }
+    )
     for s, name in enumerate(names):
         d = out_dir / name
         d.mkdir(parents=True, exist_ok=True)
         part = df.loc[site_rows[s], [smiles_col, *site_tasks[s]]]  # its own columns only
         ids = [hashlib.sha256(f"{seed}:{name}:{i}".encode()).hexdigest()[:12] for i in part.index]
         long = part.assign(compound_id=[f"{name[-1].upper()}{x}" for x in ids]).melt(
-            id_vars=["compound_id", smiles_col], value_vars=site_tasks[s],
-            var_name="assay_id", value_name="value",
-        )  # fmt: skip
+            id_vars=["compound_id", smiles_col],
+            value_vars=site_tasks[s],
+            var_name="assay_id",
+            value_name="value",
+        )
         long = long[long["value"].notna()].rename(columns={smiles_col: "smiles"})
         long = long.assign(qualifier="=", unit="")[
             ["compound_id", "smiles", "assay_id", "value", "qualifier", "unit"]
@@ -220,6 +231,8 @@ def split_into_sites(
         for t, k in tasks.items()
     ]
     return DemoSplit(
-        sites=sites, tasks=specs, molecules_per_site=counts,
+        sites=sites,
+        tasks=specs,
+        molecules_per_site=counts,
         tasks_per_site={n: len(t) for n, t in zip(names, site_tasks, strict=True)},
-    )  # fmt: skip
+    )

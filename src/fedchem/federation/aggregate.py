@@ -111,9 +111,12 @@ def krum_select(updates: Sequence[StateArrays], n_byzantine: int, m: int = 1) ->
 
 
 def server_momentum_step(
-    current: StateArrays, target: StateArrays, momentum: StateArrays | None,
-    server_lr: float, beta: float,
-) -> tuple[StateArrays, StateArrays]:  # fmt: skip
+    current: StateArrays,
+    target: StateArrays,
+    momentum: StateArrays | None,
+    server_lr: float,
+    beta: float,
+) -> tuple[StateArrays, StateArrays]:
     """FedAvgM (Hsu et al. 2019): ``v = beta * v + (target - x)``; ``x = x + server_lr * v``.
 
     ``target`` is the round's aggregate; returns the new model and the new momentum (float64).
@@ -131,9 +134,17 @@ def server_momentum_step(
 
 
 def server_adaptive_step(
-    current: StateArrays, target: StateArrays, state: StateArrays | None, step: int, *,
-    kind: str, server_lr: float, beta1: float, beta2: float, tau: float,
-) -> tuple[StateArrays, StateArrays]:  # fmt: skip
+    current: StateArrays,
+    target: StateArrays,
+    state: StateArrays | None,
+    step: int,
+    *,
+    kind: str,
+    server_lr: float,
+    beta1: float,
+    beta2: float,
+    tau: float,
+) -> tuple[StateArrays, StateArrays]:
     """FedAdam / FedYogi (Reddi et al. 2021) on the pseudo-gradient ``target - x``.
 
     ``m = b1*m + (1-b1)*d``; Adam: ``v = b2*v + (1-b2)*d^2``; Yogi:

@@ -36,15 +36,31 @@ def train_local_only(
     """
     ds = load_site_dataset(site)
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
-    model = initial_model(ds.fp_size, list(zip(ds.task_names, ds.task_kinds, strict=True)),
-                          model_cfg, train_cfg.seed, [label_stats or {}])  # fmt: skip
-    selector = (EpochSelector(model, ds.folds([chem.valid_fold]), site.name)
-                if train_cfg.select == "best_valid" else None)  # fmt: skip
-    train_epochs(model, train, train_cfg, epochs, site_seed(train_cfg.seed, site.name, 0),
-                 lr_factors=epoch_lr_factors(train_cfg, epochs), after_epoch=selector)  # fmt: skip
+    model = initial_model(
+        ds.fp_size,
+        list(zip(ds.task_names, ds.task_kinds, strict=True)),
+        model_cfg,
+        train_cfg.seed,
+        [label_stats or {}],
+    )
+    selector = (
+        EpochSelector(model, ds.folds([chem.valid_fold]), site.name)
+        if train_cfg.select == "best_valid"
+        else None
+    )
+    train_epochs(
+        model,
+        train,
+        train_cfg,
+        epochs,
+        site_seed(train_cfg.seed, site.name, 0),
+        lr_factors=epoch_lr_factors(train_cfg, epochs),
+        after_epoch=selector,
+    )
     selected = selector.restore() if selector is not None else None
-    report = evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
-                              model_name="local", fold="test")  # fmt: skip
+    report = evaluate_at_site(
+        model, ds.folds([chem.test_fold]), site=site.name, model_name="local", fold="test"
+    )
     return report.model_copy(update={"selected": selected}), model_to_arrays(model)
 
 
@@ -60,9 +76,13 @@ def publish_baseline(hub: HubStore, run_id: str, site: str, arrays: StateArrays)
 
 
 def evaluate_baseline_at_site(
-    site: SiteConfig, hub: HubStore, run_id: str, owner: str, chem: ChemConfig,
+    site: SiteConfig,
+    hub: HubStore,
+    run_id: str,
+    owner: str,
+    chem: ChemConfig,
     model_cfg: ModelConfig,
-) -> EvalReport:  # fmt: skip
+) -> EvalReport:
     """Score site ``owner``'s published local-only model on this site's test fold."""
     layout = HubLayout(run_id)
     sha = str(hub.get_json(layout.baseline_manifest(owner))["sha256"])
@@ -71,5 +91,6 @@ def evaluate_baseline_at_site(
     )
     ds = load_site_dataset(site)
     model = model_for(ds, model_cfg, arrays)
-    return evaluate_at_site(model, ds.folds([chem.test_fold]), site=site.name,
-                            model_name=f"local:{owner}", fold="test")  # fmt: skip
+    return evaluate_at_site(
+        model, ds.folds([chem.test_fold]), site=site.name, model_name=f"local:{owner}", fold="test"
+    )

@@ -23,13 +23,22 @@ __all__ = ["best_round", "commit_round", "committed_rounds", "read_round", "reco
 
 
 def commit_round(
-    hub: HubStore, run_id: str, rnd: int, data: bytes, aggregation: str,
-    n_examples: dict[str, int], valid: dict[str, dict[str, float]], *,
-    server_state: StateArrays | None = None, missing: dict[str, str] | None = None,
-    rejected: dict[str, str] | None = None, excluded: Sequence[str] = (),
-    valid_score: dict[str, float] | None = None, started_at: float | None = None,
+    hub: HubStore,
+    run_id: str,
+    rnd: int,
+    data: bytes,
+    aggregation: str,
+    n_examples: dict[str, int],
+    valid: dict[str, dict[str, float]],
+    *,
+    server_state: StateArrays | None = None,
+    missing: dict[str, str] | None = None,
+    rejected: dict[str, str] | None = None,
+    excluded: Sequence[str] = (),
+    valid_score: dict[str, float] | None = None,
+    started_at: float | None = None,
     config_digest: dict[str, str] | None = None,
-) -> RoundManifest:  # fmt: skip
+) -> RoundManifest:
     """Write the model (and strategy state), then the manifest that commits them.
 
     The manifest goes last: a coordinator killed before it leaves an uncommitted round, which
@@ -125,8 +134,12 @@ def record_best_round(
         rnd, metric, value = best
         chosen = next(m for m in manifests if m.round == rnd)
         doc = {
-            "run_id": run_id, "round": rnd, "metric": metric, "value": value,
-            "global_path": chosen.global_path, "global_sha256": chosen.global_sha256,
-        }  # fmt: skip
+            "run_id": run_id,
+            "round": rnd,
+            "metric": metric,
+            "value": value,
+            "global_path": chosen.global_path,
+            "global_sha256": chosen.global_sha256,
+        }
     hub.put_json(HubLayout(run_id).best(), doc)
     return doc

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from fedchem.config import FaultConfig, FederationConfig, ModelConfig
-from fedchem.messages import RoundManifest, SiteUpdateManifest
 from fedchem.federation.commits import commit_round, read_round
 from fedchem.federation.strategies import FedAvg, Strategy
 from fedchem.federation.validation import screen_updates
+from fedchem.messages import RoundManifest, SiteUpdateManifest
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import dump_arrays, model_to_arrays
 from fedchem.storage.hub import HubLayout, HubStore
@@ -129,11 +129,18 @@ def _raise(blob: bytes | Exception) -> bytes:
 
 
 def aggregate_round(
-    hub: HubStore, run_id: str, rnd: int, replies: Sequence[SiteUpdateManifest],
-    strategy: Strategy | None = None, failures: dict[str, str] | Sequence[str] = (),
-    started_at: float | None = None, *, members: Sequence[str] | None = None,
-    quorum: int = 1, faults: FaultConfig | None = None,
-) -> RoundManifest:  # fmt: skip
+    hub: HubStore,
+    run_id: str,
+    rnd: int,
+    replies: Sequence[SiteUpdateManifest],
+    strategy: Strategy | None = None,
+    failures: dict[str, str] | Sequence[str] = (),
+    started_at: float | None = None,
+    *,
+    members: Sequence[str] | None = None,
+    quorum: int = 1,
+    faults: FaultConfig | None = None,
+) -> RoundManifest:
     """Screen the sites' updates for round ``rnd``, aggregate the accepted ones, commit.
 
     Updates are checked by :func:`~fedchem.federation.validation.screen_updates` against the
@@ -152,13 +159,18 @@ def aggregate_round(
     paths = [m.update_path for m in replies]
     blobs = dict(zip(paths, hub.map(lambda p: _read_or_error(hub, p), paths), strict=True))
     screened = screen_updates(
-        replies, run_id=run_id, rnd=rnd, base_sha256=previous.global_sha256, reference=current,
+        replies,
+        run_id=run_id,
+        rnd=rnd,
+        base_sha256=previous.global_sha256,
+        reference=current,
         members=list(members) if members is not None else [m.site for m in replies],
         fetch=lambda m: hub.get_verified(
             m.update_path, m.update_sha256, f"update of {m.site}", _raise(blobs[m.update_path])
         ),
-        max_norm_ratio=faults.max_norm_ratio, min_for_norm=faults.min_for_norm_check,
-    )  # fmt: skip
+        max_norm_ratio=faults.max_norm_ratio,
+        min_for_norm=faults.min_for_norm_check,
+    )
     if len(screened.accepted) < max(quorum, 1):
         raise QuorumError(
             f"round {rnd}: {len(screened.accepted)} accepted update(s), quorum is "
@@ -172,13 +184,19 @@ def aggregate_round(
     weights = {s: m.n_examples for s, m in used.items()}
     summaries = {m.site: m.valid.summary for m in screened.manifests}
     return commit_round(
-        hub, run_id, rnd, dump_arrays(result.arrays), strategy.name, weights, summaries,
-        server_state=result.server_state, missing=missing, rejected=screened.rejected,
+        hub,
+        run_id,
+        rnd,
+        dump_arrays(result.arrays),
+        strategy.name,
+        weights,
+        summaries,
+        server_state=result.server_state,
+        missing=missing,
+        rejected=screened.rejected,
         excluded=[m.site for m in screened.manifests if m.site not in used],
         valid_score=strategy.evaluate(
             rnd, summaries, {m.site: m.n_examples for m in screened.manifests}
         ),
         started_at=started_at,
-    )  # fmt: skip
-
-
+    )

@@ -83,7 +83,11 @@ def open_round(
 def withdraw_round(hub: HubStore, run_id: str, rnd: int, ticket: str) -> RoundOpen:
     """Tell the runs booked for round ``rnd`` under ``ticket`` that it will not run."""
     doc = RoundOpen(
-        run_id=run_id, round=rnd, ticket=ticket, fit=FitInstructions(), opened_at=_now(),
+        run_id=run_id,
+        round=rnd,
+        ticket=ticket,
+        fit=FitInstructions(),
+        opened_at=_now(),
         withdrawn=True,
     )
     hub.put_json(HubLayout(run_id).round_open(rnd), doc.model_dump(mode="json"))

@@ -94,8 +94,12 @@ def _save_private_head(model: MultitaskNet, path: Path, rows: np.ndarray) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     idx = torch.from_numpy(rows)
-    np.savez(tmp, rows=rows, weight=model.head.weight.detach()[idx].numpy(),
-             bias=model.head.bias.detach()[idx].numpy())  # fmt: skip
+    np.savez(
+        tmp,
+        rows=rows,
+        weight=model.head.weight.detach()[idx].numpy(),
+        bias=model.head.bias.detach()[idx].numpy(),
+    )
     tmp.replace(path)
 
 
@@ -166,10 +170,15 @@ def run_site_round(
     opt_path = state_dir / f"optimizer-{rnd - 1:04d}.pt"
     opt_state = torch.load(opt_path, weights_only=True) if rnd > 1 and opt_path.exists() else None
     stats, opt_state = train_epochs(
-        model, train, train_cfg, train_cfg.local_epochs,
-        site_seed(train_cfg.seed, site.name, rnd), opt_state, proximal_mu=fit.proximal_mu,
+        model,
+        train,
+        train_cfg,
+        train_cfg.local_epochs,
+        site_seed(train_cfg.seed, site.name, rnd),
+        opt_state,
+        proximal_mu=fit.proximal_mu,
         lr_factors=[fit.lr_factor] * train_cfg.local_epochs,
-    )  # fmt: skip
+    )
     _save_optimizer(opt_state, state_dir, rnd)
     report = evaluate_at_site(model, valid, site=site.name, model_name=f"round-{rnd}", fold="valid")
     upload = model_to_arrays(model)
@@ -200,9 +209,14 @@ def run_site_round(
 
 
 def evaluate_global_at_site(
-    site: SiteConfig, hub: HubStore, run_id: str, rnd: int, chem: ChemConfig,
-    model_cfg: ModelConfig, select: Selection = "last",
-) -> EvalReport:  # fmt: skip
+    site: SiteConfig,
+    hub: HubStore,
+    run_id: str,
+    rnd: int,
+    chem: ChemConfig,
+    model_cfg: ModelConfig,
+    select: Selection = "last",
+) -> EvalReport:
     """Score the committed global model of round ``rnd`` on the site's test fold.
 
     With private heads, the site's own head rows (kept at the site) complete the model.
@@ -223,11 +237,16 @@ def evaluate_global_at_site(
         layout, valid, best = HubLayout(run_id), ds.folds([chem.valid_fold]), BestSoFar()
         for r in (r for r in range(1, rnd + 1) if hub.exists(layout.round_manifest(r))):
             candidate = model_of(r)
-            scored = evaluate_at_site(candidate, valid, site=site.name, model_name=f"round-{r}",
-                                      fold="valid")  # fmt: skip
+            scored = evaluate_at_site(
+                candidate, valid, site=site.name, model_name=f"round-{r}", fold="valid"
+            )
             if best.offer(scored.summary):
                 model, selected = candidate, r
-    report = evaluate_at_site(model if model is not None else model_of(rnd),
-                              ds.folds([chem.test_fold]), site=site.name,
-                              model_name="federated", fold="test")  # fmt: skip
+    report = evaluate_at_site(
+        model if model is not None else model_of(rnd),
+        ds.folds([chem.test_fold]),
+        site=site.name,
+        model_name="federated",
+        fold="test",
+    )
     return report.model_copy(update={"selected": selected})

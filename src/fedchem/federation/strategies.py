@@ -52,6 +52,7 @@ __all__ = [
 
 # ---------------------------------------------------------------------------- settings
 
+
 class FedAvgConfig(StrictModel):
     """Example-weighted mean of the sites' models."""
 
@@ -188,9 +189,13 @@ class Strategy(ABC):
         return FitInstructions()
 
     def aggregate_fit(
-        self, rnd: int, current: StateArrays, server_state: StateArrays,
-        replies: Sequence[SiteReply], failures: Sequence[str],
-    ) -> Aggregated:  # fmt: skip
+        self,
+        rnd: int,
+        current: StateArrays,
+        server_state: StateArrays,
+        replies: Sequence[SiteReply],
+        failures: Sequence[str],
+    ) -> Aggregated:
         """Combine the replies of round ``rnd`` into the next global model.
 
         ``failures`` names the sites that did not reply (or whose update was rejected): a
@@ -203,13 +208,17 @@ class Strategy(ABC):
 
     @abstractmethod
     def combine(
-        self, rnd: int, current: StateArrays, server_state: StateArrays,
+        self,
+        rnd: int,
+        current: StateArrays,
+        server_state: StateArrays,
         replies: Sequence[SiteReply],
-    ) -> Aggregated:  # fmt: skip
+    ) -> Aggregated:
         """The strategy's math over a non-empty list of replies."""
 
-    def evaluate(self, rnd: int, summaries: dict[str, dict[str, float]],
-                 weights: dict[str, int]) -> dict[str, float]:  # fmt: skip
+    def evaluate(
+        self, rnd: int, summaries: dict[str, dict[str, float]], weights: dict[str, int]
+    ) -> dict[str, float]:
         """The round's validation score: the sites' summaries, weighted by their examples."""
         return weighted_valid_summary(summaries, weights)
 
@@ -250,9 +259,12 @@ class FedAvg(Strategy):
         self.cfg = cfg or FedAvgConfig()
 
     def combine(
-        self, rnd: int, current: StateArrays, server_state: StateArrays,
+        self,
+        rnd: int,
+        current: StateArrays,
+        server_state: StateArrays,
         replies: Sequence[SiteReply],
-    ) -> Aggregated:  # fmt: skip
+    ) -> Aggregated:
         return Aggregated(_fedavg(replies), {}, _all(replies))
 
 
@@ -279,9 +291,12 @@ class FedAvgM(Strategy):
         self.cfg = cfg
 
     def combine(
-        self, rnd: int, current: StateArrays, server_state: StateArrays,
+        self,
+        rnd: int,
+        current: StateArrays,
+        server_state: StateArrays,
         replies: Sequence[SiteReply],
-    ) -> Aggregated:  # fmt: skip
+    ) -> Aggregated:
         momentum = server_state or None
         x, v = server_momentum_step(
             current, _fedavg(replies), momentum, self.cfg.server_lr, self.cfg.momentum
@@ -300,14 +315,24 @@ class FedAdaptive(Strategy):
         self.kind = "adam" if cfg.name == "fedadam" else "yogi"
 
     def combine(
-        self, rnd: int, current: StateArrays, server_state: StateArrays,
+        self,
+        rnd: int,
+        current: StateArrays,
+        server_state: StateArrays,
         replies: Sequence[SiteReply],
-    ) -> Aggregated:  # fmt: skip
+    ) -> Aggregated:
         c = self.cfg
         x, state = server_adaptive_step(
-            current, _fedavg(replies), server_state or None, rnd, kind=self.kind,
-            server_lr=c.server_lr, beta1=c.beta1, beta2=c.beta2, tau=c.tau,
-        )  # fmt: skip
+            current,
+            _fedavg(replies),
+            server_state or None,
+            rnd,
+            kind=self.kind,
+            server_lr=c.server_lr,
+            beta1=c.beta1,
+            beta2=c.beta2,
+            tau=c.tau,
+        )
         return Aggregated(x, state, _all(replies))
 
 
@@ -321,9 +346,12 @@ class Median(Strategy):
         self.cfg = cfg
 
     def combine(
-        self, rnd: int, current: StateArrays, server_state: StateArrays,
+        self,
+        rnd: int,
+        current: StateArrays,
+        server_state: StateArrays,
         replies: Sequence[SiteReply],
-    ) -> Aggregated:  # fmt: skip
+    ) -> Aggregated:
         return Aggregated(coordinate_median([r.arrays for r in replies]), {}, _all(replies))
 
 
@@ -337,9 +365,12 @@ class TrimmedMean(Strategy):
         self.cfg = cfg
 
     def combine(
-        self, rnd: int, current: StateArrays, server_state: StateArrays,
+        self,
+        rnd: int,
+        current: StateArrays,
+        server_state: StateArrays,
         replies: Sequence[SiteReply],
-    ) -> Aggregated:  # fmt: skip
+    ) -> Aggregated:
         merged = trimmed_mean([r.arrays for r in replies], self.cfg.trim_fraction)
         return Aggregated(merged, {}, _all(replies))
 
@@ -354,9 +385,12 @@ class Krum(Strategy):
         self.cfg = cfg
 
     def combine(
-        self, rnd: int, current: StateArrays, server_state: StateArrays,
+        self,
+        rnd: int,
+        current: StateArrays,
+        server_state: StateArrays,
         replies: Sequence[SiteReply],
-    ) -> Aggregated:  # fmt: skip
+    ) -> Aggregated:
         chosen = krum_select([r.arrays for r in replies], self.cfg.n_byzantine, self.cfg.m)
         picked = [replies[i] for i in chosen]
         return Aggregated(_fedavg(picked), {}, _all(picked))

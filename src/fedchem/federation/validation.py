@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedchem.messages import SiteUpdateManifest
 from fedchem.federation.strategies import SiteReply
+from fedchem.messages import SiteUpdateManifest
 from fedchem.model.state import load_arrays
 from fedchem.storage.hub import IntegrityError
 from fedchem.types import StateArrays

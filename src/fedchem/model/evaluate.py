@@ -17,6 +17,10 @@ def evaluate_at_site(
     pred = predict(model, ds)
     per_task = score_tasks(ds.y, ds.censor, pred, ds.task_names, ds.task_kinds)
     return EvalReport(
-        site=site, model=model_name, fold=fold, n_molecules=len(ds),
-        per_task=per_task, summary=summarize(per_task),
-    )  # fmt: skip
+        site=site,
+        model=model_name,
+        fold=fold,
+        n_molecules=len(ds),
+        per_task=per_task,
+        summary=summarize(per_task),
+    )

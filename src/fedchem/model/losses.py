@@ -23,9 +23,12 @@ def masked_bce(
 
 
 def censored_mse(
-    pred: torch.Tensor, y: torch.Tensor, censor: torch.Tensor, mask: torch.Tensor,
+    pred: torch.Tensor,
+    y: torch.Tensor,
+    censor: torch.Tensor,
+    mask: torch.Tensor,
     weight: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Sum of squared errors where ``mask``; a bound is only penalised when violated.
 
     ``censor`` 0: exact; -1: the true value is at most ``y`` (``<``), so only ``pred > y``

@@ -1,17 +1,25 @@
 """Metrics computed at a site, leaving it only as aggregates (per task and means).
 
-ROC-AUC (Mann-Whitney with average ranks for ties) and PR-AUC (average precision, the
-step-wise definition scikit-learn uses); RMSE and R² on exact (uncensored) regression labels.
-A classification task is scored only with at least ``min_per_class`` of each class.
+The standard ones are scikit-learn's (ROC-AUC, average precision as PR-AUC, Brier, RMSE,
+R²), returning NaN where a score is undefined (one class only, too few values) instead of
+raising; fedchem adds what scikit-learn lacks: the calibrated PR-AUC, the expected
+calibration error, the RMSE of censored values and MELLODDY's improve-to-perfect. RMSE and R²
+use exact (uncensored) regression labels. A classification task is scored only with at least
+``min_per_class`` of each class.
 """
 
 from __future__ import annotations
 
-
 import numpy as np
+from sklearn import metrics as skm
 
 __all__ = [
     "average_precision",
+    "brier",
+    "calibrated_average_precision",
+    "censored_rmse",
+    "expected_calibration_error",
+    "improve_to_perfect",
     "r2",
     "rmse",
     "roc_auc",
@@ -20,42 +28,19 @@ __all__ = [
 ]
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties sharing their mean rank (what ROC-AUC's U statistic needs)."""
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    mean_rank = (starts + ends + 1) / 2.0  # ranks start..end-1 (0-based) → mean, 1-based
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
+def _both_classes(y: np.ndarray) -> bool:
+    y = np.asarray(y, dtype=bool)
+    return bool(y.any() and not y.all())
 
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
-    y = np.asarray(y, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _average_ranks(np.asarray(p, dtype=np.float64))
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """scikit-learn's ROC-AUC; NaN with one class only."""
+    return float(skm.roc_auc_score(y, p)) if _both_classes(y) else float("nan")
 
 
 def average_precision(y: np.ndarray, p: np.ndarray) -> float:
-    y = np.asarray(y, dtype=bool)
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        return float("nan")
-    order = np.argsort(-np.asarray(p, dtype=np.float64), kind="mergesort")
-    ys, ps = y[order], np.asarray(p, dtype=np.float64)[order]
-    tp = np.cumsum(ys)
-    # evaluate only at the last position of each run of tied scores (threshold points)
-    last = np.r_[ps[1:] != ps[:-1], True]
-    tp, k = tp[last], (np.flatnonzero(last) + 1)
-    precision = tp / k
-    recall = tp / n_pos
-    prev_recall = np.r_[0.0, recall[:-1]]
-    return float(np.sum((recall - prev_recall) * precision))
+    """scikit-learn's average precision (PR-AUC); NaN without a positive."""
+    return float(skm.average_precision_score(y, p)) if np.any(y) else float("nan")
 
 
 def calibrated_average_precision(y: np.ndarray, p: np.ndarray, pi0: float = 0.5) -> float:
@@ -79,9 +64,8 @@ def calibrated_average_precision(y: np.ndarray, p: np.ndarray, pi0: float = 0.5)
 
 
 def brier(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean squared difference between predicted probability and the 0/1 label."""
-    y = np.asarray(y, dtype=np.float64)
-    return float(np.mean((np.asarray(p, dtype=np.float64) - y) ** 2)) if len(y) else float("nan")
+    """scikit-learn's Brier score: mean squared difference of probability and 0/1 label."""
+    return float(skm.brier_score_loss(y, p)) if len(y) else float("nan")
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
@@ -112,15 +96,14 @@ def improve_to_perfect(federated: float, local: float) -> float:
 
 
 def rmse(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((np.asarray(y) - np.asarray(p)) ** 2))) if len(y) else float("nan")
+    return float(skm.root_mean_squared_error(y, p)) if len(y) else float("nan")
 
 
 def r2(y: np.ndarray, p: np.ndarray) -> float:
-    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
-    if len(y) < 2:
+    """scikit-learn's R²; NaN for fewer than two values or constant labels."""
+    if len(y) < 2 or float(np.ptp(np.asarray(y, dtype=np.float64))) == 0.0:
         return float("nan")
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    return 1.0 - float(np.sum((y - p) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+    return float(skm.r2_score(y, p))
 
 
 def score_tasks(

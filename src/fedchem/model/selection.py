@@ -35,8 +35,9 @@ def pick_best(summaries: Sequence[dict[str, float]]) -> tuple[int, str, float] |
     Returns (index, metric, value), or None when none has a finite selection metric.
     """
     for metric, higher in SELECTION_METRICS:
-        have = [(i, s[metric]) for i, s in enumerate(summaries)
-                if np.isfinite(s.get(metric, np.nan))]  # fmt: skip
+        have = [
+            (i, s[metric]) for i, s in enumerate(summaries) if np.isfinite(s.get(metric, np.nan))
+        ]
         if have:
             i, v = (max if higher else min)(have, key=lambda iv: iv[1])
             return i, metric, float(v)
@@ -68,8 +69,9 @@ class EpochSelector:
         self._best_state: dict[str, torch.Tensor] | None = None
 
     def __call__(self, epoch: int) -> None:
-        report = evaluate_at_site(self.model, self.valid, site=self.site,
-                                  model_name=f"epoch-{epoch + 1}", fold="valid")  # fmt: skip
+        report = evaluate_at_site(
+            self.model, self.valid, site=self.site, model_name=f"epoch-{epoch + 1}", fold="valid"
+        )
         if self._best.offer(report.summary):
             self.best_epoch = epoch + 1
             self._best_state = {

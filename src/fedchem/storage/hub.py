@@ -16,8 +16,9 @@ Objects are written whole: on a local directory through a temporary name and a r
 by a single PUT. Nothing but models and manifests ever lands here.
 
 Transient storage errors (connection refused or reset, timeouts, HTTP 5xx) are retried with
-exponential backoff (:class:`RetryPolicy`); a missing object, a denied request or a hash
-mismatch is not transient and is raised at once.
+exponential backoff by one layer, tenacity's (:class:`RetryPolicy`; botocore and s3fs do not
+retry on their own); a missing object, a denied request or a hash mismatch is not transient
+and is raised at once.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import random
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import fsspec
+import tenacity
 from fsspec.implementations.local import LocalFileSystem
 
 __all__ = ["HubLayout", "HubStore", "IntegrityError", "RetryPolicy", "is_transient"]
@@ -44,15 +44,33 @@ _log = logging.getLogger("fedchem.hub")
 _T = TypeVar("_T")
 
 #: errors of the S3 stack (botocore, aiohttp) that mean "try again", by class name
-_TRANSIENT_NAMES = frozenset({
-    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-    "ConnectionClosedError", "ServerDisconnectedError", "ClientConnectorError",
-    "ClientOSError", "ClientPayloadError", "ResponseStreamingError", "IncompleteReadError",
-})  # fmt: skip
-_TRANSIENT_ERRNOS = frozenset({
-    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
-    errno.EAGAIN, errno.EBUSY, errno.EHOSTUNREACH, errno.ENETUNREACH,
-})  # fmt: skip
+_TRANSIENT_NAMES = frozenset(
+    {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ServerDisconnectedError",
+        "ClientConnectorError",
+        "ClientOSError",
+        "ClientPayloadError",
+        "ResponseStreamingError",
+        "IncompleteReadError",
+    }
+)
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+    }
+)
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -89,29 +107,35 @@ def is_transient(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter: ``initial_s * 2**k`` (capped), ``attempts`` in all."""
+    """How the hub retries a transient error: tenacity's exponential backoff with jitter,
+    ``initial_s`` doubling up to ``max_s``, ``attempts`` in all. The only retry layer: s3fs and
+    botocore are told not to retry on their own, so one failure is one logged retry here."""
 
     attempts: int = 6
     initial_s: float = 0.5
     max_s: float = 8.0
 
-    def delays(self) -> list[float]:
-        return [min(self.initial_s * 2**k, self.max_s) for k in range(self.attempts - 1)]
-
     def call(self, fn: Callable[[], _T], what: str) -> _T:
-        for attempt, delay in enumerate([*self.delays(), None], start=1):
-            try:
-                return fn()
-            except Exception as exc:
-                if delay is None or not is_transient(exc):
-                    raise
-                pause = delay * random.uniform(0.75, 1.25)
-                _log.warning(
-                    "hub: %s failed (%s), retry %d/%d in %.1fs",
-                    what, type(exc).__name__, attempt, self.attempts - 1, pause,
-                )  # fmt: skip
-                time.sleep(pause)
-        raise AssertionError("unreachable")
+        def log(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            pause = state.next_action.sleep if state.next_action is not None else 0.0
+            _log.warning(
+                "hub: %s failed (%s), retry %d/%d in %.1fs",
+                what,
+                type(exc).__name__,
+                state.attempt_number,
+                self.attempts - 1,
+                pause,
+            )
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=tenacity.wait_exponential_jitter(multiplier=self.initial_s, max=self.max_s),
+            retry=tenacity.retry_if_exception(is_transient),
+            before_sleep=log,
+            reraise=True,
+        )
+        return retrying(fn)
 
 
 @dataclass(frozen=True)
@@ -164,12 +188,14 @@ class HubStore:
             # bounded waits: a frozen endpoint must surface as an error our backoff retries,
             # not a 60 s read timeout repeated by botocore
             storage_options["config_kwargs"] = {
-                "connect_timeout": 5, "read_timeout": 20, "retries": {"max_attempts": 2},
-            }  # fmt: skip
+                "connect_timeout": 5,
+                "read_timeout": 20,
+                "retries": {"total_max_attempts": 1},
+            }
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
         self._local = isinstance(self.fs, LocalFileSystem)
         self._s3 = hasattr(self.fs, "call_s3") and hasattr(self.fs, "split_path")
-        if hasattr(self.fs, "retries"):  # s3fs: one retry loop, ours (logged, configurable)
+        if hasattr(self.fs, "retries"):  # s3fs: one attempt per call; the retry loop is ours
             self.fs.retries = 1
 
     def _path(self, rel: str) -> str:
@@ -247,9 +273,11 @@ class HubStore:
         keys, token = [], None
         while True:
             page = self.fs.call_s3(
-                "list_objects_v2", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "",
+                "list_objects_v2",
+                Bucket=bucket,
+                Prefix=f"{prefix}/" if prefix else "",
                 **({"ContinuationToken": token} if token else {}),
-            )  # fmt: skip
+            )
             keys += [f"{bucket}/{o['Key']}" for o in page.get("Contents", [])]
             token = page.get("NextContinuationToken")
             if not token:
