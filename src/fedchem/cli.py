@@ -236,6 +236,7 @@ def _stack(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         run_id=args.run_id,
         postgres=args.postgres,
+        worker=args.worker,
     )
     ui = stack.api_url.removesuffix("/api")
     print(json.dumps({"ui": ui, **{k: v for k, v in vars(stack).items() if k != "dir"}}, indent=2))
@@ -312,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the Prefect server on a PostgreSQL server of the stack's own "
         "(Debian's postgresql package) instead of SQLite",
+    )
+    sk.add_argument(
+        "--worker",
+        choices=["fedchem", "process"],
+        default="fedchem",
+        help="the workers' type: fedchem's (flow runs forked from a preloaded process) or "
+        "Prefect's process worker (a fresh interpreter per flow run)",
     )
     sk.set_defaults(func=_stack)
     return p
