@@ -25,15 +25,26 @@ import numpy as np
 import pandas as pd
 import s3fs
 import yaml
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterName,
+    FlowRunFilterTags,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, PrepareConfig, load_config
 from fedchem.demo.sites import bundled_dataset
-from fedchem.stack import REPO, S3_KEY, S3_SECRET, Stack, prefect_api, stack_down, stack_up
+from fedchem.stack import S3_KEY, S3_SECRET, WORKER_TYPES, Stack, stack_down, stack_up
 
 
 def _prefect(stack: Stack, *args: str) -> None:
     exe = str(Path(sys.executable).with_name("prefect"))
-    res = subprocess.run([exe, *args], env=stack.env(), cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run(
+        [exe, *args], env=stack.env(), cwd=stack.dir, capture_output=True, text=True
+    )
     if res.returncode != 0:
         raise RuntimeError(res.stdout[-3000:] + res.stderr[-3000:])
 
@@ -50,20 +61,39 @@ def _t(stamp: str) -> float:
 
 
 def _fetch_timeline(stack: Stack, run_id: str) -> dict[str, Any]:
-    """The site runs of ``run_id`` with their state histories, and the coordinator's tasks."""
-    api = stack.api_url
-    runs = prefect_api(
-        api, "flow_runs/filter", {"flow_runs": {"tags": {"all_": [f"run:{run_id}"]}}}
-    )
-    for run in runs:
-        run["states"] = prefect_api(api, f"flow_run_states/?flow_run_id={run['id']}")
-    name = {"flow_runs": {"name": {"any_": [f"federation/{run_id}"]}}}
-    coordinator = prefect_api(api, "flow_runs/filter", name)
+    """The site runs of ``run_id`` with their state histories, and the coordinator's tasks,
+    read with Prefect's client (timestamps as ISO strings, the shape ``_phases`` reads)."""
+    with (
+        temporary_settings({PREFECT_API_URL: stack.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        site_runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"run:{run_id}"]))
+        )
+        runs = [
+            {
+                "name": r.name,
+                "created": r.created.isoformat() if r.created else None,
+                "parent_task_run_id": str(r.parent_task_run_id or ""),
+                "states": [
+                    {"type": st.type.value, "timestamp": st.timestamp.isoformat()}
+                    for st in client.read_flow_run_states(r.id)
+                ],
+            }
+            for r in site_runs
+        ]
+        (coordinator,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"federation/{run_id}"]))
+        )
+        task_runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[coordinator.id]))
+        )
+    tasks = [
+        {"name": t.name, "end_time": t.end_time.isoformat() if t.end_time else None}
+        for t in task_runs
+    ]
     linked = sum(bool(r["parent_task_run_id"]) for r in runs)
     print(f"{linked} of {len(runs)} site runs linked to the coordinator's run (UI nesting)")
-    tasks = prefect_api(
-        api, "task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [coordinator[0]["id"]]}}}
-    )
     return {"runs": runs, "tasks": tasks}
 
 
@@ -139,10 +169,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--molecules", type=int, default=1500)
     ap.add_argument(
-        "--cold",
-        dest="warm",
-        action="store_false",
-        help="plain process workers (a fresh interpreter per flow run)",
+        "--worker",
+        choices=WORKER_TYPES,
+        default="fedchem",
+        help="fedchem's worker (runs forked warm) or Prefect's process worker (a fresh "
+        "interpreter per flow run)",
     )
     ap.add_argument(
         "--book-ahead",
@@ -151,10 +182,10 @@ def main() -> None:
         help="rounds of site runs created ahead (0: at round start)",
     )
     ap.add_argument(
-        "--deferred-sqlite",
-        dest="immediate",
-        action="store_false",
-        help="plain `prefect server start` (SQLite writes begun DEFERRED)",
+        "--database",
+        choices=["postgres", "sqlite"],
+        default="postgres",
+        help="the Prefect server on a PostgreSQL server of the stack's own, or on SQLite",
     )
     args = ap.parse_args()
 
@@ -169,8 +200,8 @@ def main() -> None:
         n_sites=args.sites,
         rounds=args.rounds,
         chem=chem,
-        warm_workers=args.warm,
-        sqlite_immediate=args.immediate,
+        worker=args.worker,
+        postgres=args.database == "postgres",
     )
     print(f"stack up in {time.perf_counter() - t0:.1f}s: {stack.sites}, worker poll 1 s")
     try:
@@ -250,8 +281,8 @@ def main() -> None:
     booking = f"booked {args.book_ahead} rounds ahead" if args.book_ahead else "booked per round"
     print(
         f"where a deployed round's time goes ({booking}, "
-        f"{'warm' if args.warm else 'process'} workers, "
-        f"SQLite {'IMMEDIATE' if args.immediate else 'DEFERRED'}; means over rounds and sites):"
+        f"{args.worker} workers, {args.database}; "
+        "means over rounds and sites):"
     )
     for k, v in phases.items():
         print(f"  {k:<58} {v:6.2f}s")

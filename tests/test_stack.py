@@ -2,8 +2,8 @@
 
 Everything goes through the Prefect CLI a CI pipeline would use (``prefect deployment run
 ... --watch``); the test stops every process it started, by pid. The stack runs fedchem's
-worker type (flow runs forked warm); one test runs the same deployments on Prefect's plain
-``process`` workers and a PostgreSQL server of the stack's own.
+worker type (flow runs forked warm) on a PostgreSQL server of its own; one test runs the same
+deployments on Prefect's plain ``process`` workers and SQLite.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def _stack(base: Path, **kwargs: Any) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from _stack(tmp_path_factory.mktemp("stack"))
+    st = _stack(tmp_path_factory.mktemp("stack"), postgres=True)  # the stack's default here
+    yield next(st)
+    st.close()
 
 
 def _site_runs(stack: Stack, run_id: str) -> dict[str, str]:
@@ -201,13 +203,13 @@ def test_a_site_down_does_not_block_the_federation(stack: Stack):
     }
 
 
-def test_the_plain_process_worker_and_postgres_run_the_same_deployments(
+def test_the_plain_process_worker_and_sqlite_run_the_same_deployments(
     tmp_path_factory: pytest.TempPathFactory,
 ):
-    stacks = _stack(tmp_path_factory.mktemp("process"), worker="process", postgres=True)
+    stacks = _stack(tmp_path_factory.mktemp("process"), worker="process", postgres=False)
     st = next(stacks)
     try:
-        assert st.database == "postgres" and "postgres" in st.pids
+        assert st.database == "sqlite" and "postgres" not in st.pids
         assert _zygotes(st.pids[f"worker-{st.sites[0]}"]) == []  # a fresh process per run
         _prepare_and_federate(st)
         m = json.loads(_hub(st).cat("fedchem-hub/hub/runs/stack-run/rounds/0002/manifest.json"))

@@ -235,7 +235,7 @@ def _stack(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         database_url=args.database_url,
         run_id=args.run_id,
-        postgres=args.postgres,
+        postgres={"auto": None, "postgres": True, "sqlite": False}[args.database],
         worker=args.worker,
     )
     ui = stack.api_url.removesuffix("/api")
@@ -306,13 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--sites", type=int, default=2)
     sk.add_argument("--rounds", type=int, default=2)
     sk.add_argument("--dataset", help="wide CSV to split into sites (default: bundled Tox21)")
-    sk.add_argument("--database-url", help="Postgres for the Prefect server (default: SQLite)")
+    sk.add_argument("--database-url", help="any other database for the Prefect server")
     sk.add_argument("--run-id", default="stack-run")
     sk.add_argument(
-        "--postgres",
-        action="store_true",
-        help="the Prefect server on a PostgreSQL server of the stack's own "
-        "(Debian's postgresql package) instead of SQLite",
+        "--database",
+        choices=["auto", "postgres", "sqlite"],
+        default="auto",
+        help="the Prefect server's database: a PostgreSQL server of the stack's own (Debian's "
+        "postgresql package), or SQLite; auto: PostgreSQL when it is installed",
     )
     sk.add_argument(
         "--worker",

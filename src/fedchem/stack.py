@@ -265,14 +265,16 @@ def stack_up(
     chem: ChemConfig | None = None,
     run_id: str = "stack-run",
     smiles_col: str = "smiles",
-    postgres: bool = False,
+    postgres: bool | None = None,
     worker: str = "fedchem",
 ) -> Stack:
     """Start the whole stack (see the module docstring); stop it with :func:`stack_down`.
 
-    The Prefect server keeps its state in SQLite under ``directory``; ``postgres=True`` starts
-    a PostgreSQL server of its own there (Debian's ``postgresql`` package) and uses it, and
-    ``database_url`` names any other database. ``worker``: the work pools' and workers' type,
+    The Prefect server keeps its state in a PostgreSQL server the stack starts itself
+    (``postgres=True``; Debian's ``postgresql`` package), or in SQLite under ``directory``
+    (``postgres=False``); ``None`` takes PostgreSQL when its programs are installed. Unpatched,
+    Prefect's SQLite setup logs ``database is locked`` under the stack's load and rounds are
+    slower (``benchmarks/README.md``). ``database_url`` names any other database. ``worker``: the work pools' and workers' type,
     ``fedchem`` (:mod:`fedchem.deployments.worker`: each flow run forked from a process that
     imported Prefect, torch and the flows once) or Prefect's ``process`` (a fresh interpreter
     per flow run).
@@ -296,6 +298,8 @@ def stack_up(
     )
     try:
         server_env = stack.env()
+        if postgres is None:
+            postgres = database_url is None and postgres_available()
         if postgres:
             pid, database_url, data_dir = start_postgres(directory)
             stack.pids["postgres"] = pid
@@ -399,6 +403,16 @@ def _postgres_bin(name: str) -> str:
         f"PostgreSQL's {name} was not found: install Debian's postgresql package, or run the "
         "stack on SQLite (the default)"
     )
+
+
+def postgres_available() -> bool:
+    """Whether PostgreSQL's server programs are installed (for a stack of its own)."""
+    try:
+        _postgres_bin("postgres")
+        _postgres_bin("initdb")
+    except RuntimeError:
+        return False
+    return True
 
 
 def _as_postgres_user() -> list[str]:
