@@ -274,10 +274,11 @@ def stack_up(
     (``postgres=True``; Debian's ``postgresql`` package), or in SQLite under ``directory``
     (``postgres=False``); ``None`` takes PostgreSQL when its programs are installed. Unpatched,
     Prefect's SQLite setup logs ``database is locked`` under the stack's load and rounds are
-    slower (``benchmarks/README.md``). ``database_url`` names any other database. ``worker``: the work pools' and workers' type,
-    ``fedchem`` (:mod:`fedchem.deployments.worker`: each flow run forked from a process that
-    imported Prefect, torch and the flows once) or Prefect's ``process`` (a fresh interpreter
-    per flow run).
+    slower (``benchmarks/README.md``). ``database_url`` names any other database.
+
+    ``worker``: the work pools' and workers' type, ``fedchem``
+    (:mod:`fedchem.deployments.worker`: each flow run forked from a process that imported
+    Prefect, torch and the flows once) or Prefect's ``process`` (a fresh interpreter per run).
     """
     if worker not in WORKER_TYPES:
         raise ValueError(f"worker type {worker!r}: one of {', '.join(WORKER_TYPES)}")
