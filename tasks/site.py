@@ -72,7 +72,10 @@ def prepare(
 
     site = resolve_site(site)  # deployed: the site's own config, from its worker's environment
     report = prepare_site(site, chem, tasks, progress=_ArtifactProgress(site.name))
-    get_run_logger().info(
+    logger = get_run_logger()
+    for warning in report.warnings:  # aggregate words only (fold shares, counts)
+        logger.warning("site %s: %s", site.name, warning)
+    logger.info(
         "site %s: %d rows in, %d accepted, %d quarantined; %d molecules (cache %s)",
         site.name,
         report.rows_in,

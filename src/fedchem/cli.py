@@ -122,12 +122,20 @@ def _validate(args: argparse.Namespace) -> int:
     contracts = Path(args.contracts_dir) if args.contracts_dir else default_contracts_dir()
     try:
         assay_table = compile_table(load_contract(contracts / "assays.odcs.yaml"))
-        assays = validate_frame(read_table(args.assays), assay_table, source=args.assays)
+        assays = validate_frame(
+            read_table(args.assays, assay_table.multiline_records),
+            assay_table,
+            source=args.assays,
+        )
         table = compile_table(
             load_contract(contracts / "measurements.odcs.yaml"),
             references={"assays.assay_id": set(assays.accepted["assay_id"])},
         )
-        result = validate_frame(read_table(args.measurements), table, source=args.measurements)
+        result = validate_frame(
+            read_table(args.measurements, table.multiline_records),
+            table,
+            source=args.measurements,
+        )
     except (ContractError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -186,6 +194,8 @@ def _prepare(args: argparse.Namespace) -> int:
     print(report.model_dump_json(indent=2, exclude={"label_stats"}))
     out = cfg.site.workdir / "prepared" / report.cache_key
     print(f"{'cache hit: ' if report.cache_hit else ''}training data in {out}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

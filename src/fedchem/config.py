@@ -21,6 +21,7 @@ __all__ = [
     "ConfigFileError",
     "DeploymentConfig",
     "FederationConfig",
+    "FoldConfig",
     "LabelConfig",
     "ModelConfig",
     "PrepareConfig",
@@ -77,6 +78,23 @@ class LabelConfig(StrictModel):
     min_uncensored: int = Field(0, ge=0)
 
 
+class FoldConfig(StrictModel):
+    """How molecules are dealt to folds (``fedchem.chem.folds``): keyed, context-free."""
+
+    method: Literal["scaffold", "scaffold_skeleton"] = Field(
+        "scaffold_skeleton",
+        description="scaffold: the Murcko scaffold (MELLODDY; acyclic molecules all share one "
+        "fold); scaffold_skeleton: the scaffold for ring systems of min_scaffold_rings rings "
+        "or more, the molecule's generic skeleton otherwise",
+    )
+    min_scaffold_rings: int = Field(
+        2, ge=1, description="smallest ring system folded by its scaffold (scaffold_skeleton)"
+    )
+    max_fold_share: float = Field(
+        0.35, gt=0, le=1, description="warn when one fold holds more of a site's molecules"
+    )
+
+
 class ChemConfig(StrictModel):
     """What every site must compute identically (the consortium's pinned pipeline).
 
@@ -96,6 +114,7 @@ class ChemConfig(StrictModel):
     permute_columns: bool = Field(
         True, description="permute feature columns with the consortium key (hub never sees it)"
     )
+    folds: FoldConfig = FoldConfig()
     n_folds: int = Field(5, ge=3, le=20)
     test_fold: int = Field(0, ge=0)
     valid_fold: int = Field(1, ge=0)

@@ -61,6 +61,12 @@ class PrepareReport(StrictModel):
         default_factory=dict,
         description="hashes of the reference set's output, config, versions, key fingerprint",
     )
+    fold_shares: dict[str, float] = Field(
+        default_factory=dict, description="share of the site's molecules in each fold"
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="what the site's data engineer should look at"
+    )
     seconds: float
 
 

@@ -70,6 +70,15 @@ ADVERSARIAL: list[tuple[str, str | None]] = [
     ("a23,CCO,pot1,6.2,<,log", "censored value is ambiguous at the threshold"),
     ("a24,C\ufffdO,tox1,1,=,", "smiles: unparsable SMILES"),  # non-UTF-8 byte (below)
     ("a25,CCO,tox1,1,=,,extra,fields", "malformed line: 8 fields, the header has 6"),
+    ('a26,"CCO,tox1,1,=,', "malformed line: unterminated quote"),  # the lines after it count
+    ("a27,CCN,tox1,0,=,", None),
+    ("a28,CCO,sol1,-1e308,=,log", "value -1e+308 is outside the credible range [-20, 20]"),
+    ("a29,CCO,sol1,1e30,=,", "outside the credible range [-20, 20] for unit 'log'"),  # the assay's
+    ("a30,[Na+].[Cl-],tox1,1,=,", "smiles: no organic part"),  # an inorganic salt alone
+    ("a31,O=S(=O)([O-])[O-].[Na+].[Na+],tox1,0,=,", "smiles: no organic part"),
+    ("a32,CC\x00O,tox1,1,=,", "smiles: control character U+0000 at position 3"),
+    ("a33,CCO\x07,tox1,1,=,", "smiles: control character U+0007 at position 4"),
+    ("", "malformed line: empty"),
 ]
 
 

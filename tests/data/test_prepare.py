@@ -25,11 +25,13 @@ BAD = [
     "b2,CCO,tox1,1,~,",  # unknown qualifier
     "b3,CCO,sol1,high,=,",  # non-numeric value
     ",CCO,tox1,0,=,",  # missing id
-    "b5,[Na+].[Cl-],tox1,7,=,",  # binary value not 0/1
+    "b5,[Na+].[Cl-],tox1,1,=,",  # an inorganic salt alone: no organic part
+    "b6,CCO,tox1,7,=,",  # binary value not 0/1
 ]
 
 
 def _site(tmp_path: Path, assays_file: Path, lines: list[str], **kw) -> SiteConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     m = tmp_path / "m.csv"
     m.write_text(MEASUREMENT_HEADER + "\n".join(lines) + "\n")
     key = tmp_path / "key"
@@ -58,7 +60,8 @@ def test_broken_rows_are_quarantined_and_accounted(tmp_path: Path, assays_file: 
     assert "qualifier: not one of" in by_id["b2"]
     assert by_id["b3"] == "value: not a finite number"
     assert by_id["<missing>"] == "compound_id: missing value"
-    assert by_id["b5"] == "binary assay value is not 0 or 1"
+    assert by_id["b5"].startswith("smiles: no organic part")
+    assert by_id["b6"] == "binary assay value is not 0 or 1"
     ds = SiteDataset.load(current_dataset_path(site))
     assert len(ds) == len(GOOD) and ds.n_labels() == 2 * len(GOOD)
 
@@ -74,7 +77,7 @@ def test_unchanged_input_is_a_cache_hit(tmp_path: Path, assays_file: Path):
 
 def test_too_many_quarantined_rows_fail_naming_the_threshold(tmp_path: Path, assays_file: Path):
     site = _site(tmp_path, assays_file, GOOD[:1] + BAD, max_quarantine_fraction=0.2)
-    with pytest.raises(ContractViolation, match=r"5 of 7 .*max_quarantine_fraction=0.2"):
+    with pytest.raises(ContractViolation, match=r"6 of 8 .*max_quarantine_fraction=0.2"):
         prepare_site(site, ChemConfig(fp_size=256), CATALOGUE)
 
 
@@ -88,3 +91,29 @@ def test_missing_column_fails_naming_column_and_contract(tmp_path: Path, assays_
     )
     with pytest.raises(MissingColumnError, match=r"'qualifier'.*fedchem-site-measurements"):
         prepare_site(site, ChemConfig(fp_size=256), CATALOGUE)
+
+
+def test_the_report_gives_each_folds_share_and_warns_of_a_lopsided_one(
+    tmp_path: Path, assays_file: Path
+):
+    """All acyclic: the Murcko rule puts every molecule in one fold, and the report says so;
+    the default rule spreads them (one warning fewer, shares that add up to 1)."""
+    chains = [f"C{'C' * n}{end}" for n in range(1, 9) for end in ("O", "N", "Cl", "C(=O)O")]
+    lines = [f"a{i},{s},tox1,{i % 2},=," for i, s in enumerate(chains)]
+    old = prepare_site(
+        _site(tmp_path / "old", assays_file, lines),
+        ChemConfig(fp_size=256, folds={"method": "scaffold"}),
+        CATALOGUE,
+    )
+    assert sorted(old.fold_shares.values()) == [0.0, 0.0, 0.0, 0.0, 1.0]
+    (lopsided,) = [f for f, share in old.fold_shares.items() if share == 1.0]
+    assert old.warnings == [
+        f"fold {lopsided}{' (test)' if lopsided == '0' else ''} holds 100% of the site's 32 "
+        "molecules, more than 35%: its scores would measure that fold's chemistry "
+        "(folds: scaffold)"
+    ]
+    new = prepare_site(
+        _site(tmp_path / "new", assays_file, lines), ChemConfig(fp_size=256), CATALOGUE
+    )
+    assert sum(new.fold_shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert max(new.fold_shares.values()) < 0.5 and new.warnings == []

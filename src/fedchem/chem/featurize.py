@@ -17,7 +17,7 @@ import rdkit
 
 import fedchem
 from fedchem.chem.fingerprints import column_permutation, get_featurizer
-from fedchem.chem.folds import fold_of, key_fingerprint, scaffold_of
+from fedchem.chem.folds import fold_key, fold_of, key_fingerprint
 from fedchem.chem.standardize import standardizer_for
 from fedchem.config import ChemConfig
 from fedchem.data.csr import csr_take
@@ -114,7 +114,7 @@ def featurize_partition(
             if vals is not None:
                 vals.extend(np.ones(idx.size, np.float32) if v is None else v)
             cols.extend(idx)
-            folds[i] = fold_of(scaffold_of(mol), key, n_folds)
+            folds[i] = fold_of(fold_key(mol, chem.folds), key, n_folds)
         indptr[i + 1] = cols.size
     return FeaturizedBatch(
         canonical, reason, folds, indptr, cols.array(), vals.array() if vals is not None else None
@@ -147,7 +147,7 @@ def concat_batches(parts: Sequence[FeaturizedBatch]) -> FeaturizedBatch:
 
 
 #: bump when the per-molecule pipeline changes in a way the versions below would not show
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"  # 3: a parent without carbon is refused
 
 
 def pipeline_fingerprint(chem: ChemConfig, key: bytes) -> dict[str, str]:

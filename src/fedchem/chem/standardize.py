@@ -3,7 +3,8 @@
 The steps follow MELLODDY-TUNER, in order, each switchable in :class:`StandardizeConfig`:
 parse; metal disconnector; normalizer; reionizer; charge parent (largest organic fragment,
 neutralized); isotopes removed; stereo removed (off by default); tautomer canonicalization
-(off by default, bounded by ``max_tautomers``); heavy-atom limit; canonical SMILES round trip.
+(off by default, bounded by ``max_tautomers``); a parent without any carbon atom (an inorganic
+salt alone) is refused; heavy-atom limit; canonical SMILES round trip.
 A failure is returned as a reason, never raised, so the batch layer can quarantine the row.
 The RDKit standardizer objects are built once per process and configuration.
 """
@@ -73,6 +74,8 @@ class Standardizer:
             return f"standardization failed: {type(exc).__name__}"
         if mol is None or mol.GetNumAtoms() == 0:
             return "no organic parent fragment"
+        if not mol.HasSubstructMatch(_CARBON_QUERY):
+            return "no organic part: the structure has no carbon atom (an inorganic salt?)"
         n_heavy = mol.GetNumHeavyAtoms()
         if n_heavy >= cfg.max_heavy_atoms:
             return f"too many heavy atoms ({n_heavy} >= {cfg.max_heavy_atoms})"
@@ -102,6 +105,7 @@ class Standardizer:
 # element outside H, B, C, N, O, F, Si, P, S, Cl, Se, Br, I.
 _METAL_QUERY = Chem.MolFromSmarts("[!#1;!#5;!#6;!#7;!#8;!#9;!#14;!#15;!#16;!#17;!#34;!#35;!#53]")
 _CHARGE_QUERY = Chem.MolFromSmarts("[!+0]")
+_CARBON_QUERY = Chem.MolFromSmarts("[#6]")
 
 
 def _has_metal(mol: Chem.Mol) -> bool:

@@ -13,6 +13,7 @@ Implemented (anything else is an ``UnsupportedContractFeature``, never skipped):
   ``mustBe: 0``; ``type: text`` rules are documentation
 - property ``relationships``: foreignKey ``to: table.column``, checked against reference values
 - table ``quality``: ``rowCount`` with any ODCS operator, checked on the accepted rows
+- table ``customProperties``: ``multilineRecords`` (bool, default false: one record per line)
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ _PROPERTY_KEYS = _DOC_ONLY | {
     "relationships",
     "enum",
 }
-_TABLE_KEYS = _DOC_ONLY | {"logicalType", "properties", "quality"}
+_TABLE_KEYS = _DOC_ONLY | {"logicalType", "properties", "quality", "customProperties"}
+#: the table-level custom properties fedchem reads (any other is refused, never ignored)
+_TABLE_CUSTOM = {"multilineRecords"}
 _TYPE_OPTIONS = {
     "string": {"minLength", "maxLength", "pattern"},
     "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"},
@@ -88,6 +91,11 @@ class CompiledTable:
     numeric_columns: tuple[str, ...]
     row_count_rules: tuple[tuple[str, Any], ...] = ()
     reasons: Mapping[str, str] = field(default_factory=dict)
+    optional_columns: tuple[str, ...] = ()
+    """columns whose values are not required: a file may leave the column out altogether"""
+    multiline_records: bool = False
+    """a quoted value may span lines (``customProperties: multilineRecords``); by default a
+    record is one line, and a line that is not one is quarantined on its own"""
 
     def reason_for(self, column: str | None, check: str) -> str:
         text = self.reasons.get(check) or _PANDERA_REASONS.get(check, check)
@@ -202,6 +210,7 @@ def compile_table(
     reasons: dict[str, str] = {}
     columns: dict[str, pa.Column] = {}
     numeric: list[str] = []
+    optional: list[str] = []
     for prop in spec.get("properties") or []:
         name = prop["name"]
         where = f"schema[{tname}].properties[{name}]"
@@ -270,6 +279,8 @@ def compile_table(
             )
         required = bool(prop.get("required")) or bool(prop.get("primaryKey")) or q_not_null
         unique = bool(prop.get("unique")) or bool(prop.get("primaryKey")) or q_unique
+        if not required:
+            optional.append(name)
         columns[name] = pa.Column(
             None,
             nullable=not required,
@@ -295,6 +306,16 @@ def compile_table(
             raise _unsupported(contract, rwhere, "NaN operand")
         row_rules.append((ops[0], arg))
 
+    multiline = False
+    for i, prop in enumerate(spec.get("customProperties") or []):
+        name, value = prop.get("property"), prop.get("value")
+        if name not in _TABLE_CUSTOM or not isinstance(value, bool):
+            raise _unsupported(
+                contract,
+                f"schema[{tname}].customProperties[{i}]",
+                f"custom property {name!r} = {value!r} (fedchem reads: multilineRecords: bool)",
+            )
+        multiline = value
     schema = pa.DataFrameSchema(
         columns, strict=False, coerce=False, name=f"{contract.model.id}.{tname}"
     )
@@ -306,4 +327,6 @@ def compile_table(
         numeric_columns=tuple(numeric),
         row_count_rules=tuple(row_rules),
         reasons=reasons,
+        optional_columns=tuple(optional),
+        multiline_records=multiline,
     )

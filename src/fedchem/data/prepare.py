@@ -46,6 +46,8 @@ __all__ = [
     "Molecules",
     "assemble_dataset",
     "current_dataset_path",
+    "fold_shares",
+    "fold_warnings",
     "label_molecules",
     "prepare_site",
     "read_key",
@@ -114,12 +116,14 @@ def validate_inputs(site: SiteConfig, catalogue: Sequence[TaskSpec] | None) -> I
     """The assay table, then the measurements (whose assay ids must be accepted assays)."""
     m_path, a_path = _contracts(site)
     a_table = compile_table(load_contract(a_path))
-    assays = validate_frame(read_table(site.assays), a_table, source=str(site.assays))
+    assays = validate_frame(
+        read_table(site.assays, a_table.multiline_records), a_table, source=str(site.assays)
+    )
     tasks = list(catalogue) if catalogue is not None else catalogue_from_assays(assays.accepted)
     m_table = compile_table(
         load_contract(m_path), references={"assays.assay_id": set(assays.accepted["assay_id"])}
     )
-    raw = read_table(site.measurements)
+    raw = read_table(site.measurements, m_table.multiline_records)
     checked = validate_frame(raw, m_table, source=str(site.measurements))
     return Inputs(raw=raw, assays=assays, measurements=checked, catalogue=tasks)
 
@@ -266,6 +270,7 @@ def prepare_site(
     total = RowAccount(
         step="total", rows_in=len(raw), accepted=tasks.account.accepted, quarantined=rows_q
     )
+    shares = fold_shares(dataset.fold, chem.n_folds)
     report = PrepareReport(
         site=site.name,
         cache_key=cache_key,
@@ -290,6 +295,8 @@ def prepare_site(
         consistency=consistency_report(chem, key),
         auto_thresholds=tasks.auto_thresholds,
         tasks_below_quorum=tasks.below_quorum,
+        fold_shares={str(f): v for f, v in shares.items()},
+        warnings=fold_warnings(shares, len(dataset), chem),
         seconds=time.perf_counter() - start,
     )
     if len(raw) and rows_q / len(raw) > site.max_quarantine_fraction:
@@ -302,6 +309,25 @@ def prepare_site(
     report_path.write_text(report.model_dump_json(indent=2))
     _point_to(site, cache_key)
     return report
+
+
+def fold_shares(fold: np.ndarray, n_folds: int) -> dict[int, float]:
+    """The share of molecules in each fold (every fold listed, empty ones at 0)."""
+    counts = np.bincount(fold.astype(np.int64), minlength=n_folds)[:n_folds]
+    total = max(int(counts.sum()), 1)
+    return {f: round(float(c) / total, 4) for f, c in enumerate(counts)}
+
+
+def fold_warnings(shares: dict[int, float], n_molecules: int, chem: ChemConfig) -> list[str]:
+    """A warning per fold above ``chem.folds.max_fold_share`` of the site's molecules."""
+    limit = chem.folds.max_fold_share
+    return [
+        f"fold {f}{' (test)' if f == chem.test_fold else ''} holds {share:.0%} of the site's "
+        f"{n_molecules} molecules, more than {limit:.0%}: its scores would measure that "
+        f"fold's chemistry (folds: {chem.folds.method})"
+        for f, share in shares.items()
+        if share > limit
+    ]
 
 
 #: a task's statistics are published only over at least this many values (no tiny aggregates)

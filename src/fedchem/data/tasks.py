@@ -11,7 +11,7 @@ points the same way, else dropped as conflicting. Every dropped row gets its rea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +19,7 @@ import pandas as pd
 
 from fedchem.config import LabelConfig, TaskSpec
 from fedchem.data.dataset import CENSOR_CODES
+from fedchem.data.units import range_columns
 from fedchem.messages import RowAccount
 
 __all__ = ["TaskTable", "build_tasks", "catalogue_from_assays"]
@@ -36,6 +37,33 @@ class TaskTable:
     """thresholds chosen by the automatic rule, per assay (aggregate metadata)"""
     below_quorum: dict[str, str] = field(default_factory=dict)
     """tasks whose labels were dropped at this site, with why"""
+
+
+def _drop_incredible(df: pd.DataFrame, drop: Callable[[pd.Series, str | pd.Series], None]) -> None:
+    """Quarantine values of continuous assays outside their credible range (the assay's own
+    ``min_value``/``max_value``, else the unit's; ``fedchem.data.units``)."""
+    cont = df["assay_type"].eq("continuous")
+    if not cont.any():
+        return
+    unit = pd.Series("", index=df.index, dtype=object)
+    if "assay_unit" in df:
+        unit = df["assay_unit"].fillna("").astype(str).str.strip()
+    if "unit" in df:
+        own = df["unit"].fillna("").astype(str).str.strip()
+        unit = own.where(own != "", unit)
+    nan = pd.Series(np.nan, index=df.index)
+    lo, hi = range_columns(unit, df.get("min_value", nan), df.get("max_value", nan))
+    v = df["value"].to_numpy(dtype=np.float64)
+    bad = cont.to_numpy() & ((v < lo) | (v > hi))
+    if not bad.any():
+        return
+    why = pd.Series(pd.NA, index=df.index, dtype="object")
+    why[bad] = [
+        f"value {x:g} is outside the credible range [{a:g}, {b:g}] for unit '{u}' "
+        "(an assay's own range: min_value/max_value in the assay table)"
+        for x, a, b, u in zip(v[bad], lo[bad], hi[bad], unit[bad], strict=True)
+    ]
+    drop(pd.Series(bad, index=df.index), why)
 
 
 def _task_kind(assay_type: pd.Series, threshold: pd.Series) -> pd.Series:
@@ -92,7 +120,9 @@ def build_tasks(
     rules = rules or LabelConfig()
     task_index = {t.name: i for i, t in enumerate(catalogue)}
     kinds = {t.name: t.kind for t in catalogue}
-    cols = ["assay_type", "threshold", "direction"] + (["unit"] if "unit" in assays else [])
+    cols = ["assay_type", "threshold", "direction"] + [
+        c for c in ("unit", "min_value", "max_value") if c in assays
+    ]
     info = assays.set_index("assay_id")[cols].rename(columns={"unit": "assay_unit"})
     df = rows.join(info, on="assay_id")
     df["censor"] = df["qualifier"].map(CENSOR_CODES).astype("int8")
@@ -111,6 +141,7 @@ def build_tasks(
             (mu != "") & (au != "") & (mu != au),
             "unit '" + mu + "' does not match the assay's unit '" + au + "'",
         )
+    _drop_incredible(df, drop)
     if "compound_id" in df:
         key = ["compound_id", "assay_id", "value", "qualifier"] + (["unit"] if "unit" in df else [])
         live = df[reason.isna()]
@@ -148,7 +179,9 @@ def build_tasks(
         auto_thresholds[str(assay)] = t
         df.loc[mine, "threshold"] = t * sign  # back in the assay's own orientation
 
-    df["label"] = df["value"].astype("float32")
+    # only values still in play are cast: a quarantined one may be beyond float32 (it is
+    # outside every credible range then), and a cast never overflows
+    df["label"] = df["value"].where(reason.isna()).astype("float32")
     thr = df["assay_type"].eq("continuous") & df["threshold"].notna() & reason.isna()
     if thr.any():
         lab, amb = _threshold_labels(df[thr])
