@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedchem.flows.coordinator import coordinator
+from fedchem.flows.publish import publish
 from fedchem.flows.site_cross_evaluate import site_cross_evaluate
 from fedchem.flows.site_evaluate import site_evaluate
 from fedchem.flows.site_local_baseline import site_local_baseline
@@ -19,7 +20,8 @@ from fedchem.flows.site_prepare import site_prepare
 from fedchem.tasks.demo import make_sites, pooled_baseline, report
 from prefect import flow
 
-from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig
+from fedchem.config import ChemConfig, FederationConfig, ModelConfig, PublishConfig, TrainConfig
+from fedchem.demo.sites import model_name
 from fedchem.federation.strategies import FedAvgMConfig, StrategyConfig
 
 
@@ -90,6 +92,10 @@ def demo(
         ],
         "pooled": pooled_baseline(split.sites, chem, model, train, budget, stats),
     }
+    # the chosen round becomes a registered model: the hosted part in <out>/registry, each
+    # site's part (its private heads, its calibration) in <out>/sites/<site>/registry
+    target = PublishConfig(registry=str(out / "registry"), model_name=model_name(dataset))
+    version = publish(config, target, evals=evals["federated"])
     names = [s.name for s in split.sites]
     cross = []
     if cross_site:
@@ -118,10 +124,14 @@ def demo(
                 "rows_in": p.rows_in,
                 "accepted": p.rows_accepted,
                 "quarantined": p.rows_quarantined,
+                "fold_shares": p.fold_shares,
+                "warnings": p.warnings,
             }
             for p in prepared
         },
         "budget_epochs": budget,
+        "registered": f"{target.model_name}:{version}",
+        "registry": target.registry,
         "select": train.select,
     }
     return report(evals, meta, out, cross)

@@ -15,6 +15,7 @@ from fedchem.federation.commits import committed_rounds, record_best_round
 from fedchem.federation.consistency import ConsistencyError, check_consistency
 from fedchem.federation.strategies import Strategy
 from fedchem.messages import PrepareReport, RoundManifest, SiteUpdateManifest
+from fedchem.registry.publish import write_domain_support
 from fedchem.storage.hub import HubLayout, HubStore
 
 __all__ = [
@@ -60,6 +61,7 @@ def start(config: FederationConfig, reports: list[PrepareReport]) -> list[RoundM
     on the hub (same run id, same settings) resumes after its last committed round."""
     hub = HubStore(config.hub_url)
     coord.start_run(hub, config, [r.label_stats for r in reports])
+    write_domain_support(hub, config.run_id, reports)  # the sites' supported columns, united
     committed = committed_rounds(hub, config.run_id)
     if len(committed) > 1:
         get_run_logger().warning(

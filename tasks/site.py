@@ -23,7 +23,7 @@ from fedchem.config import (
 from fedchem.federation import baselines
 from fedchem.federation import site as site_lib
 from fedchem.federation.rounds import RoundSuperseded, RoundWithdrawn, await_round_open
-from fedchem.messages import EvalReport, FitInstructions, SiteUpdateManifest
+from fedchem.messages import EvalReport, FitInstructions, SiteCalibration, SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "await_round",
+    "calibrate_for_serving",
     "evaluate_baselines",
     "evaluate_global",
     "prepare",
@@ -186,3 +187,38 @@ def evaluate_baselines(
         baselines.evaluate_baseline_at_site(site, hub, run_id, owner, chem, model)
         for owner in owners
     ]
+
+
+@task(cache_policy=NO_CACHE)
+def calibrate_for_serving(
+    site: SiteConfig | SiteRef,
+    hub_url: str,
+    run_id: str,
+    rnd: int,
+    chem: ChemConfig,
+    model: ModelConfig,
+    private_tasks: list[str],
+    model_name: str,
+) -> SiteCalibration:
+    """The site's calibration of round ``rnd``'s model: counts to the hub, its exact scores
+    and private heads to its own registry (they stay at the site)."""
+    from fedchem.federation.calibration import calibrate_site, publish_site_part
+    from fedchem.registry.store import Registry
+
+    site = resolve_site(site)
+    hub = HubStore(hub_url)
+    result = calibrate_site(site, hub, run_id, rnd, chem, model, private_tasks)
+    hub.put_json(
+        HubLayout(run_id).site_calibration(site.name), result.message.model_dump(mode="json")
+    )
+    version = publish_site_part(Registry(site.registry_url()), model_name, result)
+    get_run_logger().info(
+        "site %s: calibrated round %d on %d validation molecules (%d tasks); its part is "
+        "version %d of its own registry",
+        site.name,
+        rnd,
+        result.message.n_valid,
+        len(result.message.tasks),
+        version,
+    )
+    return result.message

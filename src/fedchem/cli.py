@@ -26,6 +26,7 @@ from fedchem.contracts import (
     read_table,
     validate_frame,
 )
+from fedchem.serve.cli import add_serving_commands
 
 __all__ = ["main"]
 
@@ -333,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Prefect's process worker (a fresh interpreter per flow run)",
     )
     sk.set_defaults(func=_stack)
+    add_serving_commands(sub)
     return p
 
 

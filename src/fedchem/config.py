@@ -25,6 +25,7 @@ __all__ = [
     "LabelConfig",
     "ModelConfig",
     "PrepareConfig",
+    "PublishConfig",
     "Selection",
     "SiteConfig",
     "SiteRef",
@@ -134,6 +135,7 @@ class TaskSpec(StrictModel):
     name: str
     kind: Literal["classification", "regression"]
     weight: float = Field(1.0, gt=0, description="the task's weight in the training loss")
+    unit: str | None = Field(None, description="the unit of its values (regression), if known")
 
 
 class ModelConfig(StrictModel):
@@ -183,6 +185,32 @@ class SiteConfig(StrictModel):
     dask_workers: int = Field(2, ge=1)
     dask_address: str | None = None
     partition_rows: int = Field(5000, ge=100)
+    registry: str | None = Field(
+        None,
+        description="the site's own model registry (a directory or any fsspec URL) for what "
+        "stays at the site: private heads, its calibration; default: <workdir>/registry",
+    )
+
+    def registry_url(self) -> str:
+        return self.registry or str(self.workdir / "registry")
+
+
+class PublishConfig(StrictModel):
+    """Which committed round becomes which registered model (``publish`` flow)."""
+
+    registry: str = Field(description="the coordinator's registry: a directory or fsspec URL")
+    model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    round: int | None = Field(
+        None,
+        ge=1,
+        description="the committed round to publish; default: the best by the "
+        "sites' validation (best.json), else the last",
+    )
+    alias: str | None = Field("production", description="the alias that then points at it")
+    parent: str | None = Field(None, description="the version it was trained from, if any")
+    calibration_deadline_s: float = Field(
+        600.0, gt=0, description="deployed mode: how long the sites' calibration runs may take"
+    )
 
 
 class SiteRef(StrictModel):
@@ -360,7 +388,7 @@ class ConfigFileError(ValueError):
     """A configuration file that does not validate; the message says where."""
 
 
-_SITE_PATHS = ("measurements", "assays", "workdir", "key_file", "contracts_dir")
+_SITE_PATHS = ("measurements", "assays", "workdir", "key_file", "contracts_dir", "registry")
 
 
 def _anchor_site_paths(site: object, base: Path) -> None:
@@ -369,7 +397,7 @@ def _anchor_site_paths(site: object, base: Path) -> None:
         return
     for k in _SITE_PATHS:
         v = site.get(k)
-        if isinstance(v, str) and v and not Path(v).is_absolute():
+        if isinstance(v, str) and v and "://" not in v and not Path(v).is_absolute():
             site[k] = str(base / v)
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "RoundManifest",
     "RoundOpen",
     "RowAccount",
+    "SiteCalibration",
     "SiteUpdateManifest",
 ]
 
@@ -63,6 +64,11 @@ class PrepareReport(StrictModel):
     )
     fold_shares: dict[str, float] = Field(
         default_factory=dict, description="share of the site's molecules in each fold"
+    )
+    supported_columns: list[int] = Field(
+        default_factory=list,
+        description="feature columns on in at least fedchem.model.domain.MIN_SUPPORT training "
+        "molecules (the applicability domain; a column seen in fewer is not reported)",
     )
     warnings: list[str] = Field(
         default_factory=list, description="what the site's data engineer should look at"
@@ -111,6 +117,12 @@ class EvalReport(StrictModel):
         None,
         description="the round (federated) or epoch (baselines, from 1) chosen on the site's "
         "validation fold; None: the last one",
+    )
+    conformal: dict[str, float] = Field(
+        default_factory=dict,
+        description="conformal prediction calibrated on the site's validation fold, measured "
+        "on this fold: mean coverage and efficiency (share of single-class sets), interval "
+        "coverage and width (in units of the task's scale)",
     )
 
 
@@ -166,3 +178,18 @@ class RoundManifest(StrictModel):
     )
     round_seconds: float | None = Field(None, description="round start to commit, wall time")
     created_at: str
+
+
+class SiteCalibration(StrictModel):
+    """A site's calibration of a federated model, as it may leave the site: per task the
+    validation fold's conformal scores binned into counts, and the domain scores' counts."""
+
+    run_id: str
+    round: int
+    site: str
+    global_sha256: str
+    n_valid: int
+    tasks: dict[str, dict[str, object]] = Field(
+        description="task -> {kind, n, hist (per class for classification), scale}"
+    )
+    domain_hist: list[int] | None = None

@@ -129,14 +129,16 @@ def test_two_sites_two_rounds_through_prefect(
 
 async def _artifact(key: str) -> dict | None:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
-    async with get_client() as client:  # the REST filter (the 3.8 client sends nulls it rejects)
-        resp = await client._client.post(
-            "/artifacts/filter",
-            json={"artifacts": {"key": {"any_": [key]}}, "limit": 5, "sort": "UPDATED_DESC"},
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.UPDATED_DESC,
+            limit=5,
         )
-        found = resp.json()
-        return found[0] if found else None
+        return found[0].model_dump(mode="json") if found else None
 
 
 def test_demo_flow_writes_the_comparison(prefect_api: None, tiny_dataset: Path, tmp_path: Path):

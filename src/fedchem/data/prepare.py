@@ -40,6 +40,7 @@ from fedchem.data.csr import csr_take
 from fedchem.data.dataset import SiteDataset, current_dataset_path
 from fedchem.data.tasks import TaskTable, build_tasks, catalogue_from_assays
 from fedchem.messages import PrepareReport, RowAccount
+from fedchem.model.domain import supported_columns
 
 __all__ = [
     "Inputs",
@@ -296,6 +297,9 @@ def prepare_site(
         auto_thresholds=tasks.auto_thresholds,
         tasks_below_quorum=tasks.below_quorum,
         fold_shares={str(f): v for f, v in shares.items()},
+        supported_columns=supported_columns(
+            dataset.without_folds([chem.test_fold, chem.valid_fold])
+        ),
         warnings=fold_warnings(shares, len(dataset), chem),
         seconds=time.perf_counter() - start,
     )

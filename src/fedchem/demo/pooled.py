@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.data.dataset import SiteDataset
 from fedchem.federation.coordinator import initial_model
-from fedchem.federation.site import load_site_dataset
+from fedchem.federation.site import load_site_dataset, scored_on_test
 from fedchem.messages import EvalReport
-from fedchem.model.evaluate import evaluate_at_site
 from fedchem.model.selection import EpochSelector
 from fedchem.model.train import epoch_lr_factors, train_epochs
 
@@ -45,8 +44,6 @@ def train_pooled(
     )
     selected = selector.restore() if selector is not None else None
     return [
-        evaluate_at_site(
-            model, d.folds([chem.test_fold]), site=name, model_name="pooled", fold="test"
-        ).model_copy(update={"selected": selected})
+        scored_on_test(model, d, chem, name, "pooled").model_copy(update={"selected": selected})
         for name, d in data.items()
     ]

@@ -27,6 +27,7 @@ __all__ = [
     "DemoSplit",
     "assay_id_for",
     "bundled_dataset",
+    "model_name",
     "resolve_dataset",
     "site_names",
     "split_into_sites",
@@ -57,6 +58,15 @@ def resolve_dataset(dataset: str, smiles_col: str | None) -> tuple[Path, str]:
             f"dataset {dataset!r}: no such file and not a bundled name ({', '.join(BUNDLED)})"
         )
     return path, smiles_col or "smiles"
+
+
+def model_name(dataset: Path) -> str:
+    """The registry name of a demo's model: the bundled set's name, else the file's stem."""
+    for name, (file, _) in BUNDLED.items():
+        if dataset.name == file:
+            return name
+    stem = dataset.name.split(".")[0].lower()
+    return re.sub(r"[^a-z0-9_.-]+", "-", stem).strip("-_.")[:64] or "model"
 
 
 def site_names(n: int) -> list[str]:
@@ -218,6 +228,7 @@ def split_into_sites(
                 assays=d / "assays.csv",
                 workdir=d / "work",
                 key_file=d / "consortium.key",
+                registry=str(d / "registry"),
             )
         )
         counts[name] = int(part[site_tasks[s]].notna().any(axis=1).sum())  # measured ones

@@ -10,7 +10,7 @@ import hashlib
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.federation.coordinator import initial_model
-from fedchem.federation.site import load_site_dataset, model_for, site_seed
+from fedchem.federation.site import load_site_dataset, model_for, scored_on_test, site_seed
 from fedchem.messages import EvalReport
 from fedchem.model.evaluate import evaluate_at_site
 from fedchem.model.selection import EpochSelector
@@ -58,9 +58,7 @@ def train_local_only(
         after_epoch=selector,
     )
     selected = selector.restore() if selector is not None else None
-    report = evaluate_at_site(
-        model, ds.folds([chem.test_fold]), site=site.name, model_name="local", fold="test"
-    )
+    report = scored_on_test(model, ds, chem, site.name, "local")
     return report.model_copy(update={"selected": selected}), model_to_arrays(model)
 
 

@@ -24,6 +24,7 @@ from fedchem.messages import (
     RoundManifest,
     SiteUpdateManifest,
 )
+from fedchem.model.calibrate import calibrate, conformal_report
 from fedchem.model.evaluate import evaluate_at_site
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.selection import BestSoFar
@@ -35,10 +36,13 @@ from fedchem.types import StateArrays
 __all__ = [
     "evaluate_global_at_site",
     "fetch_global",
+    "global_model_at_site",
     "load_site_dataset",
     "model_for",
     "private_head_path",
     "run_site_round",
+    "scored_on_test",
+    "selected_round",
     "site_seed",
 ]
 
@@ -68,7 +72,7 @@ def model_for(ds: SiteDataset, cfg: ModelConfig, arrays: StateArrays | None) -> 
     return model
 
 
-def _private_rows(ds: SiteDataset, private_tasks: list[str]) -> np.ndarray:
+def private_rows(ds: SiteDataset, private_tasks: list[str]) -> np.ndarray:
     index = {t: j for j, t in enumerate(ds.task_names)}
     return np.array(sorted(index[t] for t in private_tasks if t in index), dtype=np.int64)
 
@@ -160,7 +164,7 @@ def run_site_round(
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
     valid = ds.folds([chem.valid_fold])
     model = model_for(ds, model_cfg, arrays)
-    private = _private_rows(ds, fit.private_tasks)
+    private = private_rows(ds, fit.private_tasks)
     state_dir = site.workdir / "runs" / run_id
     if private.size:
         _load_private_head(model, private_head_path(state_dir, rnd - 1), private)
@@ -208,6 +212,45 @@ def run_site_round(
     return manifest
 
 
+def global_model_at_site(
+    site: SiteConfig, hub: HubStore, run_id: str, rnd: int, ds: SiteDataset, model_cfg: ModelConfig
+) -> tuple[MultitaskNet, str]:
+    """The committed global model of round ``rnd`` as this site uses it: with its own private
+    head rows (kept at the site) where it has them. Returns the model and the global hash."""
+    arrays, sha = fetch_global(hub, run_id, rnd)
+    model = model_for(ds, model_cfg, arrays)
+    _load_private_head(model, private_head_path(site.workdir / "runs" / run_id, rnd))
+    return model, sha
+
+
+def selected_round(
+    site: SiteConfig,
+    hub: HubStore,
+    run_id: str,
+    rnd: int,
+    chem: ChemConfig,
+    model_cfg: ModelConfig,
+    select: Selection,
+    ds: SiteDataset,
+) -> tuple[MultitaskNet, int | None]:
+    """The global model the site reports: round ``rnd``'s, or with ``select="best_valid"`` the
+    committed round up to ``rnd`` best on the site's validation fold (and its number)."""
+    if select != "best_valid":
+        return global_model_at_site(site, hub, run_id, rnd, ds, model_cfg)[0], None
+    model, selected = None, None
+    layout, valid, best = HubLayout(run_id), ds.folds([chem.valid_fold]), BestSoFar()
+    for r in (r for r in range(1, rnd + 1) if hub.exists(layout.round_manifest(r))):
+        candidate = global_model_at_site(site, hub, run_id, r, ds, model_cfg)[0]
+        scored = evaluate_at_site(
+            candidate, valid, site=site.name, model_name=f"round-{r}", fold="valid"
+        )
+        if best.offer(scored.summary):  # one round's model in memory at a time: the best
+            model, selected = candidate, r
+    if model is None:
+        return global_model_at_site(site, hub, run_id, rnd, ds, model_cfg)[0], None
+    return model, selected
+
+
 def evaluate_global_at_site(
     site: SiteConfig,
     hub: HubStore,
@@ -217,36 +260,26 @@ def evaluate_global_at_site(
     model_cfg: ModelConfig,
     select: Selection = "last",
 ) -> EvalReport:
-    """Score the committed global model of round ``rnd`` on the site's test fold.
+    """Score the committed global model of round ``rnd`` on the site's test fold, with its
+    conformal prediction calibrated on the site's validation fold.
 
     With private heads, the site's own head rows (kept at the site) complete the model.
     ``select="best_valid"``: the committed round up to ``rnd`` that scores best on this site's
     validation fold instead (its number is ``selected`` in the report; nothing else leaves).
     """
     ds = load_site_dataset(site)
-    state_dir = site.workdir / "runs" / run_id
-
-    def model_of(r: int) -> MultitaskNet:
-        arrays, _ = fetch_global(hub, run_id, r)
-        model = model_for(ds, model_cfg, arrays)
-        _load_private_head(model, private_head_path(state_dir, r))
-        return model
-
-    model, selected = None, None
-    if select == "best_valid":  # one round's model in memory at a time: the best so far
-        layout, valid, best = HubLayout(run_id), ds.folds([chem.valid_fold]), BestSoFar()
-        for r in (r for r in range(1, rnd + 1) if hub.exists(layout.round_manifest(r))):
-            candidate = model_of(r)
-            scored = evaluate_at_site(
-                candidate, valid, site=site.name, model_name=f"round-{r}", fold="valid"
-            )
-            if best.offer(scored.summary):
-                model, selected = candidate, r
-    report = evaluate_at_site(
-        model if model is not None else model_of(rnd),
-        ds.folds([chem.test_fold]),
-        site=site.name,
-        model_name="federated",
-        fold="test",
+    model, selected = selected_round(site, hub, run_id, rnd, chem, model_cfg, select, ds)
+    return scored_on_test(model, ds, chem, site.name, "federated").model_copy(
+        update={"selected": selected}
     )
-    return report.model_copy(update={"selected": selected})
+
+
+def scored_on_test(
+    model: MultitaskNet, ds: SiteDataset, chem: ChemConfig, site: str, name: str
+) -> EvalReport:
+    """A model on the site's test fold: its metrics, and conformal prediction calibrated on the
+    validation fold (coverage and efficiency, MELLODDY's comparison)."""
+    test = ds.folds([chem.test_fold])
+    report = evaluate_at_site(model, test, site=site, model_name=name, fold="test")
+    exact, _ = calibrate(model, ds.folds([chem.valid_fold]))
+    return report.model_copy(update={"conformal": conformal_report(model, test, exact)})

@@ -10,6 +10,8 @@ Layout (all under the hub URL)::
     runs/<run_id>/baselines/<site>/model.npz            a site's local-only model, opt-in, for
     runs/<run_id>/baselines/<site>/manifest.json        the cross-site evaluation (shared heads)
     runs/<run_id>/best.json                             the best round by the sites' validation
+    runs/<run_id>/domain/support.json                   the sites' supported feature columns
+    runs/<run_id>/calibration/<site>.json               a site's calibration, binned counts
     sites/<site>/prepared.json                          the site's preparation report (counts)
 
 Objects are written whole: on a local directory through a temporary name and a rename, on S3
@@ -166,6 +168,14 @@ class HubLayout:
 
     def best(self) -> str:
         return f"runs/{self.run_id}/best.json"
+
+    def domain_support(self) -> str:
+        """The union of the sites' supported feature columns (the applicability domain)."""
+        return f"runs/{self.run_id}/domain/support.json"
+
+    def site_calibration(self, site: str) -> str:
+        """A site's calibration of the run's published model, as counts (SiteCalibration)."""
+        return f"runs/{self.run_id}/calibration/{site}.json"
 
     def baseline_model(self, site: str) -> str:
         return f"runs/{self.run_id}/baselines/{site}/model.npz"

@@ -1,0 +1,201 @@
+"""The serving commands of ``fedchem``: ``registry``, ``predict``, ``serve``, ``token``."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedchem.contracts.validate import MALFORMED, read_table
+from fedchem.registry.store import ModelRef, Registry, RegistryError
+
+__all__ = ["add_serving_commands", "read_input", "read_tokens"]
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    return Registry(args.registry)
+
+
+def _registry_cmd(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    try:
+        if args.action == "list":
+            for name in reg.models():
+                aliases = ", ".join(f"{a}={v}" for a, v in sorted(reg.aliases(name).items()))
+                print(f"{name}: versions {reg.versions(name)}; {aliases or 'no alias'}")
+            return 0
+        if args.ref is None:
+            print(
+                f"error: registry {args.action} needs a model (NAME, NAME@ALIAS, NAME:N)",
+                file=sys.stderr,
+            )
+            return 2
+        name, version = reg.resolve(ModelRef.parse(args.ref))
+        if args.action == "show":
+            print(reg.read(name, version, "card.md").decode())
+            files = reg.files(name, version)
+            print(f"files of {name}:{version} ({files.created_at}):")
+            for f, sha in sorted(files.files.items()):
+                print(f"  {f}  sha256 {sha[:16]}")
+            history = [e for e in reg.history(name) if e.get("event") == "alias"]
+            for e in history[-10:]:
+                print(f"  {e['at']} alias {e['alias']}: {e['previous']} -> {e['version']}")
+            return 0
+        before = reg.set_alias(name, args.alias, version, note=args.note or "")
+        print(f"{name}@{args.alias}: {before} -> {version}")
+        return 0
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def read_input(
+    path: Path, smiles_col: str, id_col: str | None
+) -> tuple[list[str], list[str], list[str]]:
+    """(ids, SMILES, read errors) of every line of an input CSV, in order: a line that cannot
+    be read is kept, with its reason, so every input row has an output row."""
+    table = read_table(path)
+    if smiles_col not in table.columns:
+        raise ValueError(f"{path}: no column {smiles_col!r} (columns: {list(table.columns)})")
+    if id_col is not None and id_col not in table.columns:
+        raise ValueError(f"{path}: no column {id_col!r}")
+    smiles = ["" if v is None else str(v) for v in table[smiles_col]]
+    ids = (
+        [str(v) if v is not None else "" for v in table[id_col]]
+        if id_col
+        else [str(i + 1) for i in range(len(table))]
+    )
+    errors = ["" if f is None else str(f) for f in table[MALFORMED]]
+    return ids, smiles, errors
+
+
+def _predict_cmd(args: argparse.Namespace) -> int:
+    from fedchem.federation.consistency import ConsistencyError
+    from fedchem.serve.predictor import Predictor
+
+    try:
+        key = Path(args.key_file).read_bytes().strip()
+        site_registry = Registry(args.site_registry) if args.site_registry else None
+        predictor = Predictor.load(_registry(args), args.model, key, site_registry)
+        ids, smiles, errors = read_input(Path(args.input), args.smiles_col, args.id_col)
+    except (RegistryError, ConsistencyError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table = predictor.predict(smiles, ids, args.alpha, n_workers=args.workers)
+    for i, why in enumerate(errors):  # a line that could not be read: no prediction from it
+        if why:
+            table.loc[i, ["status", "error"]] = ["error", why]
+            table.loc[i, table.columns[5:]] = None
+    table.to_csv(args.out, index=False)
+    n_err = int((table["status"] != "ok").sum())
+    print(
+        f"{predictor.name}:{predictor.version}{' with ' + predictor.site if predictor.site else ''}"
+        f": {len(table)} rows to {args.out} ({n_err} with an error)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def read_tokens(path: Path) -> dict[str, Any]:
+    """``tokens.yaml`` -> {sha256: TokenGrant}; entries hold a token's sha256 (or, for a
+    local trial, the token itself), its holder's name, models and sites."""
+    from fedchem.serve.app import TokenGrant, hash_token
+
+    doc = yaml.safe_load(path.read_text()) or {}
+    out = {}
+    for i, entry in enumerate(doc.get("tokens", [])):
+        entry = dict(entry)
+        sha = entry.pop("token_sha256", None) or (
+            hash_token(entry.pop("token")) if "token" in entry else None
+        )
+        if sha is None:
+            raise ValueError(f"{path}: tokens[{i}] has neither token_sha256 nor token")
+        out[str(sha)] = TokenGrant.model_validate(entry)
+    return out
+
+
+def _serve_cmd(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fedchem.serve.app import ServiceConfig, create_app
+
+    try:
+        sites = {}
+        for item in args.site_registry or []:
+            site, _, url = item.partition("=")
+            if not url:
+                raise ValueError(f"--site-registry {item!r}: SITE=URL")
+            sites[site] = Registry(url)
+        cfg = ServiceConfig(
+            registry=_registry(args),
+            key=Path(args.key_file).read_bytes().strip(),
+            tokens=read_tokens(Path(args.tokens)),
+            site_registries=sites,
+            max_batch=args.max_batch,
+            audit_path=Path(args.audit_log) if args.audit_log else None,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _token_cmd(args: argparse.Namespace) -> int:
+    from fedchem.serve.app import hash_token
+
+    token = secrets.token_urlsafe(32)
+    entry = {
+        "name": args.name,
+        "token_sha256": hash_token(token),
+        "models": args.models,
+        "sites": args.sites or [],
+    }
+    print(f"token (give it to {args.name}; it is shown once): {token}", file=sys.stderr)
+    print(yaml.safe_dump({"tokens": [entry]}, sort_keys=False).rstrip())
+    return 0
+
+
+def add_serving_commands(sub: Any) -> None:
+    r = sub.add_parser("registry", help="list models, show a version's card, move an alias")
+    r.add_argument("action", choices=["list", "show", "alias"])
+    r.add_argument("ref", nargs="?", help="NAME, NAME@ALIAS or NAME:VERSION (show, alias)")
+    r.add_argument("--registry", required=True, help="the registry: a directory or fsspec URL")
+    r.add_argument("--alias", default="production", help="alias: the alias to move")
+    r.add_argument("--note", help="alias: why (kept in the model's history)")
+    r.set_defaults(func=_registry_cmd)
+
+    p = sub.add_parser("predict", help="predict a CSV of SMILES with a registered model")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--model", required=True, help="NAME, NAME@ALIAS or NAME:VERSION")
+    p.add_argument("--in", dest="input", required=True, help="CSV with a SMILES column")
+    p.add_argument("--out", required=True, help="CSV: one row per input row, in input order")
+    p.add_argument("--smiles-col", default="smiles")
+    p.add_argument("--id-col", help="default: the row number")
+    p.add_argument("--key-file", required=True, help="the consortium key (never leaves you)")
+    p.add_argument("--site-registry", help="a site's registry: its private heads, calibration")
+    p.add_argument("--alpha", type=float, help="conformal error rate (default 0.1)")
+    p.add_argument("--workers", type=int, default=1, help="featurization processes")
+    p.set_defaults(func=_predict_cmd)
+
+    s = sub.add_parser("serve", help="the HTTP prediction service and its page")
+    s.add_argument("--registry", required=True)
+    s.add_argument("--key-file", required=True)
+    s.add_argument("--tokens", required=True, help="YAML of bearer tokens (fedchem token new)")
+    s.add_argument("--site-registry", action="append", help="SITE=URL (repeatable)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-batch", type=int, default=1000, help="molecules per request at most")
+    s.add_argument("--audit-log", help="JSON lines: who asked what (SMILES as keyed hashes)")
+    s.set_defaults(func=_serve_cmd)
+
+    t = sub.add_parser("token", help="a new bearer token for the service")
+    t.add_argument("action", choices=["new"])
+    t.add_argument("--name", required=True, help="whose token")
+    t.add_argument("--models", nargs="+", required=True, help="model names, or '*'")
+    t.add_argument("--sites", nargs="*", help="sites whose private heads it may use")
+    t.set_defaults(func=_token_cmd)
