@@ -142,6 +142,24 @@ class InferRequest(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _grant(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> TokenGrant:
+    """The grant of the request's bearer token (401 without a known one)."""
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise HTTPException(401, "a bearer token is needed", {"WWW-Authenticate": "Bearer"})
+    found = request.app.state.config.tokens.get(hash_token(creds.credentials))
+    if found is None:
+        raise HTTPException(401, "unknown token", {"WWW-Authenticate": "Bearer"})
+    return found
+
+
+Grant = Annotated[TokenGrant, Depends(_grant)]
+
+
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as JSON-able dicts: NaN as null."""
     return json.loads(df.to_json(orient="records"))
@@ -180,21 +198,9 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         "under /v2.",
         version="1",
     )
+    app.state.config = cfg
     models = _Models(cfg)
     audit = AuditLog(cfg.audit_path, cfg.audit_key)
-    bearer = HTTPBearer(auto_error=False)
-
-    def grant(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> TokenGrant:
-        if creds is None or creds.scheme.lower() != "bearer":
-            raise HTTPException(401, "a bearer token is needed", {"WWW-Authenticate": "Bearer"})
-        found = cfg.tokens.get(hash_token(creds.credentials))
-        if found is None:
-            raise HTTPException(401, "unknown token", {"WWW-Authenticate": "Bearer"})
-        return found
-
-    Grant = Annotated[TokenGrant, Depends(grant)]
 
     def allowed(g: TokenGrant, name: str, site: str | None = None) -> None:
         if "*" not in g.models and name not in g.models:

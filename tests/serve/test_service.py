@@ -1,0 +1,293 @@
+"""The HTTP service as a client sees it: a real ``fedchem serve`` process on loopback, a real
+HTTP client; results equal to the in-process predictor's, scoped tokens, refusals with their
+status codes, the Open Inference Protocol v2, and an audit log without a single SMILES."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from fedchem.serve.app import hash_token
+from fedchem.serve.predictor import Predictor
+from tests.serve.conftest import Published
+
+NAME = "tox21-2000"
+TOKENS = {
+    "alice": {"models": [NAME], "sites": ["site-a"]},
+    "bob": {"models": ["another-model"]},
+    "admin": {"models": ["*"], "sites": ["site-a", "site-b"]},
+}
+
+
+@dataclass
+class Service:
+    url: str
+    audit: Path
+    log: Path
+    tokens: dict[str, str]
+
+    def headers(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_service(
+    published: Published, base: Path, max_batch: int = 50
+) -> tuple[Service, subprocess.Popen[bytes]]:
+    tokens = {who: f"token-of-{who}-{os.urandom(8).hex()}" for who in TOKENS}
+    entries = [
+        {"name": who, "token_sha256": hash_token(tokens[who]), **grant}
+        for who, grant in TOKENS.items()
+    ]
+    (base / "tokens.yaml").write_text(yaml.safe_dump({"tokens": entries}))
+    port = _free_port()
+    cmd = [
+        str(Path(sys.executable).with_name("fedchem")),
+        "serve",
+        "--registry",
+        str(published.out / "registry"),
+        "--key-file",
+        str(published.key_file),
+        "--tokens",
+        str(base / "tokens.yaml"),
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max_batch),
+        "--audit-log",
+        str(base / "audit.jsonl"),
+    ]
+    for site, reg in published.site_registries.items():
+        cmd += ["--site-registry", f"{site}={reg.url}"]
+    log = base / "service.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the service did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+    return Service(url, base / "audit.jsonl", log, tokens), proc
+
+
+def stop_service(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def service(published: Published, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    svc, proc = start_service(published, tmp_path_factory.mktemp("service"))
+    try:
+        yield svc
+    finally:
+        stop_service(proc)
+        assert proc.poll() is not None
+
+
+def _frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+    return pd.DataFrame(rows)
+
+
+def test_predictions_over_http_equal_the_in_process_predictor(
+    service: Service, published: Published
+):
+    smiles = published.test_smiles
+    ids = [f"m{i}" for i in range(len(smiles))]
+    res = httpx.post(
+        f"{service.url}/models/{NAME}/predict",
+        json={"smiles": smiles, "ids": ids},
+        headers=service.headers("alice"),
+        timeout=60,
+    )
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert (body["model"], body["version"], body["site"]) == (NAME, 1, None)
+    got = _frame(body["rows"])
+    want = Predictor.load(published.registry, NAME, published.key).predict(smiles, ids)
+    assert list(got.columns) == list(want.columns) and len(got) == len(smiles)
+    assert got["id"].tolist() == ids and got["status"].tolist() == want["status"].tolist()
+    numeric = [c for c in want.columns if pd.api.types.is_numeric_dtype(want[c])]
+    np.testing.assert_allclose(got[numeric].astype(float), want[numeric], rtol=1e-6)
+    text = [c for c in want.columns if c not in numeric]
+    assert got[text].fillna("").astype(str).equals(want[text].fillna("").astype(str))
+    bad = got[got["status"] == "error"]
+    assert "unparsable SMILES" in bad["error"].tolist()  # a bad SMILES is a row, not a 4xx
+
+
+def test_tokens_are_scoped_to_models_and_sites(service: Service):
+    url = f"{service.url}/models/{NAME}/predict"
+    body = {"smiles": ["CCO"]}
+    assert httpx.post(url, json=body).status_code == 401
+    assert httpx.post(url, json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert httpx.post(url, json=body, headers=service.headers("bob")).status_code == 403
+    assert httpx.get(f"{service.url}/models", headers=service.headers("bob")).json() == []
+    # alice may use site-a's private heads and calibration, not site-b's
+    mine = httpx.post(f"{url}?site=site-a", json=body, headers=service.headers("alice"), timeout=60)
+    assert mine.status_code == 200 and mine.json()["site"] == "site-a"
+    other = httpx.post(f"{url}?site=site-b", json=body, headers=service.headers("alice"))
+    assert other.status_code == 403 and "site-b" in other.json()["detail"]
+    assert httpx.get(f"{service.url}/v2/health/live").status_code == 200  # health: no token
+
+
+def test_a_batch_too_large_or_a_malformed_request_is_refused(service: Service):
+    url, alice = f"{service.url}/models/{NAME}/predict", service.headers("alice")
+    too_many = httpx.post(url, json={"smiles": ["CCO"] * 51}, headers=alice)
+    assert too_many.status_code == 413 and "at most 50" in too_many.json()["detail"]
+    assert httpx.post(url, json={"smile": ["CCO"]}, headers=alice).status_code == 422
+    assert httpx.post(url, json={"smiles": []}, headers=alice).status_code == 422
+    assert (
+        httpx.post(url, json={"smiles": ["CCO"], "ids": ["a", "b"]}, headers=alice).status_code
+        == 422
+    )
+    assert httpx.post(url, json={"smiles": ["CCO"], "alpha": 1.5}, headers=alice).status_code == 422
+    assert httpx.post(url, content=b"{not json", headers=alice).status_code == 422
+    missing = httpx.post(
+        f"{service.url}/models/{NAME}/predict?ref=:9", json={"smiles": ["CCO"]}, headers=alice
+    )
+    assert missing.status_code == 404 and "no such version" in missing.json()["detail"]
+
+
+def test_an_uploaded_csv_comes_back_as_the_cli_writes_it(
+    service: Service, published: Published, tmp_path: Path
+):
+    csv = "compound,smiles\nc1,CCO\nc2,xyz\nc3,c1ccccc1O\n"
+    url = f"{service.url}/models/{NAME}/predict.csv?id_col=compound"
+    alice = service.headers("alice")
+    multipart = httpx.post(
+        url, files={"file": ("in.csv", csv.encode(), "text/csv")}, headers=alice, timeout=60
+    )
+    raw = httpx.post(
+        url, content=csv.encode(), headers={**alice, "Content-Type": "text/csv"}, timeout=60
+    )
+    assert multipart.status_code == raw.status_code == 200
+    assert multipart.text == raw.text
+    table = pd.read_csv(io.StringIO(raw.text), keep_default_na=False)
+    assert table["id"].tolist() == ["c1", "c2", "c3"] and table["status"].tolist() == [
+        "ok",
+        "error",
+        "ok",
+    ]
+    from fedchem.cli import main
+
+    (tmp_path / "in.csv").write_text(csv)
+    args = [
+        "predict",
+        "--registry",
+        str(published.out / "registry"),
+        "--model",
+        NAME,
+        "--in",
+        str(tmp_path / "in.csv"),
+        "--out",
+        str(tmp_path / "out.csv"),
+        "--id-col",
+        "compound",
+        "--key-file",
+        str(published.key_file),
+    ]
+    assert main(args) == 0
+    assert (tmp_path / "out.csv").read_text() == raw.text
+    no_col = httpx.post(
+        f"{service.url}/models/{NAME}/predict.csv",
+        content=b"a,b\n1,2\n",
+        headers={**alice, "Content-Type": "text/csv"},
+    )
+    assert no_col.status_code == 422 and "no column 'smiles'" in no_col.json()["detail"]
+
+
+def test_the_open_inference_protocol_v2(service: Service):
+    alice = service.headers("alice")
+    assert httpx.get(f"{service.url}/v2/health/ready").json() == {"ready": True}
+    meta = httpx.get(f"{service.url}/v2/models/{NAME}", headers=alice).json()
+    assert meta["inputs"] == [{"name": "smiles", "datatype": "BYTES", "shape": [-1]}]
+    assert len(meta["outputs"]) == 12 and meta["versions"] == ["1"]
+    assert httpx.get(f"{service.url}/v2/models/{NAME}/ready", headers=alice).json()["ready"]
+    request = {
+        "id": "r1",
+        "inputs": [
+            {"name": "smiles", "datatype": "BYTES", "shape": [2], "data": ["CCO", "c1ccccc1O"]}
+        ],
+    }
+    res = httpx.post(
+        f"{service.url}/v2/models/{NAME}/infer", json=request, headers=alice, timeout=60
+    )
+    assert res.status_code == 200, res.text
+    out = {o["name"]: o for o in res.json()["outputs"]}
+    assert res.json()["id"] == "r1" and out["status"]["data"] == ["ok", "ok"]
+    rest = httpx.post(
+        f"{service.url}/models/{NAME}/predict",
+        json={"smiles": ["CCO", "c1ccccc1O"]},
+        headers=alice,
+        timeout=60,
+    ).json()["rows"]
+    task = meta["outputs"][0]["name"]
+    assert out[task]["datatype"] == "FP64"
+    np.testing.assert_allclose(out[task]["data"], [r[task] for r in rest])
+    wrong = {"inputs": [{"name": "smi", "datatype": "BYTES", "shape": [1], "data": ["CCO"]}]}
+    assert (
+        httpx.post(f"{service.url}/v2/models/{NAME}/infer", json=wrong, headers=alice).status_code
+        == 422
+    )
+
+
+def test_the_model_card_and_the_openapi_docs(service: Service):
+    alice = service.headers("alice")
+    md = httpx.get(f"{service.url}/models/{NAME}/card", headers=alice)
+    assert md.status_code == 200 and md.text.startswith(f"# {NAME} v1")
+    card = httpx.get(f"{service.url}/models/{NAME}/card?format=json", headers=alice).json()
+    assert card["name"] == NAME and "privacy" in card
+    info = httpx.get(f"{service.url}/models/{NAME}", headers=alice).json()
+    assert info["aliases"] == {"production": 1} and info["versions"] == [1]
+    spec = httpx.get(f"{service.url}/openapi.json").json()
+    assert "/models/{name}/predict" in spec["paths"] and "/v2/models/{name}/infer" in spec["paths"]
+
+
+def test_the_audit_log_knows_who_asked_what_but_no_smiles(service: Service, published: Published):
+    smiles = ["CC(C)Cc1ccc(cc1)C(C)C(=O)O", "CCOC(=O)c1ccccc1N"]
+    res = httpx.post(
+        f"{service.url}/models/{NAME}/predict",
+        json={"smiles": smiles},
+        headers=service.headers("admin"),
+        timeout=60,
+    )
+    assert res.status_code == 200
+    lines = [json.loads(ln) for ln in service.audit.read_text().splitlines()]
+    mine = [e for e in lines if e["who"] == "admin" and e["n"] == 2]
+    assert mine and mine[-1]["model"] == f"{NAME}:1" and len(mine[-1]["smiles_hmac"]) == 2
+    assert len(set(mine[-1]["smiles_hmac"])) == 2  # one keyed hash per molecule
+    logged = service.audit.read_text() + service.log.read_text()
+    for s in [*smiles, *published.test_smiles]:
+        if len(s) >= 6:
+            assert s not in logged, "a SMILES reached a log"
