@@ -137,6 +137,27 @@ def test_sites_prepare_then_two_rounds_commit_on_s3(stack: Stack):
                 assert s.encode() not in blob
 
 
+def test_the_federation_is_published_through_its_deployment(stack: Stack):
+    """The deployed publish path: each site's calibrate deployment runs on its own worker
+    (its part into its own registry), then the coordinator's registry on S3 gets version 1."""
+    res = _run(stack, "publish/publish", timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    fs = _hub(stack)
+    listing = json.loads(fs.cat("fedchem-hub/registry/models/fedchem/versions/0001/files.json"))
+    assert {"model.safetensors", "spec.json", "calibration.json", "card.md"} <= set(
+        listing["files"]
+    )
+    assert json.loads(fs.cat("fedchem-hub/registry/models/fedchem/aliases.json")) == {
+        "production": 1
+    }
+    for site in stack.sites:
+        part = Path(stack.dir) / "sites" / site / "registry" / "models" / "fedchem" / "versions"
+        assert (part / "0001" / "heads.safetensors").exists()  # stays at the site
+        assert fs.exists(f"fedchem-hub/hub/runs/stack-run/calibration/{site}.json")  # counts
+    heads = [p for p in fs.find("fedchem-hub") if p.endswith("heads.safetensors")]
+    assert heads == []  # no site's part on the coordinator's storage
+
+
 def _site_paths(pid: int, stack: Stack) -> list[bytes]:
     """The site-data entries of a process's environment."""
     env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

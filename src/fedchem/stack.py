@@ -124,6 +124,14 @@ def render_prefect_yaml(
             "(counts leave; its heads and scores stay in its registry).",
             f"    work_pool: {{name: {pool}}}",
             f"    tags: [fedchem, 'site:{site}']",
+            f"  - name: {site}-batch-predict",
+            "    entrypoint: fedchem.flows.batch_predict:batch_predict",
+            f"    description: Site {site} scores a file of SMILES with a registered model.",
+            f"    work_pool: {{name: {pool}}}",
+            f"    tags: [fedchem, 'site:{site}']",
+            "    parameters:",
+            f"      site: {{name: {site}}}",
+            '      registry: "{{ $FEDCHEM_REGISTRY_URL }}"',
         ]
     out += [
         "  - name: coordinator",

@@ -19,7 +19,7 @@ from fedchem.model.state import arrays_to_model
 from fedchem.model.train import predict
 from fedchem.registry.model import ModelSpec
 from fedchem.registry.store import Registry
-from fedchem.serve.cli import read_input
+from fedchem.serve.batch import read_input
 from fedchem.serve.predictor import Predictor
 from fedchem.storage.hub import HubStore, IntegrityError
 from tests.serve.conftest import Published

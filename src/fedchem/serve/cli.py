@@ -10,10 +10,9 @@ from typing import Any
 
 import yaml
 
-from fedchem.contracts.validate import MALFORMED, read_table
 from fedchem.registry.store import ModelRef, Registry, RegistryError
 
-__all__ = ["add_serving_commands", "read_input", "read_tokens"]
+__all__ = ["add_serving_commands", "read_tokens"]
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -53,48 +52,31 @@ def _registry_cmd(args: argparse.Namespace) -> int:
         return 2
 
 
-def read_input(
-    path: Path, smiles_col: str, id_col: str | None
-) -> tuple[list[str], list[str], list[str]]:
-    """(ids, SMILES, read errors) of every line of an input CSV, in order: a line that cannot
-    be read is kept, with its reason, so every input row has an output row."""
-    table = read_table(path)
-    if smiles_col not in table.columns:
-        raise ValueError(f"{path}: no column {smiles_col!r} (columns: {list(table.columns)})")
-    if id_col is not None and id_col not in table.columns:
-        raise ValueError(f"{path}: no column {id_col!r}")
-    smiles = ["" if v is None else str(v) for v in table[smiles_col]]
-    ids = (
-        [str(v) if v is not None else "" for v in table[id_col]]
-        if id_col
-        else [str(i + 1) for i in range(len(table))]
-    )
-    errors = ["" if f is None else str(f) for f in table[MALFORMED]]
-    return ids, smiles, errors
-
-
 def _predict_cmd(args: argparse.Namespace) -> int:
     from fedchem.federation.consistency import ConsistencyError
+    from fedchem.serve.batch import predict_file
     from fedchem.serve.predictor import Predictor
 
     try:
         key = Path(args.key_file).read_bytes().strip()
         site_registry = Registry(args.site_registry) if args.site_registry else None
         predictor = Predictor.load(_registry(args), args.model, key, site_registry)
-        ids, smiles, errors = read_input(Path(args.input), args.smiles_col, args.id_col)
+        scored = predict_file(
+            predictor,
+            Path(args.input),
+            Path(args.out),
+            args.smiles_col,
+            args.id_col,
+            args.alpha,
+            n_workers=args.workers,
+        )
     except (RegistryError, ConsistencyError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    table = predictor.predict(smiles, ids, args.alpha, n_workers=args.workers)
-    for i, why in enumerate(errors):  # a line that could not be read: no prediction from it
-        if why:
-            table.loc[i, ["status", "error"]] = ["error", why]
-            table.loc[i, table.columns[5:]] = None
-    table.to_csv(args.out, index=False)
-    n_err = int((table["status"] != "ok").sum())
+    site = f" with {predictor.site}'s part" if predictor.site else ""
     print(
-        f"{predictor.name}:{predictor.version}{' with ' + predictor.site if predictor.site else ''}"
-        f": {len(table)} rows to {args.out} ({n_err} with an error)",
+        f"{predictor.name}:{predictor.version}{site}: {scored.rows} rows to {scored.output} "
+        f"({scored.errors} with an error)",
         file=sys.stderr,
     )
     return 0
