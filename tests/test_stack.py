@@ -247,12 +247,13 @@ def test_committed_prefect_yaml_is_what_the_renderer_writes():
     assert committed == example_prefect_yaml()
     doc = yaml.safe_load(committed)
     pools = {d["name"]: d["work_pool"]["name"] for d in doc["deployments"]}
+    site_flows = ("prepare", "round", "calibrate", "batch-predict")
     assert pools == {
-        "site-a-prepare": "site-a",
-        "site-a-round": "site-a",
-        "site-b-prepare": "site-b",
-        "site-b-round": "site-b",
+        **{f"{s}-{f}": s for s in ("site-a", "site-b") for f in site_flows},
         "coordinator": "coordinator",
+        "publish": "coordinator",
     }
     coord = next(d for d in doc["deployments"] if d["name"] == "coordinator")
     assert coord["schedules"][0]["active"] is False
+    publish = next(d for d in doc["deployments"] if d["name"] == "publish")
+    assert publish["parameters"]["config"] == coord["parameters"]["config"]  # one anchor

@@ -170,3 +170,20 @@ def test_fedchem_predict_writes_the_predictors_table(published: Published, tmp_p
     direct = Predictor.load(published.registry, NAME, published.key).predict(smiles, ids)
     task = direct.columns[5]
     np.testing.assert_allclose(table.loc[[0, 2], task].astype(float), direct.loc[[0, 2], task])
+
+
+def test_a_model_whose_featurizer_differs_from_this_machines_is_refused(
+    published: Published, tmp_path: Path
+):
+    """Published elsewhere with other library versions (its reference-set hashes say so): the
+    files are intact, the features would not be, and the predictor refuses naming that."""
+    reg = published.registry
+    files = {f: reg.read(NAME, 1, f) for f in reg.files(NAME, 1).files}
+    spec = json.loads(files["spec.json"])
+    spec["consistency"]["versions"] = "fedchem=0.0.1;pipeline=1;rdkit=2020.03.1;numpy=1.0"
+    spec["consistency"]["output"] = "0" * 64
+    files["spec.json"] = json.dumps(spec).encode()
+    other = Registry(str(tmp_path / "elsewhere"))
+    other.publish(NAME, files, alias="production")
+    with pytest.raises(ConsistencyError, match=r"on versions, output: the library versions"):
+        Predictor.load(other, NAME, published.key)

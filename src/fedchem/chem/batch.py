@@ -31,11 +31,13 @@ def featurize_many(
     dask_address: str | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    with_folds: bool = True,
 ) -> FeaturizedBatch:
     """Featurize ``smiles`` (any order, repeats allowed); the result is in input order.
 
     With ``cache_dir`` the work goes through :func:`featurize_to_shards`; without it, small
-    inputs run in memory (over Dask when there are several partitions).
+    inputs run in memory (over Dask when there are several partitions). ``with_folds=False``
+    (prediction, no cache) skips the folds.
     """
     texts = np.array(["" if s is None else str(s) for s in smiles], dtype=object)
     uniq, inverse = np.unique(texts, return_inverse=True) if len(texts) else (texts, texts)
@@ -57,6 +59,7 @@ def featurize_many(
                 list(uniq[a : a + partition_rows]),
                 chem,
                 key,
+                with_folds,
                 dask_key_name=f"featurize-shard-mem-{a}",
             )
             for a in range(0, len(uniq), partition_rows)

@@ -82,9 +82,12 @@ class _Growing:
 
 
 def featurize_partition(
-    smiles: Sequence[str | None], chem: ChemConfig, key: bytes
+    smiles: Sequence[str | None], chem: ChemConfig, key: bytes, with_folds: bool = True
 ) -> FeaturizedBatch:
-    """Process one partition in the current process. Each molecule is handled on its own."""
+    """Process one partition in the current process. Each molecule is handled on its own.
+
+    ``with_folds=False`` (prediction: a new molecule has no fold) leaves every fold at -1 and
+    skips the scaffold work; the features are the same."""
     std = standardizer_for(chem.standardize)
     featurize = get_featurizer(chem.featurizer)
     perm = column_permutation(key, chem.fp_size) if chem.permute_columns else None
@@ -114,7 +117,8 @@ def featurize_partition(
             if vals is not None:
                 vals.extend(np.ones(idx.size, np.float32) if v is None else v)
             cols.extend(idx)
-            folds[i] = fold_of(fold_key(mol, chem.folds), key, n_folds)
+            if with_folds:
+                folds[i] = fold_of(fold_key(mol, chem.folds), key, n_folds)
         indptr[i + 1] = cols.size
     return FeaturizedBatch(
         canonical, reason, folds, indptr, cols.array(), vals.array() if vals is not None else None

@@ -164,8 +164,10 @@ class Predictor:
     def featurize(self, smiles: Sequence[str | None], n_workers: int = 1) -> FeaturizedBatch:
         """The model's input for ``smiles``, in order, exactly as training featurized."""
         if n_workers > 1 and len(smiles) > 2000:
-            return featurize_many(list(smiles), self.spec.chem, self.key, n_workers=n_workers)
-        return featurize_partition(list(smiles), self.spec.chem, self.key)
+            return featurize_many(
+                list(smiles), self.spec.chem, self.key, n_workers=n_workers, with_folds=False
+            )
+        return featurize_partition(list(smiles), self.spec.chem, self.key, with_folds=False)
 
     def predict(
         self,
