@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from fedchem.chem.featurize import featurize_partition
+from fedchem.config import ModelConfig
 from fedchem.federation.commits import read_round
 from fedchem.federation.consistency import ConsistencyError
 from fedchem.model.network import build_model
@@ -37,7 +38,7 @@ def test_the_registered_model_predicts_what_the_training_pipeline_computes(publi
     )
     feats = featurize_partition(published.test_smiles, spec.chem, published.key)
     ok = [r is None for r in feats.reason]
-    model = build_model(spec.chem.fp_size, len(spec.tasks), spec.model)
+    model = build_model(spec.chem.fp_size, len(spec.tasks), ModelConfig.model_validate(spec.model))
     arrays_to_model(model, arrays)
     from fedchem.data.dataset import SiteDataset
 

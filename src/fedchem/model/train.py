@@ -143,7 +143,7 @@ def train_epochs(
 
 
 @torch.no_grad()
-def predict(model: MultitaskNet, ds: SiteDataset, batch_size: int = 1024) -> np.ndarray:
+def predict(model: torch.nn.Module, ds: SiteDataset, batch_size: int = 1024) -> np.ndarray:
     """``N x T`` predictions: probabilities for classification, raw units for regression."""
     model.eval()
     device = next(model.parameters()).device  # where training left it (during training: GPU)
@@ -153,6 +153,9 @@ def predict(model: MultitaskNet, ds: SiteDataset, batch_size: int = 1024) -> np.
         for b in iter_batches(ds, batch_size, None, device)
     ]
     raw = np.concatenate(outs) if outs else np.zeros((0, ds.n_tasks), np.float32)
-    mean, std = model.y_mean.cpu().numpy(), model.y_std.cpu().numpy()
+    # an architecture without target scaling predicts in raw units
+    mean_t, std_t = getattr(model, "y_mean", None), getattr(model, "y_std", None)
+    mean = mean_t.cpu().numpy() if mean_t is not None else np.zeros(ds.n_tasks, np.float32)
+    std = std_t.cpu().numpy() if std_t is not None else np.ones(ds.n_tasks, np.float32)
     prob = 1.0 / (1.0 + np.exp(-raw))
     return np.where(is_reg, raw * std + mean, prob).astype(np.float32)

@@ -24,7 +24,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from fedchem.config import ChemConfig, ModelConfig
+from fedchem.config import ChemConfig
 from fedchem.registry.store import Registry, RegistryError
 from fedchem.strict import StrictModel
 from fedchem.types import StateArrays
@@ -72,7 +72,8 @@ class ModelSpec(StrictModel):
     consistency: dict[str, str]
     """the reference-set hashes every training site agreed on (key fingerprint, config,
     versions, output); a predictor recomputes them and refuses on any difference"""
-    model: ModelConfig
+    model: dict[str, Any]
+    """the architecture's parameters (for ``fedchem.multitask``: a ``ModelConfig``)"""
     tasks: list[TaskEntry]
     heads: Literal["shared", "private"] = "shared"
     lineage: Lineage

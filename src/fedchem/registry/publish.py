@@ -256,7 +256,7 @@ def publish_round(
     spec = ModelSpec(
         chem=chem,
         consistency=consistency,
-        model=model,
+        model=model.model_dump(mode="json"),
         tasks=_task_table(tasks, set(private_tasks), reports),
         heads="private" if private_tasks else "shared",
         lineage=Lineage(

@@ -29,12 +29,12 @@ from fedchem.chem.featurize import FeaturizedBatch, featurize_partition
 from fedchem.data.dataset import SiteDataset
 from fedchem.federation.consistency import COMPONENTS, ConsistencyError
 from fedchem.model import conformal
+from fedchem.model.architectures import build_architecture
 from fedchem.model.domain import domain_flags, domain_scores
-from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import arrays_to_model
 from fedchem.model.train import predict as model_predict
 from fedchem.registry.model import ModelSpec, find_site_part, load_weights
-from fedchem.registry.store import ModelRef, Registry
+from fedchem.registry.store import ModelRef, Registry, RegistryError
 
 __all__ = ["DEFAULT_ALPHA", "Predictor"]
 
@@ -105,7 +105,7 @@ class Predictor:
         name: str,
         version: int,
         spec: ModelSpec,
-        model: MultitaskNet,
+        model: torch.nn.Module,
         key: bytes,
         calibration: dict[str, _Calibration],
         domain: dict[str, Any] | None,
@@ -134,7 +134,9 @@ class Predictor:
         name, version = registry.resolve(ref)
         spec = ModelSpec.model_validate(registry.read_json(name, version, "spec.json"))
         check_consistency(spec, key)
-        model = build_model(spec.chem.fp_size, len(spec.tasks), spec.model)
+        model = build_architecture(
+            spec.architecture, spec.chem.fp_size, len(spec.tasks), spec.model
+        )
         arrays_to_model(model, load_weights(registry.read(name, version, "model.safetensors")))
         listed = registry.files(name, version).files
         calibration = (
@@ -151,9 +153,12 @@ class Predictor:
             part_version, part = find_site_part(site_registry, name, spec.lineage.global_sha256)
             heads = load_weights(site_registry.read(name, part_version, "heads.safetensors"))
             rows = torch.from_numpy(heads["rows"].astype(np.int64))
+            head = model.get_submodule("head")  # private heads: the federation's own network
+            if not isinstance(head, torch.nn.Linear):
+                raise RegistryError(f"{name}:{version} has no linear head for a site's part")
             with torch.no_grad():
-                model.head.weight[rows] = torch.from_numpy(heads["weight"])
-                model.head.bias[rows] = torch.from_numpy(heads["bias"])
+                head.weight[rows] = torch.from_numpy(heads["weight"])
+                head.bias[rows] = torch.from_numpy(heads["bias"])
             own = site_registry.read_json(name, part_version, "calibration.json")
             calibration = {**calibration, **_calibrations(own, f"site {part.site}")}
             tasks = [t.name for t in spec.tasks if not t.private or t.name in part.private_tasks]
