@@ -19,8 +19,28 @@ def _registry(args: argparse.Namespace) -> Registry:
     return Registry(args.registry)
 
 
+def _upload(args: argparse.Namespace, reg: Registry) -> int:
+    from fedchem.config import ConfigFileError, load_config
+    from fedchem.registry.upload import UploadRefused, UploadSpec, register_outside_model
+
+    if not (args.spec and args.weights and args.key_file):
+        print("error: registry upload needs --spec, --weights and --key-file", file=sys.stderr)
+        return 2
+    try:
+        spec = load_config(Path(args.spec), UploadSpec)
+        key = Path(args.key_file).read_bytes().strip()
+        version = register_outside_model(reg, spec, Path(args.weights), key, alias=args.set_alias)
+    except (UploadRefused, ConfigFileError, OSError) as exc:
+        print(f"error: refused: {exc}", file=sys.stderr)
+        return 2
+    print(f"registered {spec.name}:{version}" + (f" ({args.set_alias})" if args.set_alias else ""))
+    return 0
+
+
 def _registry_cmd(args: argparse.Namespace) -> int:
     reg = _registry(args)
+    if args.action == "upload":
+        return _upload(args, reg)
     try:
         if args.action == "list":
             for name in reg.models():
@@ -143,12 +163,18 @@ def _token_cmd(args: argparse.Namespace) -> int:
 
 
 def add_serving_commands(sub: Any) -> None:
-    r = sub.add_parser("registry", help="list models, show a version's card, move an alias")
-    r.add_argument("action", choices=["list", "show", "alias"])
+    r = sub.add_parser(
+        "registry", help="list models, show a version's card, move an alias, upload a model"
+    )
+    r.add_argument("action", choices=["list", "show", "alias", "upload"])
     r.add_argument("ref", nargs="?", help="NAME, NAME@ALIAS or NAME:VERSION (show, alias)")
     r.add_argument("--registry", required=True, help="the registry: a directory or fsspec URL")
     r.add_argument("--alias", default="production", help="alias: the alias to move")
     r.add_argument("--note", help="alias: why (kept in the model's history)")
+    r.add_argument("--spec", help="upload: YAML (name, architecture, model, chem, tasks)")
+    r.add_argument("--weights", help="upload: the weights, as safetensors")
+    r.add_argument("--key-file", help="upload: the consortium key (the featurizer's)")
+    r.add_argument("--set-alias", help="upload: the alias that then points at it")
     r.set_defaults(func=_registry_cmd)
 
     p = sub.add_parser("predict", help="predict a CSV of SMILES with a registered model")
