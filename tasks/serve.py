@@ -12,11 +12,14 @@ from prefect.cache_policies import NO_CACHE
 
 from fedchem.config import SiteConfig, SiteRef, resolve_site
 from fedchem.data.prepare import read_key
+from fedchem.federation.finetune import FinetuneConfig
+from fedchem.messages import EvalReport
+from fedchem.registry.model import ModelSpec, load_weights
 from fedchem.registry.store import Registry
 from fedchem.serve.batch import ScoredFile, predict_file
-from fedchem.serve.predictor import Predictor
+from fedchem.serve.predictor import Predictor, check_consistency
 
-__all__ = ["score_file"]
+__all__ = ["finetune_at_site", "score_file"]
 
 
 class _Progress:
@@ -76,3 +79,43 @@ def score_file(
         scored.errors,
     )
     return scored
+
+
+@task(cache_policy=NO_CACHE)
+def finetune_at_site(
+    site: SiteConfig | SiteRef,
+    registry: str,
+    model: str,
+    name: str | None,
+    config: FinetuneConfig,
+) -> dict[str, EvalReport | None]:
+    """Fine-tune ``model`` on the site's own data; register it in the site's own registry.
+    Returns the test-fold reports (aggregates): fine-tuned, federated as is, local-only."""
+    from fedchem.data.prepare import prepare_site
+    from fedchem.federation.finetune import finetune, register_finetuned
+    from fedchem.federation.site import load_site_dataset
+
+    site = resolve_site(site)
+    reg = Registry(registry)
+    ref_name, version = reg.resolve(model)
+    spec = ModelSpec.model_validate(reg.read_json(ref_name, version, "spec.json"))
+    check_consistency(spec, read_key(site))  # the site featurizes as the model was trained
+    arrays = load_weights(reg.read(ref_name, version, "model.safetensors"))
+    report = prepare_site(site, spec.chem, None)  # its own tasks, the model's featurizer
+    result = finetune(arrays, spec, load_site_dataset(site), site.name, config, report.label_stats)
+    target = name or f"{ref_name}-{site.name}"
+    mine = register_finetuned(
+        Registry(site.registry_url()), target, result, f"{ref_name}:{version}", spec, site.name
+    )
+    get_run_logger().info(
+        "site %s: %s:%d fine-tuned as %s:%d in its own registry (%d epochs); test %s vs local %s",
+        site.name,
+        ref_name,
+        version,
+        target,
+        mine,
+        result.epochs,
+        result.finetuned.summary.get("mean_roc_auc", result.finetuned.summary.get("mean_rmse")),
+        result.local.summary.get("mean_roc_auc", result.local.summary.get("mean_rmse")),
+    )
+    return {"finetuned": result.finetuned, "federated": result.federated, "local": result.local}

@@ -162,6 +162,32 @@ def _token_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_cmd(args: argparse.Namespace) -> int:
+    import importlib
+    import os
+
+    from fedchem.config import ConfigFileError, PrepareConfig, load_config
+    from fedchem.federation.consistency import ConsistencyError
+    from fedchem.federation.finetune import FinetuneConfig
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        site = load_config(Path(args.config), PrepareConfig).site
+        cfg = FinetuneConfig(max_epochs=args.epochs, train_trunk=args.train_trunk)
+        flow = importlib.import_module("fedchem.flows.finetune").finetune
+        reports = flow(
+            site=site, registry=args.registry, model=args.model, name=args.name, config=cfg
+        )
+    except (ConfigFileError, ConsistencyError, RegistryError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for model, rep in reports.items():
+        if rep is not None:
+            means = {k: round(v, 3) for k, v in rep.summary.items() if k.startswith("mean_")}
+            print(f"{model:10s} test fold: {means}")
+    return 0
+
+
 def add_serving_commands(sub: Any) -> None:
     r = sub.add_parser(
         "registry", help="list models, show a version's card, move an alias, upload a model"
@@ -200,6 +226,17 @@ def add_serving_commands(sub: Any) -> None:
     s.add_argument("--max-batch", type=int, default=1000, help="molecules per request at most")
     s.add_argument("--audit-log", help="JSON lines: who asked what (SMILES as keyed hashes)")
     s.set_defaults(func=_serve_cmd)
+
+    f = sub.add_parser(
+        "finetune", help="fine-tune a registered model on a site's own tasks (stays at the site)"
+    )
+    f.add_argument("--config", required=True, help="the site's YAML (its `site:` section)")
+    f.add_argument("--registry", required=True, help="where the model to fine-tune is")
+    f.add_argument("--model", required=True, help="NAME, NAME@ALIAS or NAME:VERSION")
+    f.add_argument("--name", help="its name in the site's registry (default: MODEL-SITE)")
+    f.add_argument("--epochs", type=int, default=30, help="the budget (early stopping inside)")
+    f.add_argument("--train-trunk", action="store_true", help="also the trunk's last layer")
+    f.set_defaults(func=_finetune_cmd)
 
     t = sub.add_parser("token", help="a new bearer token for the service")
     t.add_argument("action", choices=["new"])
