@@ -14,7 +14,6 @@ from prefect.testing.utilities import prefect_test_harness
 
 from fedchem.config import SiteConfig
 from fedchem.demo.sites import bundled_dataset
-from fedchem.federation.finetune import FinetuneConfig
 from fedchem.registry.store import Registry
 from tests.serve.conftest import Published
 
