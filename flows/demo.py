@@ -11,18 +11,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from fedchem.flows.continual import continual
 from fedchem.flows.coordinator import coordinator
 from fedchem.flows.publish import publish
 from fedchem.flows.site_cross_evaluate import site_cross_evaluate
 from fedchem.flows.site_evaluate import site_evaluate
 from fedchem.flows.site_local_baseline import site_local_baseline
 from fedchem.flows.site_prepare import site_prepare
-from fedchem.tasks.demo import make_sites, pooled_baseline, report
+from fedchem.tasks.demo import make_sites, pooled_baseline, release_rows, report
 from prefect import flow
 
-from fedchem.config import ChemConfig, FederationConfig, ModelConfig, PublishConfig, TrainConfig
+from fedchem.config import (
+    ChemConfig,
+    FederationConfig,
+    ModelConfig,
+    PublishConfig,
+    SiteConfig,
+    TrainConfig,
+)
 from fedchem.demo.sites import model_name
 from fedchem.federation.strategies import FedAvgMConfig, StrategyConfig
+from fedchem.messages import EvalReport
 
 
 @flow(name="demo", flow_run_name="demo/{run_id}")
@@ -41,11 +50,23 @@ def demo(
     heads: Literal["shared", "private"] = "shared",
     task_split: Literal["shared", "disjoint"] = "shared",
     continuous_as: Literal["regression", "classification"] = "regression",
+    cycles: int = 1,
+    hold_back: float = 0.3,
 ) -> dict[str, Any]:
     # the cross-site matrix needs local models on the hub: only with shared heads, so that no
     # private head ever leaves its site
     cross_site = heads == "shared" and n_sites > 1
-    split = make_sites(dataset, smiles_col, n_sites, out / "sites", seed, task_split, continuous_as)
+    split = make_sites(
+        dataset,
+        smiles_col,
+        n_sites,
+        out / "sites",
+        seed,
+        task_split,
+        continuous_as,
+        cycles,
+        hold_back if cycles > 1 else 0.0,
+    )
     hub_url = str((out / "hub").resolve())
     prepared = [
         site_prepare(site=s, chem=chem, tasks=split.tasks, hub_url=hub_url) for s in split.sites
@@ -134,4 +155,51 @@ def demo(
         "registry": target.registry,
         "select": train.select,
     }
+    meta["cycles"] = [_cycle_one(version, evals["federated"])]
+    for c in range(2, cycles + 1):
+        meta["cycles"].append(_later_cycle(config, target, c, split.sites, evals["federated"]))
     return report(evals, meta, out, cross)
+
+
+def _cycle_one(version: int, federated: list[EvalReport]) -> dict[str, Any]:
+    return {
+        "cycle": 1,
+        "version": version,
+        "decision": "the first version: production",
+        "promoted": True,
+        "test": {r.site: r.summary for r in federated},
+    }
+
+
+def _later_cycle(
+    config: FederationConfig,
+    target: PublishConfig,
+    c: int,
+    sites: list[SiteConfig],
+    before: list[EvalReport],
+) -> dict[str, Any]:
+    """Cycle ``c``: the held-back rows arrive, a warm-started candidate, the decision; the
+    candidate's test-fold scores beside the first cycle's (same sites, more data)."""
+    released = release_rows(sites, c)
+    decision = continual(config, target.model_copy(update={"alias": "candidate"}), f"cycle-{c}")
+    run_id = decision["run_id"]
+    test = [
+        site_evaluate(
+            site=s,
+            hub_url=config.hub_url,
+            run_id=run_id,
+            round=config.rounds,
+            chem=config.chem,
+            model=config.model,
+        )
+        for s in sites
+    ]
+    return {
+        "cycle": c,
+        "version": decision["candidate"],
+        "promoted": decision["promote"],
+        "decision": decision["reason"],
+        "per_site": decision["per_site"],
+        "rows_added": released,
+        "test": {r.site: r.summary for r in test},
+    }

@@ -15,7 +15,9 @@ from fedchem.federation.commits import committed_rounds, record_best_round
 from fedchem.federation.consistency import ConsistencyError, check_consistency
 from fedchem.federation.strategies import Strategy
 from fedchem.messages import PrepareReport, RoundManifest, SiteUpdateManifest
+from fedchem.registry.model import load_weights
 from fedchem.registry.publish import write_domain_support
+from fedchem.registry.store import Registry
 from fedchem.storage.hub import HubLayout, HubStore
 
 __all__ = [
@@ -60,7 +62,13 @@ def start(config: FederationConfig, reports: list[PrepareReport]) -> list[RoundM
     """The run's committed rounds: round 0 is committed now if the run is new; a run already
     on the hub (same run id, same settings) resumes after its last committed round."""
     hub = HubStore(config.hub_url)
-    coord.start_run(hub, config, [r.label_stats for r in reports])
+    init = None
+    if config.init_from is not None and not hub.exists(HubLayout(config.run_id).round_manifest(0)):
+        reg = Registry(config.init_from.registry)
+        name, version = reg.resolve(config.init_from.model)
+        init = load_weights(reg.read(name, version, "model.safetensors"))
+        get_run_logger().info("run %s starts from %s:%d", config.run_id, name, version)
+    coord.start_run(hub, config, [r.label_stats for r in reports], init)
     write_domain_support(hub, config.run_id, reports)  # the sites' supported columns, united
     committed = committed_rounds(hub, config.run_id)
     if len(committed) > 1:

@@ -11,10 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.demo.pooled import train_pooled
 from fedchem.demo.report import build_report, write_report
-from fedchem.demo.sites import DemoSplit, split_into_sites
+from fedchem.demo.sites import DemoSplit, release_held_back, split_into_sites
 from fedchem.messages import EvalReport
 
-__all__ = ["make_sites", "pooled_baseline", "report"]
+__all__ = ["make_sites", "pooled_baseline", "release_rows", "report"]
 
 
 @task(cache_policy=NO_CACHE)
@@ -26,8 +26,18 @@ def make_sites(
     seed: int,
     task_split: Literal["shared", "disjoint"] = "shared",
     continuous_as: Literal["regression", "classification"] = "regression",
+    cycles: int = 1,
+    hold_back: float = 0.0,
 ) -> DemoSplit:
-    return split_into_sites(dataset, smiles_col, n_sites, out_dir, seed, task_split, continuous_as)
+    return split_into_sites(
+        dataset, smiles_col, n_sites, out_dir, seed, task_split, continuous_as, cycles, hold_back
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def release_rows(sites: list[SiteConfig], cycle: int) -> dict[str, int]:
+    """The rows each site held back for ``cycle`` join its export (counts only)."""
+    return {s.name: release_held_back(s, cycle) for s in sites}
 
 
 @task(cache_policy=NO_CACHE)

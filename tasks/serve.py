@@ -19,7 +19,7 @@ from fedchem.registry.store import Registry
 from fedchem.serve.batch import ScoredFile, predict_file
 from fedchem.serve.predictor import Predictor, check_consistency
 
-__all__ = ["finetune_at_site", "score_file"]
+__all__ = ["finetune_at_site", "score_file", "validate_registered"]
 
 
 class _Progress:
@@ -119,3 +119,22 @@ def finetune_at_site(
         result.local.summary.get("mean_roc_auc", result.local.summary.get("mean_rmse")),
     )
     return {"finetuned": result.finetuned, "federated": result.federated, "local": result.local}
+
+
+@task(cache_policy=NO_CACHE)
+def validate_registered(
+    site: SiteConfig | SiteRef, registry: str, refs: list[str]
+) -> dict[str, EvalReport]:
+    """Each registered version of ``refs`` on the site's current validation fold (aggregates)."""
+    from fedchem.federation.continual import evaluate_registered
+    from fedchem.federation.site import load_site_dataset
+
+    site = resolve_site(site)
+    reg, mine = Registry(registry), Registry(site.registry_url())
+    ds = load_site_dataset(site)
+    out = {}
+    for ref in refs:
+        name, version = reg.resolve(ref)
+        spec = ModelSpec.model_validate(reg.read_json(name, version, "spec.json"))
+        out[ref] = evaluate_registered(reg, name, version, ds, spec.chem, site.name, mine)
+    return out

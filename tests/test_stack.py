@@ -247,13 +247,16 @@ def test_committed_prefect_yaml_is_what_the_renderer_writes():
     assert committed == example_prefect_yaml()
     doc = yaml.safe_load(committed)
     pools = {d["name"]: d["work_pool"]["name"] for d in doc["deployments"]}
-    site_flows = ("prepare", "round", "calibrate", "batch-predict")
+    site_flows = ("prepare", "round", "calibrate", "validate", "batch-predict")
     assert pools == {
         **{f"{s}-{f}": s for s in ("site-a", "site-b") for f in site_flows},
         "coordinator": "coordinator",
         "publish": "coordinator",
+        "continual": "coordinator",
     }
     coord = next(d for d in doc["deployments"] if d["name"] == "coordinator")
-    assert coord["schedules"][0]["active"] is False
+    weekly = next(d for d in doc["deployments"] if d["name"] == "continual")
+    assert weekly["schedules"][0]["active"] is False  # the operator switches it on
+    assert weekly["parameters"]["target"]["alias"] == "candidate"
     publish = next(d for d in doc["deployments"] if d["name"] == "publish")
     assert publish["parameters"]["config"] == coord["parameters"]["config"]  # one anchor

@@ -111,6 +111,8 @@ def _demo(args: argparse.Namespace) -> int:
         heads=cfg.heads,
         task_split=cfg.task_split,
         continuous_as=cfg.continuous_as,
+        cycles=cfg.cycles,
+        hold_back=cfg.hold_back,
     )
     print(render_markdown(report))
     print(

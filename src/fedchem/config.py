@@ -32,6 +32,7 @@ __all__ = [
     "StandardizeConfig",
     "TaskSpec",
     "TrainConfig",
+    "WarmStart",
     "load_config",
     "load_federation_config",
     "read_config",
@@ -276,6 +277,13 @@ class FaultConfig(StrictModel):
     )
 
 
+class WarmStart(StrictModel):
+    """Start a federation from a registered model instead of a fresh initialisation."""
+
+    registry: str = Field(description="the coordinator's registry")
+    model: str = Field(description="NAME@ALIAS or NAME:VERSION, e.g. tox21@production")
+
+
 class FederationConfig(StrictModel):
     """The coordinator's view: sites by name, the task catalogue, rounds, model and training.
 
@@ -306,6 +314,9 @@ class FederationConfig(StrictModel):
     )
     shared_tasks: list[str] = Field(
         default_factory=list, description="with heads: private, tasks with a federated head"
+    )
+    init_from: WarmStart | None = Field(
+        None, description="round 0 is this registered model (same architecture and tasks)"
     )
 
     @field_validator("sites")
@@ -382,6 +393,21 @@ class DemoConfig(StrictModel):
     chem: ChemConfig = ChemConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    cycles: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="turns of the federation that keeps learning: from cycle 2 "
+        "on, the sites' held-back rows arrive, a warm-started candidate is trained and promoted "
+        "to production only if no site's validation metric is worse by more than 0.01",
+    )
+    hold_back: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="with cycles > 1: the share of each site's molecules "
+        "that arrive in later cycles",
+    )
 
 
 class ConfigFileError(ValueError):

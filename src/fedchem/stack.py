@@ -124,6 +124,11 @@ def render_prefect_yaml(
             "(counts leave; its heads and scores stay in its registry).",
             f"    work_pool: {{name: {pool}}}",
             f"    tags: [fedchem, 'site:{site}']",
+            f"  - name: {site}-validate",
+            "    entrypoint: fedchem.flows.site_validate:site_validate",
+            f"    description: Site {site} scores registered versions on its validation fold.",
+            f"    work_pool: {{name: {pool}}}",
+            f"    tags: [fedchem, 'site:{site}']",
             f"  - name: {site}-batch-predict",
             "    entrypoint: fedchem.flows.batch_predict:batch_predict",
             f"    description: Site {site} scores a file of SMILES with a registered model.",
@@ -139,7 +144,6 @@ def render_prefect_yaml(
         "    description: Runs the federation; sees only manifests, counts and weights.",
         "    work_pool: {name: coordinator}",
         "    tags: *tags",
-        "    schedules: [*weekly]",
         "    parameters:",
         f"      config: &federation {fed_json}",
         "  - name: publish",
@@ -152,6 +156,17 @@ def render_prefect_yaml(
         "      config: *federation",
         '      target: {registry: "{{ $FEDCHEM_REGISTRY_URL }}", model_name: fedchem, '
         "alias: production}",
+        "  - name: continual",
+        "    entrypoint: fedchem.flows.continual:continual",
+        "    description: One turn of the federation that keeps learning - warm start from "
+        "production, the sites' new data, a candidate, promoted only if no site is worse.",
+        "    work_pool: {name: coordinator}",
+        "    tags: *tags",
+        "    schedules: [*weekly]",
+        "    parameters:",
+        "      config: *federation",
+        '      target: {registry: "{{ $FEDCHEM_REGISTRY_URL }}", model_name: fedchem, '
+        "alias: candidate}",
         "",
     ]
     return "\n".join(out)

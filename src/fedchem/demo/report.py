@@ -124,6 +124,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             vals = " | ".join("n/a" if p.get(m) is None else f"{p[m]:.3f}" for m in metrics)
             lines.append(f"| {model} | {site} | {vals} |")
     lines += _conformal_lines(report, sites)
+    lines += _cycle_lines(meta.get("cycles") or [], sites)
     if meta.get("registered"):
         lines += [
             "",
@@ -151,6 +152,33 @@ def render_markdown(report: dict[str, Any]) -> str:
             vals = " | ".join("n/a" if row.get(s) is None else f"{row[s]:.3f}" for s in sites)
             lines.append(f"| {model} | {vals} |")
     return "\n".join(lines) + "\n"
+
+
+def _cycle_lines(cycles: list[dict[str, Any]], sites: list[str]) -> list[str]:
+    """The federation that keeps learning, cycle by cycle: each version's test-fold score per
+    site, and whether it became production."""
+    if len(cycles) < 2:
+        return []
+    metric = next(
+        (m for m in ("mean_roc_auc", "mean_rmse") if m in cycles[0]["test"].get(sites[0], {})), None
+    )
+    if metric is None:
+        return []
+    out = [
+        "",
+        f"Cycles (a federation that keeps learning; {metric.removeprefix('mean_')} on each "
+        "site's test fold; cycle 2 on: the held-back rows arrive, the candidate starts from "
+        "production and is promoted only if no site's validation score drops by more than "
+        "0.01):",
+        "",
+        "| cycle | version | " + " | ".join(sites) + " | production? |",
+        "|" + "---|" * (len(sites) + 3),
+    ]
+    for c in cycles:
+        vals = " | ".join(f"{c['test'].get(s, {}).get(metric, float('nan')):.3f}" for s in sites)
+        verdict = "yes" if c["promoted"] else f"no: {c['decision']}"
+        out.append(f"| {c['cycle']} | {c['version']} | {vals} | {verdict} |")
+    return out
 
 
 def _conformal_lines(report: dict[str, Any], sites: list[str]) -> list[str]:

@@ -28,6 +28,7 @@ __all__ = [
     "assay_id_for",
     "bundled_dataset",
     "model_name",
+    "release_held_back",
     "resolve_dataset",
     "site_names",
     "split_into_sites",
@@ -58,6 +59,21 @@ def resolve_dataset(dataset: str, smiles_col: str | None) -> tuple[Path, str]:
             f"dataset {dataset!r}: no such file and not a bundled name ({', '.join(BUNDLED)})"
         )
     return path, smiles_col or "smiles"
+
+
+HELD_BACK = "held_back.csv"
+
+
+def release_held_back(site: SiteConfig, cycle: int) -> int:
+    """Append the rows held back for ``cycle`` to the site's export; returns how many."""
+    held = site.measurements.parent / HELD_BACK
+    if not held.exists():
+        return 0
+    rows = pd.read_csv(held, dtype=str, keep_default_na=False)
+    due = rows[rows["cycle"].astype(int) == cycle].drop(columns="cycle")
+    if len(due):
+        due.to_csv(site.measurements, mode="a", header=False, index=False)
+    return len(due)
 
 
 def model_name(dataset: Path) -> str:
@@ -154,6 +170,8 @@ def split_into_sites(
     seed: int,
     task_split: Literal["shared", "disjoint"] = "shared",
     continuous_as: Literal["regression", "classification"] = "regression",
+    cycles: int = 1,
+    hold_back: float = 0.0,
 ) -> DemoSplit:
     """Write ``out_dir/<site>/{measurements,assays}.csv`` and the key; return site configs.
 
@@ -163,6 +181,10 @@ def split_into_sites(
     MELLODDY; folds follow the keyed scaffold hash, so a molecule is in the same fold at every
     site). ``continuous_as: classification`` makes continuous columns classification tasks,
     thresholded at each site by the automatic rule.
+
+    ``cycles > 1``: a share ``hold_back`` of each site's molecules is not in its export yet;
+    each waits in ``held_back.csv`` for a later cycle (2 to ``cycles``, at random), when
+    :func:`release_held_back` appends it: the data a federation that keeps learning gets.
     """
     if n_sites < 1:
         raise ValueError("n_sites must be at least 1")
@@ -218,6 +240,16 @@ def split_into_sites(
         long = long.assign(qualifier="=", unit="")[
             ["compound_id", "smiles", "assay_id", "value", "qualifier", "unit"]
         ]
+        if cycles > 1:  # later cycles' molecules wait in held_back.csv, tagged by cycle
+            rng = np.random.default_rng([seed, s])
+            later = {
+                c: int(rng.integers(2, cycles + 1))
+                for c in long["compound_id"].unique()
+                if rng.random() < hold_back
+            }
+            cycle = long["compound_id"].map(later).fillna(1).astype(int)
+            long[cycle > 1].assign(cycle=cycle[cycle > 1]).to_csv(d / HELD_BACK, index=False)
+            long = long[cycle == 1]
         long.to_csv(d / "measurements.csv", index=False)
         assays[assays["assay_id"].isin(site_tasks[s])].to_csv(d / "assays.csv", index=False)
         (d / "consortium.key").write_bytes(key)

@@ -13,11 +13,12 @@ import torch
 from fedchem.config import FaultConfig, FederationConfig, ModelConfig
 from fedchem.federation.commits import commit_round, read_round
 from fedchem.federation.strategies import FedAvg, Strategy
-from fedchem.federation.validation import screen_updates
+from fedchem.federation.validation import check_arrays, screen_updates
 from fedchem.messages import RoundManifest, SiteUpdateManifest
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import dump_arrays, model_to_arrays
 from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.types import StateArrays
 
 __all__ = [
     "QuorumError",
@@ -76,7 +77,15 @@ class ResumeError(RuntimeError):
 
 #: the config sections that decide the model a run produces; ``mode``, ``deployment``,
 #: ``faults``, ``hub_url`` and ``rounds`` may change when a run is resumed
-_DIGEST_SECTIONS = ("tasks", "chem", "model", "train", "strategy", "heads", "shared_tasks")
+_DIGEST_SECTIONS = (
+    "tasks",
+    "chem",
+    "model",
+    "train",
+    "strategy",
+    "heads",
+    "shared_tasks",
+)  # not init_from: it decides round 0 only, which a resumed run has committed already
 
 
 def config_digest(config: FederationConfig) -> dict[str, str]:
@@ -91,12 +100,17 @@ def config_digest(config: FederationConfig) -> dict[str, str]:
 
 
 def start_run(
-    hub: HubStore, config: FederationConfig, label_stats: Sequence[dict[str, dict[str, float]]]
+    hub: HubStore,
+    config: FederationConfig,
+    label_stats: Sequence[dict[str, dict[str, float]]],
+    init: StateArrays | None = None,
 ) -> RoundManifest:
     """Commit round 0 (the initial global model), or return it if this run already has one.
 
     A run that exists must have been started with the same model-deciding settings: resuming
-    it with others is refused, naming the sections that differ.
+    it with others is refused, naming the sections that differ. ``init``: the weights round 0
+    starts from (a registered model, ``config.init_from``); they must fit the configured
+    network exactly.
     """
     layout = HubLayout(config.run_id)
     digest = config_digest(config)
@@ -111,8 +125,15 @@ def start_run(
         return first
     tasks = [(t.name, t.kind) for t in config.tasks]
     model = initial_model(config.chem.fp_size, tasks, config.model, config.train.seed, label_stats)
-    data = dump_arrays(model_to_arrays(model))
-    return commit_round(hub, config.run_id, 0, data, "init", {}, {}, config_digest=digest)
+    arrays = model_to_arrays(model)
+    if init is not None:
+        why = check_arrays(init, arrays)
+        if why is not None:
+            raise ValueError(f"the model to start from does not fit this federation: {why}")
+        arrays = init
+    data = dump_arrays(arrays)
+    how = "init" if init is None else "warm-start"
+    return commit_round(hub, config.run_id, 0, data, how, {}, {}, config_digest=digest)
 
 
 def _read_or_error(hub: HubStore, rel: str) -> bytes | Exception:

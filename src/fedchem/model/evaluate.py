@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import torch
+
 from fedchem.data.dataset import SiteDataset
 from fedchem.messages import EvalReport
 from fedchem.model.metrics import score_tasks, summarize
-from fedchem.model.network import MultitaskNet
 from fedchem.model.train import predict
 
 __all__ = ["evaluate_at_site"]
 
 
 def evaluate_at_site(
-    model: MultitaskNet, ds: SiteDataset, *, site: str, model_name: str, fold: str
+    model: torch.nn.Module, ds: SiteDataset, *, site: str, model_name: str, fold: str
 ) -> EvalReport:
     pred = predict(model, ds)
     per_task = score_tasks(ds.y, ds.censor, pred, ds.task_names, ds.task_kinds)

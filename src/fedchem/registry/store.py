@@ -225,6 +225,10 @@ class Registry:
         self._log(name, {**event, "note": note})
         return before
 
+    def record(self, name: str, event: dict[str, Any]) -> None:
+        """Add an event (a promotion decision, say) to the model's history."""
+        self._log(name, event)
+
     def _log(self, name: str, event: dict[str, Any]) -> None:
         path = f"{self._model(name)}/history.jsonl"
         old = self.store.get_bytes(path) if self.store.exists(path) else b""

@@ -1,0 +1,84 @@
+"""Two turns of the loop through the real flows: a warm-started candidate, the sites' verdict,
+and a cycle run again that publishes nothing twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+
+from fedchem.config import ChemConfig, FederationConfig, ModelConfig, PublishConfig, TrainConfig
+from fedchem.demo.sites import bundled_dataset, release_held_back, split_into_sites
+from fedchem.federation.commits import read_round
+from fedchem.registry.model import load_weights
+from fedchem.registry.store import Registry
+from fedchem.storage.hub import HubStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
+        yield
+
+
+def test_a_second_cycle_warm_starts_decides_and_is_not_published_twice(
+    prefect_api: None, tmp_path: Path
+):
+    from fedchem.flows.continual import continual
+    from fedchem.flows.coordinator import coordinator
+    from fedchem.flows.publish import publish
+    from fedchem.flows.site_prepare import site_prepare
+
+    data = tmp_path / "tox21.csv"
+    pd.read_csv(bundled_dataset()).head(800).to_csv(data, index=False)
+    split = split_into_sites(data, "smiles", 2, tmp_path / "sites", 0, cycles=2, hold_back=0.3)
+    before = {s.name: len(pd.read_csv(s.measurements)) for s in split.sites}
+    chem, hub = ChemConfig(fp_size=256), str(tmp_path / "hub")
+    for s in split.sites:
+        site_prepare(site=s, chem=chem, tasks=split.tasks, hub_url=hub)
+    config = FederationConfig(
+        run_id="loop",
+        hub_url=hub,
+        sites=split.sites,
+        tasks=split.tasks,
+        rounds=1,
+        chem=chem,
+        model=ModelConfig(hidden=32),
+        train=TrainConfig(batch_size=32),
+    )
+    coordinator(config)
+    target = PublishConfig(registry=str(tmp_path / "registry"), model_name="loop")
+    assert publish(config, target) == 1
+    reg = Registry(target.registry)
+
+    added = {s.name: release_held_back(s, 2) for s in split.sites}
+    assert all(n > 0 for n in added.values())
+    assert {s.name: len(pd.read_csv(s.measurements)) for s in split.sites} == {
+        k: before[k] + added[k] for k in before
+    }
+    candidate = target.model_copy(update={"alias": "candidate"})
+    first = continual(config, candidate, cycle="c2")
+    assert first["candidate"] == 2 and first["production"] == 1 and first["run_id"] == "loop-c2"
+    assert set(first["per_site"]) == {"site-a", "site-b"}
+    assert reg.aliases("loop")["candidate"] == 2
+    assert reg.aliases("loop")["production"] == (2 if first["promote"] else 1)
+    # the cycle started from production: its round 0 is version 1's weights
+    _, start, _ = read_round(HubStore(hub), "loop-c2", 0)
+    v1 = load_weights(reg.read("loop", 1, "model.safetensors"))
+    assert all(np.array_equal(start[k], v1[k]) for k in v1)
+    decisions = [e for e in reg.history("loop") if e["event"] == "decision"]
+    assert len(decisions) == 1 and decisions[0]["decision"]["promote"] == first["promote"]
+    # run again (a retried or resumed cycle): nothing new is published or decided
+    again = continual(config, candidate, cycle="c2")
+    assert reg.versions("loop") == [1, 2] and again["promote"] == first["promote"]
+    assert len([e for e in reg.history("loop") if e["event"] == "decision"]) == 1
