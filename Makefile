@@ -24,8 +24,8 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tasks flows tests benchmarks deployments
-	$(VENV)/bin/ruff format --check src tasks flows tests benchmarks deployments
+	$(VENV)/bin/ruff check src tasks flows tests benchmarks deployments data_contracts
+	$(VENV)/bin/ruff format --check src tasks flows tests benchmarks deployments data_contracts
 	$(VENV)/bin/mypy
 
 clean:

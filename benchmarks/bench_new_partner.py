@@ -36,7 +36,7 @@ from fedchem.chem.folds import scaffold_of
 from fedchem.config import SiteConfig
 from fedchem.data.dataset import SiteDataset
 from fedchem.data.prepare import prepare_site
-from fedchem.demo.sites import BUNDLED, bundled_dataset
+from fedchem.demo.sites import BUNDLED, assay_id_for, bundled_dataset
 from fedchem.federation.finetune import FinetuneConfig, finetune
 from fedchem.registry.model import ModelSpec, load_weights
 from fedchem.registry.store import Registry
@@ -185,6 +185,9 @@ def main() -> int:
         c for c in frame.columns if c != smiles_col and pd.api.types.is_numeric_dtype(frame[c])
     ]
     tasks = [t for t in tasks if not re.search(r"(^|[\s_-])(id|index)$", t, re.I)]
+    slugs = {t: assay_id_for(t) for t in tasks}  # as the demo names them: contract-valid ids
+    frame = frame.rename(columns=slugs)
+    tasks = list(slugs.values())
     with tempfile.TemporaryDirectory(prefix="fedchem-new-partner-") as tmp:
         base = Path(tmp)
         held = _scaffold_slice(frame, smiles_col, 0.15, args.seed)

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fedchem.flows.site_round import site_round
 from prefect import flow
 from prefect.states import State
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef, TrainConfig
+from fedchem.flows.site_round import site_round
 from fedchem.messages import SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
 

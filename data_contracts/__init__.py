@@ -1,1 +1,1 @@
-"""The ODCS data contracts a site's exports are validated against (YAML, shipped as package data)."""
+"""The ODCS data contracts a site's exports are validated against (YAML, package data)."""

@@ -7,11 +7,11 @@ own key and, with ``use_site_part``, its private heads and calibration come from
 
 from __future__ import annotations
 
-from fedchem.tasks.serve import score_file
 from prefect import flow
 
 from fedchem.config import SiteConfig, SiteRef
 from fedchem.serve.batch import ScoredFile
+from fedchem.tasks.serve import score_file
 
 
 @flow(name="batch-predict", flow_run_name="batch-predict/{site.name}")

@@ -16,19 +16,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedchem.flows.coordinator import coordinator
-from fedchem.flows.publish import publish
-from fedchem.flows.site_prepare import site_prepare
-from fedchem.flows.site_validate import site_validate
-from fedchem.tasks.coordinator import artifact_key
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.deployments import run_deployment
 
 from fedchem.config import FederationConfig, PublishConfig, SiteConfig, WarmStart
 from fedchem.federation.continual import PromotionPolicy, decide_promotion
+from fedchem.flows.coordinator import coordinator
+from fedchem.flows.publish import publish
+from fedchem.flows.site_prepare import site_prepare
+from fedchem.flows.site_validate import site_validate
 from fedchem.messages import EvalReport
 from fedchem.registry.store import Registry
+from fedchem.tasks.coordinator import artifact_key
 
 
 def _cycle_name(cycle: str | None) -> str:

@@ -16,7 +16,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact
+from prefect.futures import PrefectFuture, wait
+
+from fedchem.config import FederationConfig, SiteConfig
+from fedchem.federation.rounds import new_ticket
+from fedchem.federation.strategies import Strategy, build_strategy
 from fedchem.flows.site_round import site_round
+from fedchem.messages import FitInstructions, RoundManifest
+from fedchem.model.train import lr_factor
 from fedchem.tasks.coordinator import (
     aggregate,
     artifact_key,
@@ -33,15 +42,6 @@ from fedchem.tasks.rounds import (
     stop_site_runs,
     withdraw_site_rounds,
 )
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact
-from prefect.futures import PrefectFuture, wait
-
-from fedchem.config import FederationConfig, SiteConfig
-from fedchem.federation.rounds import new_ticket
-from fedchem.federation.strategies import Strategy, build_strategy
-from fedchem.messages import FitInstructions, RoundManifest
-from fedchem.model.train import lr_factor
 
 #: site -> its run's flow run id, site -> why it has no run, and when the round was opened
 Started = tuple[dict[str, str], dict[str, str], float]

@@ -11,14 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from fedchem.flows.continual import continual
-from fedchem.flows.coordinator import coordinator
-from fedchem.flows.publish import publish
-from fedchem.flows.site_cross_evaluate import site_cross_evaluate
-from fedchem.flows.site_evaluate import site_evaluate
-from fedchem.flows.site_local_baseline import site_local_baseline
-from fedchem.flows.site_prepare import site_prepare
-from fedchem.tasks.demo import make_sites, pooled_baseline, release_rows, report
 from prefect import flow
 
 from fedchem.config import (
@@ -31,7 +23,15 @@ from fedchem.config import (
 )
 from fedchem.demo.sites import model_name
 from fedchem.federation.strategies import FedAvgMConfig, StrategyConfig
+from fedchem.flows.continual import continual
+from fedchem.flows.coordinator import coordinator
+from fedchem.flows.publish import publish
+from fedchem.flows.site_cross_evaluate import site_cross_evaluate
+from fedchem.flows.site_evaluate import site_evaluate
+from fedchem.flows.site_local_baseline import site_local_baseline
+from fedchem.flows.site_prepare import site_prepare
 from fedchem.messages import EvalReport
+from fedchem.tasks.demo import make_sites, pooled_baseline, release_rows, report
 
 
 @flow(name="demo", flow_run_name="demo/{run_id}")

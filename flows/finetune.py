@@ -8,12 +8,12 @@ fold's aggregates: fine-tuned, the federated model as is, local-only with the sa
 
 from __future__ import annotations
 
-from fedchem.tasks.serve import finetune_at_site
 from prefect import flow
 
 from fedchem.config import SiteConfig, SiteRef
 from fedchem.federation.finetune import FinetuneConfig
 from fedchem.messages import EvalReport
+from fedchem.tasks.serve import finetune_at_site
 
 
 @flow(name="finetune", flow_run_name="finetune/{site.name}")

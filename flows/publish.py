@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedchem.flows.site_calibrate import site_calibrate
-from fedchem.tasks.coordinator import read_prepare_reports
-from fedchem.tasks.registry import publish_model, round_to_publish
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from fedchem.config import FederationConfig, PublishConfig, SiteConfig
+from fedchem.flows.site_calibrate import site_calibrate
 from fedchem.messages import EvalReport, SiteCalibration
 from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.tasks.coordinator import read_prepare_reports
+from fedchem.tasks.registry import publish_model, round_to_publish
 
 
 @flow(name="publish", flow_run_name="publish/{target.model_name}")

@@ -6,11 +6,11 @@ hub gets the scores as binned counts and the fold's domain-score histogram.
 
 from __future__ import annotations
 
-from fedchem.tasks.site import calibrate_for_serving
 from prefect import flow
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef
 from fedchem.messages import SiteCalibration
+from fedchem.tasks.site import calibrate_for_serving
 
 
 @flow(name="site-calibrate", flow_run_name="calibrate/{site.name}")

@@ -6,11 +6,11 @@ report. Only aggregate metrics leave the site.
 
 from __future__ import annotations
 
-from fedchem.tasks.site import evaluate_baselines
 from prefect import flow
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig
 from fedchem.messages import EvalReport
+from fedchem.tasks.site import evaluate_baselines
 
 
 @flow(name="site-cross-evaluate", flow_run_name="cross-evaluate/{site.name}")

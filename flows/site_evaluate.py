@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fedchem.tasks.site import evaluate_global
 from prefect import flow
 
 from fedchem.config import ChemConfig, ModelConfig, Selection, SiteConfig
 from fedchem.messages import EvalReport
+from fedchem.tasks.site import evaluate_global
 
 
 @flow(name="site-evaluate", flow_run_name="evaluate/{site.name}")

@@ -6,11 +6,11 @@ evaluation; the demo does that only with shared heads (a private head never leav
 
 from __future__ import annotations
 
-from fedchem.tasks.site import train_local_baseline
 from prefect import flow
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.messages import EvalReport
+from fedchem.tasks.site import train_local_baseline
 
 
 @flow(name="site-local-baseline", flow_run_name="local-baseline/{site.name}")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fedchem.tasks.site import prepare, publish_prepare_report
 from prefect import flow
 
 from fedchem.config import ChemConfig, SiteConfig, SiteRef, TaskSpec
 from fedchem.messages import PrepareReport
+from fedchem.tasks.site import prepare, publish_prepare_report
 
 
 @flow(name="site-prepare", flow_run_name="prepare/{site.name}")

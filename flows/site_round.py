@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fedchem.tasks.site import await_round, train_round
 from prefect import flow
 from prefect.states import Cancelled, State
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef, TrainConfig
 from fedchem.messages import SiteUpdateManifest
+from fedchem.tasks.site import await_round, train_round
 
 
 @flow(name="site-round", flow_run_name="round-{round:02d}/{site.name}")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fedchem.tasks.serve import validate_registered
 from prefect import flow
 
 from fedchem.config import SiteConfig, SiteRef
 from fedchem.messages import EvalReport
+from fedchem.tasks.serve import validate_registered
 
 
 @flow(name="site-validate", flow_run_name="validate/{site.name}")

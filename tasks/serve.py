@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from uuid import UUID
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from fedchem.config import SiteConfig, SiteRef, resolve_site
@@ -18,28 +15,9 @@ from fedchem.registry.model import ModelSpec, load_weights
 from fedchem.registry.store import Registry
 from fedchem.serve.batch import ScoredFile, predict_file
 from fedchem.serve.predictor import Predictor, check_consistency
+from fedchem.tasks.progress import ArtifactProgress
 
 __all__ = ["finetune_at_site", "score_file", "validate_registered"]
-
-
-class _Progress:
-    """Rows scored as a Prefect progress artifact (a count only), at most every ``every_s``."""
-
-    def __init__(self, key: str, every_s: float = 2.0) -> None:
-        self.key, self.every_s, self.last = key, every_s, 0.0
-        self.artifact: UUID | None = None
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self.last < self.every_s:
-            return
-        self.last = now
-        pct = 100.0 * done / total if total else 100.0
-        text = f"scored {done}/{total} rows"
-        if self.artifact is None:
-            self.artifact = create_progress_artifact(pct, key=self.key, description=text)  # type: ignore[assignment]
-        else:
-            update_progress_artifact(self.artifact, pct, description=text)
 
 
 @task(cache_policy=NO_CACHE)
@@ -68,7 +46,7 @@ def score_file(
         alpha,
         chunk_rows=chunk_rows,
         n_workers=site.dask_workers,
-        progress=_Progress(key),
+        progress=ArtifactProgress(key, "scored {done}/{total} rows"),
     )
     get_run_logger().info(
         "site %s: %d rows scored with %s:%d (%d with an error)",

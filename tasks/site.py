@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, cast
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from fedchem.config import (
@@ -25,6 +22,7 @@ from fedchem.federation import site as site_lib
 from fedchem.federation.rounds import RoundSuperseded, RoundWithdrawn, await_round_open
 from fedchem.messages import EvalReport, FitInstructions, SiteCalibration, SiteUpdateManifest
 from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.tasks.progress import ArtifactProgress
 
 if TYPE_CHECKING:
     from fedchem.messages import PrepareReport
@@ -41,28 +39,6 @@ __all__ = [
 ]
 
 
-class _ArtifactProgress:
-    """Featurization progress as a Prefect progress artifact (counts only), throttled."""
-
-    def __init__(self, site: str, every_s: float = 2.0) -> None:
-        self.site, self.every_s = site, every_s
-        self.artifact_id: UUID | None = None
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self.last < self.every_s:
-            return
-        self.last = now
-        pct = 100.0 * done / total if total else 100.0
-        text = f"{self.site}: featurized {done}/{total} partitions"
-        if self.artifact_id is None:
-            created = create_progress_artifact(pct, key=f"prepare-{self.site}", description=text)
-            self.artifact_id = cast(UUID, created)  # sync code: the id, not a coroutine
-        else:
-            update_progress_artifact(self.artifact_id, pct, description=text)
-
-
 @task(cache_policy=NO_CACHE)
 def prepare(
     site: SiteConfig | SiteRef, chem: ChemConfig, tasks: list[TaskSpec] | None
@@ -72,7 +48,14 @@ def prepare(
     )
 
     site = resolve_site(site)  # deployed: the site's own config, from its worker's environment
-    report = prepare_site(site, chem, tasks, progress=_ArtifactProgress(site.name))
+    report = prepare_site(
+        site,
+        chem,
+        tasks,
+        progress=ArtifactProgress(
+            f"prepare-{site.name}", site.name + ": featurized {done}/{total} partitions"
+        ),
+    )
     logger = get_run_logger()
     for warning in report.warnings:  # aggregate words only (fold shares, counts)
         logger.warning("site %s: %s", site.name, warning)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 _HOME = tempfile.mkdtemp(prefix="fedchem-prefect-home-")
@@ -30,3 +31,17 @@ def assays_file(tmp_path: Path) -> Path:
     p = tmp_path / "assays.csv"
     p.write_text(ASSAYS_CSV)
     return p
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    """An ephemeral Prefect API for one test module; no flow heartbeat thread (about 1 s
+    per flow run otherwise)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
+        yield

@@ -3,14 +3,11 @@ and a cycle run again that publishes nothing twice."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, PublishConfig, TrainConfig
 from fedchem.demo.sites import bundled_dataset, release_held_back, split_into_sites
@@ -20,15 +17,6 @@ from fedchem.registry.store import Registry
 from fedchem.storage.hub import HubStore
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    with (
-        prefect_test_harness(server_startup_timeout=120),
-        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-    ):
-        yield
 
 
 def test_a_second_cycle_warm_starts_decides_and_is_not_published_twice(

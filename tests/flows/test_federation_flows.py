@@ -9,13 +9,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig
 from fedchem.demo.sites import bundled_dataset, split_into_sites
@@ -23,16 +20,6 @@ from fedchem.federation.consistency import ConsistencyError
 from fedchem.storage.hub import HubLayout, HubStore
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    # no flow heartbeat thread in tests (about 1 s per flow run otherwise)
-    with (
-        prefect_test_harness(server_startup_timeout=120),
-        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-    ):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -223,9 +210,8 @@ def _prepared_sites(tmp_path: Path, tiny_dataset: Path, n: int = 2) -> tuple[lis
 def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
     prefect_api: None, tiny_dataset: Path, tmp_path: Path
 ):
-    from fedchem.flows.coordinator import coordinator
-
     from fedchem.federation.coordinator import ResumeError
+    from fedchem.flows.coordinator import coordinator
 
     sites, tasks, hub_url = _prepared_sites(tmp_path, tiny_dataset)
     base = FederationConfig(
@@ -260,8 +246,9 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
         ]
         assert len(list(state.glob("private_head-*.npz"))) == 3
     # the UI screenshot script finds the newest coordinator run and its page
-    from fedchem.deployments.screenshot import browser_command, latest_coordinator_run, run_page
     from prefect.settings import PREFECT_API_URL
+
+    from fedchem.deployments.screenshot import browser_command, latest_coordinator_run, run_page
 
     api = PREFECT_API_URL.value()
     run = latest_coordinator_run(api)
@@ -278,10 +265,9 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
 def test_a_failing_site_is_missing_and_the_round_goes_on_with_the_quorum(
     prefect_api: None, tiny_dataset: Path, tmp_path: Path
 ):
-    from fedchem.flows.coordinator import coordinator
-
     from fedchem.config import DeploymentConfig, FaultConfig
     from fedchem.federation.coordinator import QuorumError
+    from fedchem.flows.coordinator import coordinator
 
     sites, tasks, hub_url = _prepared_sites(tmp_path, tiny_dataset, n=3)
     broken = sites[2].model_copy(update={"workdir": tmp_path / "nowhere"})  # its data is gone
@@ -310,10 +296,9 @@ def test_a_booked_site_run_of_a_replaced_coordinator_ends_cancelled(
 ) -> None:
     """A run booked ahead waits for its round's opening; when a newer coordinator attempt
     opened the round instead, the run ends Cancelled without touching the site's data."""
-    from fedchem.flows.site_round import site_round
-
     from fedchem.config import SiteRef
     from fedchem.federation.rounds import new_ticket, open_round
+    from fedchem.flows.site_round import site_round
     from fedchem.messages import FitInstructions
 
     hub_url = str(tmp_path / "hub")
@@ -339,10 +324,9 @@ def test_a_booked_site_run_of_a_withdrawn_round_ends_cancelled(
 ) -> None:
     """The federation stopped before the round a run was booked for: the coordinator withdrew
     the round under its own ticket, and the waiting run ends at once, Cancelled, untrained."""
-    from fedchem.flows.site_round import site_round
-
     from fedchem.config import SiteRef
     from fedchem.federation.rounds import new_ticket, withdraw_round
+    from fedchem.flows.site_round import site_round
 
     hub_url = str(tmp_path / "hub")
     ticket = new_ticket()

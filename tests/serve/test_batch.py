@@ -3,33 +3,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-import pytest
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 from fedchem.config import SiteConfig
 from tests.serve.conftest import Published
 
 
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    with (
-        prefect_test_harness(server_startup_timeout=120),
-        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-    ):
-        yield
-
-
 def test_a_large_file_is_scored_in_chunks_as_the_cli_scores_it(
     prefect_api: None, published: Published, tmp_path: Path
 ):
-    from fedchem.flows.batch_predict import batch_predict
-
     from fedchem.cli import main
+    from fedchem.flows.batch_predict import batch_predict
 
     d = published.out / "sites" / "site-a"
     site = SiteConfig(

@@ -4,27 +4,14 @@ nothing of it on the hub or in the coordinator's registry."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-import pytest
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 from fedchem.config import SiteConfig
 from fedchem.demo.sites import bundled_dataset
 from fedchem.registry.store import Registry
 from tests.serve.conftest import Published
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    with (
-        prefect_test_harness(server_startup_timeout=120),
-        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-    ):
-        yield
 
 
 def _new_partner(base: Path, published: Published) -> SiteConfig:

@@ -43,19 +43,9 @@ def test_the_registered_model_predicts_what_the_training_pipeline_computes(publi
     from fedchem.data.dataset import SiteDataset
 
     rows = np.flatnonzero(ok)
-    from fedchem.data.csr import csr_take
-
-    indptr, take = csr_take(feats.indptr, rows)
-    n, t = len(rows), len(spec.tasks)
-    ds = SiteDataset(
-        indptr=indptr,
-        indices=feats.indices[take],
-        fold=np.zeros(n, np.int8),
-        y=np.full((n, t), np.nan, np.float32),
-        censor=np.zeros((n, t), np.int8),
-        task_names=tuple(spec.task_names()),
-        task_kinds=tuple(x.kind for x in spec.tasks),
-        fp_size=spec.chem.fp_size,
+    tasks = [(x.name, x.kind) for x in spec.tasks]
+    ds = SiteDataset.unlabelled(
+        feats.indptr, feats.indices, feats.values, rows, tasks, spec.chem.fp_size
     )
     expected = predict(model, ds)
     got = out.loc[out["status"] == "ok", spec.task_names()].to_numpy()

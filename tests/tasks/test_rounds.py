@@ -12,12 +12,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import fedchem.tasks.rounds as rounds
 import pytest
-from fedchem.tasks.rounds import book_site_runs, stop_site_runs
 from prefect.client.schemas.objects import State, StateType
 
+import fedchem.tasks.rounds as rounds
 from fedchem.config import FederationConfig
+from fedchem.tasks.rounds import book_site_runs, stop_site_runs
 
 RUN = "r1"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,35 @@ class SiteDataset:
             task_names=self.task_names,
             task_kinds=self.task_kinds,
             fp_size=self.fp_size,
+        )
+
+    @classmethod
+    def unlabelled(
+        cls,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        values: np.ndarray | None,
+        rows: np.ndarray,
+        tasks: Sequence[tuple[str, str]],
+        fp_size: int,
+    ) -> SiteDataset:
+        """Rows ``rows`` of featurized CSR arrays, to be scored: no labels, no folds.
+
+        ``tasks`` is the model's ``(name, kind)`` per output, in its order.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        new_indptr, take = csr_take(indptr, rows)
+        n, t = len(rows), len(tasks)
+        return cls(
+            indptr=new_indptr,
+            indices=indices[take],
+            values=values[take] if values is not None else None,
+            fold=np.full(n, -1, np.int8),
+            y=np.full((n, t), np.nan, np.float32),
+            censor=np.zeros((n, t), np.int8),
+            task_names=tuple(name for name, _ in tasks),
+            task_kinds=tuple(kind for _, kind in tasks),
+            fp_size=fp_size,
         )
 
     def folds(self, folds: list[int] | tuple[int, ...]) -> SiteDataset:

@@ -23,7 +23,6 @@ from safetensors import SafetensorError
 from fedchem.chem.consistency import consistency_report, reference_smiles
 from fedchem.chem.featurize import featurize_partition
 from fedchem.config import ChemConfig
-from fedchem.data.csr import csr_take
 from fedchem.data.dataset import SiteDataset
 from fedchem.model.architectures import build_architecture
 from fedchem.model.train import predict
@@ -86,23 +85,15 @@ def _check_state(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> Non
 def _smoke(module: torch.nn.Module, spec: UploadSpec, key: bytes) -> None:
     feats = featurize_partition(reference_smiles(), spec.chem, key, with_folds=False)
     rows = np.flatnonzero([r is None for r in feats.reason])
-    indptr, take = csr_take(feats.indptr, rows)
-    n, t = len(rows), len(spec.tasks)
-    ds = SiteDataset(
-        indptr=indptr,
-        indices=feats.indices[take],
-        values=feats.values[take] if feats.values is not None else None,
-        fold=np.full(n, -1, np.int8),
-        y=np.full((n, t), np.nan, np.float32),
-        censor=np.zeros((n, t), np.int8),
-        task_names=tuple(x.name for x in spec.tasks),
-        task_kinds=tuple(x.kind for x in spec.tasks),
-        fp_size=spec.chem.fp_size,
+    tasks = [(x.name, x.kind) for x in spec.tasks]
+    ds = SiteDataset.unlabelled(
+        feats.indptr, feats.indices, feats.values, rows, tasks, spec.chem.fp_size
     )
     try:
         out = predict(module, ds)
     except Exception as exc:  # an outside forward may fail in any way: that is the finding
         raise UploadRefused(f"the smoke prediction on the reference set failed: {exc}") from exc
+    n, t = len(ds), ds.n_tasks
     if out.shape != (n, t):
         raise UploadRefused(
             f"the smoke prediction gave shape {out.shape} for {n} molecules and {t} tasks"

@@ -225,20 +225,9 @@ class Predictor:
         return out
 
     def _forward(self, feats: FeaturizedBatch, rows: np.ndarray) -> np.ndarray:
-        from fedchem.data.csr import csr_take
-
-        indptr, take = csr_take(feats.indptr, rows)
-        n, t = len(rows), len(self.spec.tasks)
-        ds = SiteDataset(
-            indptr=indptr,
-            indices=feats.indices[take],
-            values=feats.values[take] if feats.values is not None else None,
-            fold=np.full(n, -1, np.int8),
-            y=np.full((n, t), np.nan, np.float32),
-            censor=np.zeros((n, t), np.int8),
-            task_names=tuple(self.spec.task_names()),
-            task_kinds=tuple(x.kind for x in self.spec.tasks),
-            fp_size=self.spec.chem.fp_size,
+        tasks = [(x.name, x.kind) for x in self.spec.tasks]
+        ds = SiteDataset.unlabelled(
+            feats.indptr, feats.indices, feats.values, rows, tasks, self.spec.chem.fp_size
         )
         return model_predict(self.model, ds).astype(np.float64)
 
