@@ -21,8 +21,9 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import PrefectFuture, wait
 
 from fedchem.config import FederationConfig, SiteConfig
+from fedchem.federation.coordinator import strategy_for
 from fedchem.federation.rounds import new_ticket
-from fedchem.federation.strategies import Strategy, build_strategy
+from fedchem.federation.strategies import Strategy
 from fedchem.flows.site_round import site_round
 from fedchem.messages import FitInstructions, RoundManifest
 from fedchem.model.train import lr_factor
@@ -157,14 +158,14 @@ class DeployedSites:
 @flow(name="coordinator", flow_run_name="federation/{config.run_id}")
 def coordinator(config: FederationConfig) -> list[RoundManifest]:
     """Run every round; return the committed round manifests (hashes, counts, metrics)."""
-    reports = read_prepare_reports(config.hub_url, config.site_names)
+    reports = read_prepare_reports(config.hub_url, config.site_names, config.trust)
     committed = start(config, reports)  # a run already on the hub resumes where it stopped
     progress = create_progress_artifact(
         100.0 * (len(committed) - 1) / config.rounds,
         key=artifact_key(config.run_id, "progress"),
         description=f"federation {config.run_id}",
     )
-    strategy = build_strategy(config.strategy)
+    strategy = strategy_for(config)  # with site-level DP: wrapped, noise on the sum
     ticket = new_ticket()
     sites = (LocalSites if config.mode == "local" else DeployedSites)(config, ticket)
     reported = []
@@ -199,7 +200,11 @@ def _round(
     started_at = time.time()
     # a site may have re-prepared since: no round starts while sites disagree (checked while
     # the round's runs are started or topped up)
-    check = read_prepare_reports.submit(config.hub_url, config.site_names) if rnd > 1 else None
+    check = (
+        read_prepare_reports.submit(config.hub_url, config.site_names, config.trust)
+        if rnd > 1
+        else None
+    )
     fit = strategy.configure_fit(rnd).model_copy(
         update={
             "private_tasks": config.private_tasks(),
@@ -236,4 +241,15 @@ def _summary(config: FederationConfig, committed: list[RoundManifest]) -> str:
             f"{m.valid_score[k]:.4f}" if k in m.valid_score else "" for k in metric_keys
         )
         lines.append(f"| {m.round} | {len(m.sites)} | {', '.join(m.missing) or '-'} | {vals} |")
+    last = committed[-1]
+    if last.dp:
+        lines += [
+            "",
+            f"Site-level DP: noise multiplier {last.dp['noise_multiplier']:.3g}, clip "
+            f"{last.dp['clip']:g}; epsilon {last.dp['epsilon_run']:.3f} at delta "
+            f"{last.dp['delta']:g} after round {last.round}.",
+        ]
+    if last.site_epsilon:
+        eps = ", ".join(f"{s} {e:.3f}" for s, e in sorted(last.site_epsilon.items()))
+        lines += ["", f"Record-level DP (DP-SGD at the sites), epsilon of the run: {eps}."]
     return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ from fedchem.flows.site_local_baseline import site_local_baseline
 from fedchem.flows.site_prepare import site_prepare
 from fedchem.messages import EvalReport
 from fedchem.tasks.demo import make_sites, pooled_baseline, release_rows, report
+from fedchem.trust.config import PrivacyConfig
 
 
 @flow(name="demo", flow_run_name="demo/{run_id}")
@@ -52,6 +53,7 @@ def demo(
     continuous_as: Literal["regression", "classification"] = "regression",
     cycles: int = 1,
     hold_back: float = 0.3,
+    privacy: PrivacyConfig = PrivacyConfig(),  # noqa: B008 (frozen pydantic model)
 ) -> dict[str, Any]:
     # the cross-site matrix needs local models on the hub: only with shared heads, so that no
     # private head ever leaves its site
@@ -82,6 +84,8 @@ def demo(
         train=train,
         strategy=strategy,
         heads=heads,
+        trust=split.trust,  # every update, opening and commit signed; every party's ledger
+        privacy=privacy,
     )
     coordinator(config)
     budget = rounds * train.local_epochs

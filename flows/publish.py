@@ -28,7 +28,7 @@ def publish(
     """Returns the version registered. ``evals``: the sites' test-fold reports, if at hand
     (the demo has them), for the model card."""
     rnd = round_to_publish(config, target)
-    reports = read_prepare_reports(config.hub_url, config.site_names)
+    reports = read_prepare_reports(config.hub_url, config.site_names, config.trust)
     calibrations = _calibrate(config, target, rnd)
     return publish_model(config, target, rnd, reports, calibrations, evals)
 

@@ -22,5 +22,5 @@ def site_prepare(
     ``$FEDCHEM_SITE_CONFIG``; ``tasks`` left out derives the catalogue from the assay table.
     """
     report = prepare(site, chem, tasks)
-    publish_prepare_report(hub_url, report)
+    publish_prepare_report(hub_url, report, site)
     return report

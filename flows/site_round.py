@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from prefect import flow
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled, Failed, State
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef, TrainConfig
-from fedchem.messages import SiteUpdateManifest
+from fedchem.messages import SiteRefusal, SiteUpdateManifest
 from fedchem.tasks.site import await_round, train_round
 
 
@@ -25,11 +25,16 @@ def site_round(
     """Returns the site's manifest (counts, aggregate metrics, hashes); weights stay on the hub.
 
     The run waits until the coordinator attempt named by ``ticket`` opens the round on the hub
-    and takes the round's fit instructions (the strategy's ask, e.g. FedProx's mu) from the
-    opening. A run whose coordinator attempt was replaced, or whose round was withdrawn (the
-    federation stopped), ends Cancelled without training.
+    and takes the round's fit instructions (the strategy's ask, e.g. FedProx's mu) and plan
+    from the opening. A run whose coordinator attempt was replaced, or whose round was
+    withdrawn (the federation stopped), ends Cancelled without training. A round the site's
+    own policy does not allow ends Failed, the clause named (and on the hub, for the
+    coordinator).
     """
     opened = await_round(hub_url, run_id, round, ticket, open_timeout_s)
     if isinstance(opened, str):
         return Cancelled(message=opened)
-    return train_round(site, hub_url, run_id, round, chem, model, train, opened)
+    result = train_round(site, hub_url, run_id, round, chem, model, train, opened)
+    if isinstance(result, SiteRefusal):
+        return Failed(message=f"refused by the site's policy: {result.clause}")
+    return result

@@ -19,6 +19,9 @@ from fedchem.registry.model import load_weights
 from fedchem.registry.publish import write_domain_support
 from fedchem.registry.store import Registry
 from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.trust.config import TrustConfig
+from fedchem.trust.coordinator import CoordinatorTrust
+from fedchem.trust.signing import SignatureRejected
 
 __all__ = [
     "aggregate",
@@ -30,10 +33,10 @@ __all__ = [
 ]
 
 
-def _is_consistency_error(state: Any) -> bool:
+def _is_permanent(state: Any) -> bool:
     try:
         state.result()
-    except ConsistencyError:
+    except (ConsistencyError, SignatureRejected):
         return True
     except Exception:
         return False
@@ -44,15 +47,23 @@ def _is_consistency_error(state: Any) -> bool:
     retries=3,
     retry_delay_seconds=[1, 4, 10],
     cache_policy=NO_CACHE,
-    retry_condition_fn=lambda task, run, state: not _is_consistency_error(state),
+    retry_condition_fn=lambda task, run, state: not _is_permanent(state),
 )
-def read_prepare_reports(hub_url: str, sites: list[str]) -> list[PrepareReport]:
+def read_prepare_reports(
+    hub_url: str, sites: list[str], trust: TrustConfig | None = None
+) -> list[PrepareReport]:
+    """The sites' preparation reports; in a signed federation each must be signed by its
+    site's pinned key."""
     hub = HubStore(hub_url)
     paths = [HubLayout.site_prepared(s) for s in sites]
     missing = [s for s, there in zip(sites, hub.map(hub.exists, paths), strict=True) if not there]
     if missing:
         raise RuntimeError(f"sites without published preparation: {missing}; run site_prepare")
     reports = [PrepareReport.model_validate(doc) for doc in hub.map(hub.get_json, paths)]
+    if trust is not None:
+        keys = CoordinatorTrust.from_config(trust, need_key=False).keys
+        for site, report in zip(sites, reports, strict=True):
+            keys.verify("prepare-report", report, site)  # SignatureRejected: not transient
     check_consistency(reports)  # a disagreement is not transient: no retry helps
     return reports
 
@@ -68,7 +79,8 @@ def start(config: FederationConfig, reports: list[PrepareReport]) -> list[RoundM
         name, version = reg.resolve(config.init_from.model)
         init = load_weights(reg.read(name, version, "model.safetensors"))
         get_run_logger().info("run %s starts from %s:%d", config.run_id, name, version)
-    coord.start_run(hub, config, [r.label_stats for r in reports], init)
+    trust = coord.coordinator_trust(config)
+    coord.start_run(hub, config, [r.label_stats for r in reports], init, trust)
     write_domain_support(hub, config.run_id, reports)  # the sites' supported columns, united
     committed = committed_rounds(hub, config.run_id)
     if len(committed) > 1:
@@ -104,10 +116,21 @@ def aggregate(
         members=config.site_names,
         quorum=config.quorum(),
         faults=config.faults,
+        trust=coord.coordinator_trust(config),
+        privacy=coord.round_plan(config).privacy,
     )
     logger = get_run_logger()
     for site, why in manifest.rejected.items():
         logger.warning("round %d: update of %s rejected: %s", rnd, site, why)
+    if manifest.dp:
+        logger.info(
+            "round %d: site-level DP, noise multiplier %.3g, clip %g: epsilon %.3f at delta %g",
+            rnd,
+            manifest.dp["noise_multiplier"],
+            manifest.dp["clip"],
+            manifest.dp["epsilon_run"],
+            manifest.dp["delta"],
+        )
     logger.info(
         "round %d committed (%s): %d sites, %d examples, global %s, valid %s",
         rnd,
@@ -134,6 +157,15 @@ def artifact_key(run_id: str, suffix: str) -> str:
     return f"fedchem-{slug}-{suffix}"[:120]
 
 
+def _epsilon(manifest: RoundManifest, site: str) -> dict[str, float]:
+    """The round's epsilon for a site's row: record level its own, site level the round's."""
+    if site in manifest.site_epsilon:
+        return {"epsilon": round(manifest.site_epsilon[site], 3)}
+    if "epsilon_run" in manifest.dp:
+        return {"epsilon": round(manifest.dp["epsilon_run"], 3)}
+    return {}
+
+
 @task(cache_policy=NO_CACHE)
 def report_round(config: FederationConfig, manifest: RoundManifest, progress: UUID) -> None:
     """The UI's view of a committed round: a table of the sites' validation aggregates, and
@@ -146,6 +178,7 @@ def report_round(config: FederationConfig, manifest: RoundManifest, progress: UU
                 "site": s,
                 "examples": manifest.n_examples.get(s, 0),
                 **{k: round(v, 4) for k, v in manifest.valid_summary.get(s, {}).items()},
+                **_epsilon(manifest, s),
             }
             for s in config.site_names
             if s in manifest.valid_summary

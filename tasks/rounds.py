@@ -19,9 +19,11 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling
 
 from fedchem.config import FederationConfig
+from fedchem.federation.coordinator import coordinator_trust, round_plan
 from fedchem.federation.rounds import RunState, collect_replies, open_round, withdraw_round
-from fedchem.messages import FitInstructions, SiteUpdateManifest
-from fedchem.storage.hub import HubStore
+from fedchem.messages import FitInstructions, SiteRefusal, SiteUpdateManifest
+from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.trust.signing import SignatureRejected
 
 __all__ = [
     "await_replies",
@@ -123,8 +125,16 @@ def book_site_runs(
 
 @task(cache_policy=NO_CACHE)
 def open_site_round(config: FederationConfig, rnd: int, ticket: str, fit: FitInstructions) -> None:
-    """The go for round ``rnd``: the sites' runs start training from the last global model."""
-    open_round(HubStore(config.hub_url), config.run_id, rnd, ticket, fit)
+    """The go for round ``rnd``: the sites' runs start training from the last global model.
+
+    The opening carries the round's plan (what the sites' policies check) and, in a signed
+    federation, the coordinator's signature; it is recorded in the coordinator's ledger."""
+    hub, trust = HubStore(config.hub_url), coordinator_trust(config)
+    sign = trust.sign if trust is not None else None
+    _, data = open_round(hub, config.run_id, rnd, ticket, fit, round_plan(config), sign)
+    if trust is not None:
+        path = HubLayout(config.run_id).round_open(rnd)
+        trust.ledger(hub, config.run_id).append("round-open", round=rnd, path=path, data=data)
 
 
 @task(cache_policy=NO_CACHE)
@@ -158,6 +168,18 @@ def await_replies(
             by_id = _states(client, list(ids.values()))
             return {site: _run_state(by_id.get(i)) for site, i in ids.items()}
 
+        trust = coordinator_trust(config, need_key=False)
+        verify = None
+        if trust is not None:
+            keys = trust.keys
+
+            def verify(refusal: SiteRefusal) -> str | None:
+                try:
+                    keys.verify("refusal", refusal, refusal.site)
+                except SignatureRejected as exc:
+                    return str(exc)
+                return None
+
         out = collect_replies(
             HubStore(config.hub_url),
             config.run_id,
@@ -166,6 +188,7 @@ def await_replies(
             states,
             deadline,
             poll_s=config.deployment.poll_interval_s,
+            verify=verify,
         )
         if out.late:
             late = _states(client, [ids[s] for s in out.late])
@@ -177,9 +200,13 @@ def await_replies(
 @task(cache_policy=NO_CACHE)
 def withdraw_site_rounds(config: FederationConfig, rounds: list[int], ticket: str) -> None:
     """Rounds booked that will not run (the federation stopped): their waiting runs end."""
-    hub = HubStore(config.hub_url)
+    hub, trust = HubStore(config.hub_url), coordinator_trust(config)
+    sign = trust.sign if trust is not None else None
     for rnd in rounds:
-        withdraw_round(hub, config.run_id, rnd, ticket)
+        _, data = withdraw_round(hub, config.run_id, rnd, ticket, sign)
+        if trust is not None:
+            path = HubLayout(config.run_id).round_open(rnd)
+            trust.ledger(hub, config.run_id).append("withdrawn", round=rnd, path=path, data=data)
 
 
 @task(cache_policy=NO_CACHE)

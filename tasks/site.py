@@ -20,9 +20,17 @@ from fedchem.config import (
 from fedchem.federation import baselines
 from fedchem.federation import site as site_lib
 from fedchem.federation.rounds import RoundSuperseded, RoundWithdrawn, await_round_open
-from fedchem.messages import EvalReport, FitInstructions, SiteCalibration, SiteUpdateManifest
-from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.messages import (
+    EvalReport,
+    RoundOpen,
+    SiteCalibration,
+    SiteRefusal,
+    SiteUpdateManifest,
+)
+from fedchem.storage.hub import HubLayout, HubStore, json_bytes
 from fedchem.tasks.progress import ArtifactProgress
+from fedchem.trust.ledger import SITE_SCOPE, Ledger
+from fedchem.trust.site import PolicyRefused, SiteGuard, site_signer
 
 if TYPE_CHECKING:
     from fedchem.messages import PrepareReport
@@ -71,23 +79,53 @@ def prepare(
     return report
 
 
+def _ledger(site: SiteConfig, hub: HubStore, scope: str) -> Ledger | None:
+    """The site's ledger in ``scope`` (a copy kept under its workdir); None without a key."""
+    signer = site_signer(site)
+    return None if signer is None else Ledger(hub, scope, signer, site.workdir / "ledger")
+
+
+def _record_reports(site: SiteConfig, hub_url: str, run_id: str, reports: list[EvalReport]) -> None:
+    """Evaluation reports leave the site as flow results, not hub objects: their hashes go
+    into the site's ledger all the same (what left, and when)."""
+    ledger = _ledger(site, HubStore(hub_url), run_id)
+    for r in reports if ledger is not None else []:
+        assert ledger is not None
+        data = json_bytes(r.model_dump(mode="json"))
+        ledger.append("eval-report", data=data, note=f"{r.model} on {r.fold}")
+
+
 @task(retries=3, retry_delay_seconds=[1, 4, 10], cache_policy=NO_CACHE)
-def publish_prepare_report(hub_url: str, report: PrepareReport) -> str:
-    """Put the site's counts on the hub (the coordinator's only view of site data)."""
+def publish_prepare_report(
+    hub_url: str, report: PrepareReport, site: SiteConfig | SiteRef | None = None
+) -> str:
+    """Put the site's counts on the hub (the coordinator's only view of site data); signed
+    and recorded in the site's ledger when ``site`` (its own config) has a signing key."""
     path = HubLayout.site_prepared(report.site)
-    HubStore(hub_url).put_json(path, report.model_dump(mode="json"))
+    hub = HubStore(hub_url)
+    own = resolve_site(site) if site is not None else None
+    signer = site_signer(own) if own is not None else None
+    if own is None or signer is None:
+        hub.put_json(path, report.model_dump(mode="json"))
+        return path
+    report = signer.sign("prepare-report", report)
+    data = json_bytes(report.model_dump(mode="json"))
+    Ledger(hub, SITE_SCOPE, signer, own.workdir / "ledger").append(
+        "prepare-report", path=path, data=data
+    )
+    hub.put_bytes(path, data)
     return path
 
 
 @task(cache_policy=NO_CACHE)
 def await_round(
     hub_url: str, run_id: str, rnd: int, ticket: str, timeout_s: float
-) -> FitInstructions | str:
-    """Wait until the coordinator opens round ``rnd`` under ``ticket``: its fit instructions,
-    or why the run ends without training (a newer coordinator attempt opened the round, or
-    the round was withdrawn)."""
+) -> RoundOpen | str:
+    """Wait until the coordinator opens round ``rnd`` under ``ticket``: its opening (fit
+    instructions and plan), or why the run ends without training (a newer coordinator
+    attempt opened the round, or the round was withdrawn)."""
     try:
-        return await_round_open(HubStore(hub_url), run_id, rnd, ticket, timeout_s).fit
+        return await_round_open(HubStore(hub_url), run_id, rnd, ticket, timeout_s)
     except (RoundSuperseded, RoundWithdrawn) as exc:
         get_run_logger().warning("%s", exc)
         return f"{'superseded' if isinstance(exc, RoundSuperseded) else 'withdrawn'}: {exc}"
@@ -102,20 +140,37 @@ def train_round(
     chem: ChemConfig,
     model: ModelConfig,
     train: TrainConfig,
-    fit: FitInstructions,
-) -> SiteUpdateManifest:
+    opened: RoundOpen,
+) -> SiteUpdateManifest | SiteRefusal:
+    """Train the round under the site's own policy (from its own config: fail-closed without
+    one). A round the policy does not allow is refused: the refusal, with its clause, goes to
+    the hub and is returned, and nothing is trained."""
     site = resolve_site(site)
-    manifest = site_lib.run_site_round(
-        site, HubStore(hub_url), run_id, rnd, chem, model, train, fit
+    hub, logger = HubStore(hub_url), get_run_logger()
+    guard = None
+    try:
+        guard = SiteGuard.load(site)
+        manifest = site_lib.run_site_round(
+            site, hub, run_id, rnd, chem, model, train, opened=opened, guard=guard
+        )
+    except PolicyRefused as refused:
+        logger.warning("round %d site %s: %s", rnd, site.name, refused)
+        return site_lib.refuse_round(hub, run_id, rnd, site.name, refused, guard)
+    dp = (
+        f"; DP {manifest.dp.level}, epsilon {manifest.dp.epsilon_run:.3f} this run, "
+        f"{manifest.dp.epsilon_total:.3f} in all"
+        if manifest.dp is not None
+        else ""
     )
-    get_run_logger().info(
-        "round %d site %s: %d examples, loss %.4f, %.1fs on %s",
+    logger.info(
+        "round %d site %s: %d examples, loss %.4f, %.1fs on %s%s",
         rnd,
         site.name,
         manifest.n_examples,
         manifest.train_loss,
         manifest.train_seconds,
         manifest.device,
+        dp,
     )
     return manifest
 
@@ -131,9 +186,11 @@ def evaluate_global(
     select: Selection = "last",
 ) -> EvalReport:
     site = resolve_site(site)
-    return site_lib.evaluate_global_at_site(
+    report = site_lib.evaluate_global_at_site(
         site, HubStore(hub_url), run_id, rnd, chem, model, select
     )
+    _record_reports(site, hub_url, run_id, [report])
+    return report
 
 
 @task(cache_policy=NO_CACHE)
@@ -148,10 +205,13 @@ def train_local_baseline(
 ) -> EvalReport:
     """The site's local-only model; ``publish_to=(hub_url, run_id)`` also puts its weights on
     the hub for the cross-site evaluation (shared heads only)."""
+    if publish_to is not None:  # before training: the policy may not let the model leave
+        SiteGuard.load(site).check_share_local_models()
     report, arrays = baselines.train_local_only(site, chem, model, train, epochs, label_stats)
     if publish_to is not None:
         hub_url, run_id = publish_to
-        baselines.publish_baseline(HubStore(hub_url), run_id, site.name, arrays)
+        hub = HubStore(hub_url)
+        baselines.publish_baseline(hub, run_id, site.name, arrays, _ledger(site, hub, run_id))
     return report
 
 
@@ -166,10 +226,12 @@ def evaluate_baselines(
 ) -> list[EvalReport]:
     """Other sites' published local-only models, scored on this site's test fold."""
     hub = HubStore(hub_url)
-    return [
+    reports = [
         baselines.evaluate_baseline_at_site(site, hub, run_id, owner, chem, model)
         for owner in owners
     ]
+    _record_reports(site, hub_url, run_id, reports)
+    return reports
 
 
 @task(cache_policy=NO_CACHE)
@@ -191,9 +253,13 @@ def calibrate_for_serving(
     site = resolve_site(site)
     hub = HubStore(hub_url)
     result = calibrate_site(site, hub, run_id, rnd, chem, model, private_tasks)
-    hub.put_json(
-        HubLayout(run_id).site_calibration(site.name), result.message.model_dump(mode="json")
-    )
+    signer, path = site_signer(site), HubLayout(run_id).site_calibration(site.name)
+    message = result.message if signer is None else signer.sign("calibration", result.message)
+    data = json_bytes(message.model_dump(mode="json"))
+    ledger = _ledger(site, hub, run_id)
+    if ledger is not None:
+        ledger.append("calibration", round=rnd, path=path, data=data)
+    hub.put_bytes(path, data)
     version = publish_site_part(Registry(site.registry_url()), model_name, result)
     get_run_logger().info(
         "site %s: calibrated round %d on %d validation molecules (%d tasks); its part is "

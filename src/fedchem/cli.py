@@ -113,6 +113,7 @@ def _demo(args: argparse.Namespace) -> int:
         continuous_as=cfg.continuous_as,
         cycles=cfg.cycles,
         hold_back=cfg.hold_back,
+        privacy=cfg.privacy,
     )
     print(render_markdown(report))
     print(

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from fedchem.federation.strategies import FedAvgMConfig, StrategyConfig
 from fedchem.strict import StrictModel
+from fedchem.trust.config import SUM_STRATEGIES, PrivacyConfig, TrustConfig
 
 __all__ = [
     "ChemConfig",
@@ -191,6 +192,16 @@ class SiteConfig(StrictModel):
         description="the site's own model registry (a directory or any fsspec URL) for what "
         "stays at the site: private heads, its calibration; default: <workdir>/registry",
     )
+    signing_key_file: Path | None = Field(
+        None,
+        description="the site's Ed25519 private key (fedchem keys new): it signs everything "
+        "the site publishes; never leaves the site",
+    )
+    policy_file: Path | None = Field(
+        None,
+        description="the site's own privacy policy (YAML, its admin's): without one the site "
+        "takes part in no federation round (fail-closed)",
+    )
 
     def registry_url(self) -> str:
         return self.registry or str(self.workdir / "registry")
@@ -318,6 +329,16 @@ class FederationConfig(StrictModel):
     init_from: WarmStart | None = Field(
         None, description="round 0 is this registered model (same architecture and tasks)"
     )
+    trust: TrustConfig | None = Field(
+        None,
+        description="every member's pinned public key and the coordinator's own: updates, "
+        "round openings and commits are signed and checked, and every party keeps an audit "
+        "ledger; without it nothing is signed (and sites whose policy requires signatures "
+        "refuse every round)",
+    )
+    privacy: PrivacyConfig = Field(
+        PrivacyConfig(), description="differential privacy: none, site level or record level"
+    )
 
     @field_validator("sites")
     @classmethod
@@ -341,6 +362,22 @@ class FederationConfig(StrictModel):
         q = self.deployment.min_sites
         if q is not None and q > len(self.sites):
             raise ValueError(f"deployment.min_sites={q} exceeds the {len(self.sites)} sites")
+        if self.trust is not None:
+            lacking = sorted(set(self.site_names) - set(self.trust.sites))
+            if lacking:
+                raise ValueError(f"trust.sites has no public key for: {lacking}")
+        if self.privacy.level == "site" and self.strategy.name not in SUM_STRATEGIES:
+            raise ValueError(
+                f"site-level DP wraps strategies that aggregate a sum ({sorted(SUM_STRATEGIES)});"
+                f" {self.strategy.name!r} is not one: noise calibrated to one site's clipped "
+                "delta does not bound what an order statistic or a selection releases. Use "
+                "record-level DP (privacy.level: record) with it instead"
+            )
+        if self.privacy.level == "record" and self.strategy.name == "fedprox":
+            raise ValueError(
+                "record-level DP-SGD clips per-example gradients; FedProx's proximal term is "
+                "not one, so the two are not combined: use fedavg or fedavgm with it"
+            )
         return self
 
     def private_tasks(self) -> list[str]:
@@ -407,6 +444,11 @@ class DemoConfig(StrictModel):
         lt=1,
         description="with cycles > 1: the share of each site's molecules "
         "that arrive in later cycles",
+    )
+    privacy: PrivacyConfig = Field(
+        PrivacyConfig(),
+        description="differential privacy of the federation (e.g. --privacy.level record "
+        "--privacy.target_epsilon 3)",
     )
 
 

@@ -10,17 +10,31 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from fedchem.strict import StrictModel
+from fedchem.trust.config import PrivacyConfig
 
 __all__ = [
+    "DPReport",
     "EvalReport",
     "FitInstructions",
+    "LedgerEntry",
     "PrepareReport",
     "RoundManifest",
     "RoundOpen",
+    "RoundPlan",
     "RowAccount",
+    "Signature",
     "SiteCalibration",
+    "SiteRefusal",
     "SiteUpdateManifest",
 ]
+
+
+class Signature(StrictModel):
+    """An Ed25519 signature (base64) and the id of the key that made it
+    (:mod:`fedchem.trust.signing` says what it covers)."""
+
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    value: str
 
 
 class RowAccount(StrictModel):
@@ -74,6 +88,7 @@ class PrepareReport(StrictModel):
         default_factory=list, description="what the site's data engineer should look at"
     )
     seconds: float
+    signature: Signature | None = None
 
 
 class FitInstructions(StrictModel):
@@ -90,6 +105,18 @@ class FitInstructions(StrictModel):
     )
 
 
+class RoundPlan(StrictModel):
+    """What a round asks of a site, beyond its fit instructions: what the site's policy is
+    checked against before it trains."""
+
+    strategy: str = Field(description="the aggregation strategy's name")
+    sites: list[str] = Field(description="the federation's members this round")
+    quorum: int = Field(ge=1, description="accepted updates the round needs to commit")
+    rounds: int = Field(ge=1, description="the rounds the run is planned for")
+    heads: str = Field(description="shared or private")
+    privacy: PrivacyConfig = PrivacyConfig()
+
+
 class RoundOpen(StrictModel):
     """The coordinator's word on one round: its go (once per round and coordinator attempt), or
     that the round is withdrawn (the federation stopped before it; booked runs end)."""
@@ -102,6 +129,8 @@ class RoundOpen(StrictModel):
     withdrawn: bool = Field(
         False, description="the round will not run: runs booked for it end without training"
     )
+    plan: RoundPlan | None = None
+    signature: Signature | None = None
 
 
 class EvalReport(StrictModel):
@@ -126,6 +155,24 @@ class EvalReport(StrictModel):
     )
 
 
+class DPReport(StrictModel):
+    """The differential privacy a site's update was made under, and its budget so far."""
+
+    level: str
+    noise_multiplier: float
+    clip: float
+    delta: float
+    sample_rate: float = Field(description="record level: Poisson rate; site level: 1")
+    steps: int = Field(description="noisy steps in this round (site level: 1)")
+    epsilon_run: float = Field(description="epsilon at delta of this run up to this round")
+    epsilon_total: float = Field(
+        description="the site's whole budget spent, every run it took part in, at delta"
+    )
+    delta_norm: float | None = Field(
+        None, description="site level: the L2 norm of the uploaded delta, after clipping"
+    )
+
+
 class SiteUpdateManifest(StrictModel):
     run_id: str
     round: int = Field(ge=1)
@@ -142,6 +189,14 @@ class SiteUpdateManifest(StrictModel):
     )
     device: str
     valid: EvalReport
+    shapes: dict[str, list[int]] = Field(
+        default_factory=dict, description="every array of the update: its shape"
+    )
+    policy_sha256: str | None = Field(None, description="the site policy it was made under")
+    dp: DPReport | None = None
+    ledger_seq: int | None = Field(None, description="the site's ledger entry of the update")
+    ledger_sha256: str | None = None
+    signature: Signature | None = None
 
 
 class RoundManifest(StrictModel):
@@ -178,6 +233,16 @@ class RoundManifest(StrictModel):
     )
     round_seconds: float | None = Field(None, description="round start to commit, wall time")
     created_at: str
+    dp: dict[str, float] = Field(
+        default_factory=dict,
+        description="site-level DP: noise_multiplier, clip, delta and the run's epsilon so far",
+    )
+    site_epsilon: dict[str, float] = Field(
+        default_factory=dict,
+        description="record-level DP: each contributing site's epsilon of the run so far, as "
+        "its manifest reports it (at its policy's delta)",
+    )
+    signature: Signature | None = None
 
 
 class SiteCalibration(StrictModel):
@@ -193,3 +258,42 @@ class SiteCalibration(StrictModel):
         description="task -> {kind, n, hist (per class for classification), scale}"
     )
     domain_hist: list[int] | None = None
+    signature: Signature | None = None
+
+
+class SiteRefusal(StrictModel):
+    """A site's no to a round: the clause of its policy the round would break."""
+
+    run_id: str
+    round: int = Field(ge=1)
+    site: str
+    clause: str = Field(description="the policy clause, e.g. dp.max_epsilon")
+    reason: str = Field(description="the clause's limit against what the round asked")
+    policy_sha256: str | None = None
+    at: str
+    signature: Signature | None = None
+
+
+class LedgerEntry(StrictModel):
+    """One link of a party's audit chain: an object it sent, or a decision it took.
+
+    ``prev_sha256`` is the SHA-256 of the previous entry's canonical JSON (its signature
+    included), so an entry removed, inserted or altered breaks the chain after it.
+    """
+
+    seq: int = Field(ge=0)
+    prev_sha256: str | None
+    actor: str
+    scope: str = Field(description="the run id, or 'site' for what is not one run's")
+    kind: str
+    round: int | None = None
+    subject: str | None = Field(None, description="the party the entry is about, if another")
+    path: str | None = Field(None, description="the object on the hub, relative to its root")
+    sha256: str | None = Field(None, description="the object's bytes")
+    size: int | None = None
+    refs: dict[str, str] = Field(
+        default_factory=dict, description="other entries this one relies on, by their hash"
+    )
+    note: str = Field("", description="aggregate words only, e.g. a rejection's reason")
+    at: str
+    signature: Signature | None = None

@@ -43,6 +43,7 @@ def test_a_second_cycle_warm_starts_decides_and_is_not_published_twice(
         chem=chem,
         model=ModelConfig(hidden=32),
         train=TrainConfig(batch_size=32),
+        trust=split.trust,
     )
     coordinator(config)
     target = PublishConfig(registry=str(tmp_path / "registry"), model_name="loop")

@@ -17,7 +17,10 @@ import pytest
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig
 from fedchem.demo.sites import bundled_dataset, split_into_sites
 from fedchem.federation.consistency import ConsistencyError
+from fedchem.messages import PrepareReport
 from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.trust.config import TrustConfig
+from fedchem.trust.signing import SignatureRejected, Signer
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +79,7 @@ def test_two_sites_two_rounds_through_prefect(
         chem=chem,
         model=ModelConfig(hidden=32),
         train=TrainConfig(batch_size=32),
+        trust=split.trust,
     )
     committed = coordinator(config)
 
@@ -104,11 +108,20 @@ def test_two_sites_two_rounds_through_prefect(
     artifact = asyncio.run(_artifact("prepare-site-a"))
     assert artifact is not None and artifact["type"] == "progress" and artifact["data"] == 100.0
 
-    # a site whose pipeline disagrees (here: another key) stops the next federation
+    # a report altered on the hub is refused: it is no longer its site's signed one
     prepared = HubLayout.site_prepared("site-b")
     doc = hub.get_json(prepared)
     doc["consistency"]["key"] = "0" * 16
     hub.put_json(prepared, doc)
+    with pytest.raises(SignatureRejected, match="bad signature on prepare-report from site-b"):
+        coordinator(config.model_copy(update={"run_id": "t2"}))
+    # a site whose pipeline disagrees (here: another key; its own signed report) stops the
+    # next federation
+    signer = Signer.from_file("site-b", split.sites[1].signing_key_file)
+    hub.put_json(
+        prepared,
+        signer.sign("prepare-report", PrepareReport.model_validate(doc)).model_dump(mode="json"),
+    )
     with pytest.raises(ConsistencyError, match="site site-b differs on key"):
         coordinator(config.model_copy(update={"run_id": "t2"}))
     assert not hub.exists(HubLayout("t2").round_manifest(0))
@@ -197,14 +210,16 @@ def test_private_heads_demo_keeps_local_models_at_their_sites(
     assert files and not any("/baselines/" in f for f in files)
 
 
-def _prepared_sites(tmp_path: Path, tiny_dataset: Path, n: int = 2) -> tuple[list, list, str]:
+def _prepared_sites(
+    tmp_path: Path, tiny_dataset: Path, n: int = 2
+) -> tuple[list, list, str, TrustConfig]:
     from fedchem.flows.site_prepare import site_prepare
 
     split = split_into_sites(tiny_dataset, "smiles", n, tmp_path / "sites", seed=3)
     hub_url = str(tmp_path / "hub")
     for s in split.sites:
         site_prepare(site=s, chem=ChemConfig(fp_size=256), tasks=split.tasks, hub_url=hub_url)
-    return split.sites, split.tasks, hub_url
+    return split.sites, split.tasks, hub_url, split.trust
 
 
 def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
@@ -213,7 +228,7 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
     from fedchem.federation.coordinator import ResumeError
     from fedchem.flows.coordinator import coordinator
 
-    sites, tasks, hub_url = _prepared_sites(tmp_path, tiny_dataset)
+    sites, tasks, hub_url, trust = _prepared_sites(tmp_path, tiny_dataset)
     base = FederationConfig(
         run_id="ref",
         hub_url=hub_url,
@@ -224,6 +239,7 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
         model=ModelConfig(hidden=16),
         train=TrainConfig(batch_size=32),
         heads="private",
+        trust=trust,
     )
     reference = coordinator(base)[-1]
     hub, layout = HubStore(hub_url), HubLayout("cut")
@@ -269,7 +285,7 @@ def test_a_failing_site_is_missing_and_the_round_goes_on_with_the_quorum(
     from fedchem.federation.coordinator import QuorumError
     from fedchem.flows.coordinator import coordinator
 
-    sites, tasks, hub_url = _prepared_sites(tmp_path, tiny_dataset, n=3)
+    sites, tasks, hub_url, trust = _prepared_sites(tmp_path, tiny_dataset, n=3)
     broken = sites[2].model_copy(update={"workdir": tmp_path / "nowhere"})  # its data is gone
     config = FederationConfig(
         run_id="tolerate",
@@ -281,6 +297,7 @@ def test_a_failing_site_is_missing_and_the_round_goes_on_with_the_quorum(
         model=ModelConfig(hidden=16),
         train=TrainConfig(batch_size=32),
         deployment=DeploymentConfig(min_sites=2),
+        trust=trust,
     )
     m1 = coordinator(config)[-1]
     assert m1.sites == ["site-a", "site-b"] and m1.missing == ["site-c"]

@@ -17,21 +17,27 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import yaml
 from rdkit import Chem
 
 from fedchem.chem.folds import scaffold_of
 from fedchem.config import SiteConfig, TaskSpec
+from fedchem.federation.strategies import STRATEGY_NAMES
+from fedchem.trust.config import TrustConfig
+from fedchem.trust.keys import ensure_key_pair
 
 __all__ = [
     "BUNDLED",
     "DemoSplit",
     "assay_id_for",
     "bundled_dataset",
+    "demo_policy",
     "model_name",
     "release_held_back",
     "resolve_dataset",
     "site_names",
     "split_into_sites",
+    "write_trust",
 ]
 
 
@@ -95,6 +101,39 @@ class DemoSplit:
     tasks: list[TaskSpec]
     molecules_per_site: dict[str, int]
     tasks_per_site: dict[str, int]
+    trust: TrustConfig
+
+
+def demo_policy(site: str, coordinator_key: str, n_sites: int) -> dict[str, object]:
+    """The policy a demo site's admin would write: signatures required, every strategy, at
+    least two sites per round, the local-only model may leave (the cross-site matrix), no DP
+    required."""
+    return {
+        "site": site,
+        "require_signatures": True,
+        "coordinator_key": coordinator_key,
+        "allowed_strategies": list(STRATEGY_NAMES),
+        "min_sites_per_round": min(2, n_sites),
+        "max_rounds": 1000,
+        "share_local_models": True,
+        "share_heads": True,
+        "dp": {"required": False, "delta": 1e-5},
+    }
+
+
+def write_trust(out_dir: Path, names: list[str]) -> TrustConfig:
+    """Key pairs for the coordinator (``out_dir/coordinator``) and every site, and each site's
+    policy (``out_dir/<site>/policy.yaml``); keys already there are kept."""
+    coordinator = ensure_key_pair(out_dir / "coordinator", "coordinator")
+    sites = {name: ensure_key_pair(out_dir / name, "site").public for name in names}
+    for name in names:
+        policy = demo_policy(name, coordinator.public, len(names))
+        (out_dir / name / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    return TrustConfig(
+        coordinator=coordinator.public,
+        sites=sites,
+        coordinator_key_file=coordinator.private_path,
+    )
 
 
 _ID_NAME = re.compile(r"(^|[\s_-])(id|ids|index|idx|number|no)$", re.IGNORECASE)
@@ -261,6 +300,8 @@ def split_into_sites(
                 workdir=d / "work",
                 key_file=d / "consortium.key",
                 registry=str(d / "registry"),
+                signing_key_file=d / "site.key",
+                policy_file=d / "policy.yaml",
             )
         )
         counts[name] = int(part[site_tasks[s]].notna().any(axis=1).sum())  # measured ones
@@ -278,4 +319,5 @@ def split_into_sites(
         tasks=specs,
         molecules_per_site=counts,
         tasks_per_site={n: len(t) for n, t in zip(names, site_tasks, strict=True)},
+        trust=write_trust(out_dir, names),
     )

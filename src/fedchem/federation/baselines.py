@@ -16,7 +16,8 @@ from fedchem.model.evaluate import evaluate_at_site
 from fedchem.model.selection import EpochSelector
 from fedchem.model.state import dump_arrays, load_arrays, model_to_arrays
 from fedchem.model.train import epoch_lr_factors, train_epochs
-from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.storage.hub import HubLayout, HubStore, json_bytes
+from fedchem.trust.ledger import Ledger
 from fedchem.types import StateArrays
 
 __all__ = ["evaluate_baseline_at_site", "publish_baseline", "train_local_only"]
@@ -62,14 +63,21 @@ def train_local_only(
     return report.model_copy(update={"selected": selected}), model_to_arrays(model)
 
 
-def publish_baseline(hub: HubStore, run_id: str, site: str, arrays: StateArrays) -> str:
-    """Put a site's local-only model on the hub for the cross-site evaluation (opt-in; the
-    demo does it only with shared heads, so no private head ever leaves its site)."""
+def publish_baseline(
+    hub: HubStore, run_id: str, site: str, arrays: StateArrays, ledger: Ledger | None = None
+) -> str:
+    """Put a site's local-only model on the hub for the cross-site evaluation (opt-in, by the
+    site's policy; the demo does it only with shared heads, so no private head ever leaves
+    its site). ``ledger``: the site's, which records both objects."""
     layout = HubLayout(run_id)
     data = dump_arrays(arrays)
     hub.put_bytes(layout.baseline_model(site), data)
     sha = hashlib.sha256(data).hexdigest()
-    hub.put_json(layout.baseline_manifest(site), {"site": site, "sha256": sha})
+    manifest = json_bytes({"site": site, "sha256": sha})
+    if ledger is not None:
+        ledger.append("local-model", path=layout.baseline_model(site), data=data)
+        ledger.append("local-model-manifest", path=layout.baseline_manifest(site), data=manifest)
+    hub.put_bytes(layout.baseline_manifest(site), manifest)
     return sha
 
 

@@ -12,12 +12,16 @@ import hashlib
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from fedchem.messages import RoundManifest
 from fedchem.model.selection import pick_best
 from fedchem.model.state import dump_arrays, load_arrays
-from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.storage.hub import HubLayout, HubStore, json_bytes
 from fedchem.types import StateArrays
+
+if TYPE_CHECKING:
+    from fedchem.trust.coordinator import CoordinatorTrust
 
 __all__ = ["best_round", "commit_round", "committed_rounds", "read_round", "record_best_round"]
 
@@ -38,11 +42,18 @@ def commit_round(
     valid_score: dict[str, float] | None = None,
     started_at: float | None = None,
     config_digest: dict[str, str] | None = None,
+    dp: dict[str, float] | None = None,
+    site_epsilon: dict[str, float] | None = None,
+    trust: CoordinatorTrust | None = None,
+    refs: dict[str, str] | None = None,
 ) -> RoundManifest:
     """Write the model (and strategy state), then the manifest that commits them.
 
     The manifest goes last: a coordinator killed before it leaves an uncommitted round, which
-    readers ignore and a resumed run redoes (overwriting the same paths).
+    readers ignore and a resumed run redoes (overwriting the same paths). With ``trust`` the
+    manifest is signed by the coordinator (a site trains only from a signed commit) and the
+    commit is recorded in the coordinator's ledger, with ``refs``: the sites' ledger entries
+    of the updates it was made from.
     """
     layout = HubLayout(run_id)
     hub.put_bytes(layout.global_model(rnd), data)
@@ -71,8 +82,21 @@ def commit_round(
         valid_score=valid_score or {},
         round_seconds=None if started_at is None else time.time() - started_at,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        dp=dp or {},
+        site_epsilon=site_epsilon or {},
     )
-    hub.put_json(layout.round_manifest(rnd), manifest.model_dump(mode="json"))
+    if trust is None:
+        hub.put_json(layout.round_manifest(rnd), manifest.model_dump(mode="json"))
+        return manifest
+    manifest = trust.sign("round-commit", manifest)
+    ledger = trust.ledger(hub, run_id)
+    ledger.append("global", round=rnd, path=layout.global_model(rnd), data=data)
+    written = json_bytes(manifest.model_dump(mode="json"))
+    # recorded before it is written: a commit on the hub is always in the ledger
+    ledger.append(
+        "round-commit", round=rnd, path=layout.round_manifest(rnd), data=written, refs=refs
+    )
+    hub.put_bytes(layout.round_manifest(rnd), written)
     return manifest
 
 

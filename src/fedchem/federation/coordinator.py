@@ -6,29 +6,75 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from fedchem.config import FaultConfig, FederationConfig, ModelConfig
 from fedchem.federation.commits import commit_round, read_round
-from fedchem.federation.strategies import FedAvg, Strategy
+from fedchem.federation.strategies import FedAvg, SiteLevelDP, Strategy, build_strategy
 from fedchem.federation.validation import check_arrays, screen_updates
-from fedchem.messages import RoundManifest, SiteUpdateManifest
+from fedchem.messages import RoundManifest, RoundPlan, SiteUpdateManifest
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import dump_arrays, model_to_arrays
 from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.trust.config import PrivacyConfig
 from fedchem.types import StateArrays
+
+if TYPE_CHECKING:
+    from fedchem.trust.coordinator import CoordinatorTrust
 
 __all__ = [
     "QuorumError",
     "ResumeError",
     "aggregate_round",
     "config_digest",
+    "coordinator_trust",
     "initial_model",
     "pooled_label_stats",
+    "round_plan",
     "start_run",
+    "strategy_for",
 ]
+
+
+def coordinator_trust(config: FederationConfig, need_key: bool = True) -> CoordinatorTrust | None:
+    """The coordinator's keys for ``config`` (None: an unsigned federation)."""
+    if config.trust is None:
+        return None
+    from fedchem.trust.coordinator import CoordinatorTrust
+
+    return CoordinatorTrust.from_config(config.trust, need_key)
+
+
+def round_plan(config: FederationConfig) -> RoundPlan:
+    """What every round asks of the sites, for their policies: strategy, members, quorum,
+    rounds, heads and the DP (site level with its noise multiplier resolved)."""
+    from fedchem.trust.coordinator import resolve_privacy
+
+    return RoundPlan(
+        strategy=config.strategy.name,
+        sites=config.site_names,
+        quorum=config.quorum(),
+        rounds=config.rounds,
+        heads=config.heads,
+        privacy=resolve_privacy(config.privacy, config.rounds),
+    )
+
+
+def strategy_for(config: FederationConfig) -> Strategy:
+    """The configured strategy; with site-level DP, wrapped in
+    :class:`~fedchem.federation.strategies.SiteLevelDP` (noise on the sum of clipped deltas;
+    the model's target-scaling buffers are left alone)."""
+    strategy = build_strategy(config.strategy)
+    privacy = round_plan(config).privacy
+    if privacy.level != "site":
+        return strategy
+    assert privacy.noise_multiplier is not None  # resolved by round_plan
+    net = build_model(config.chem.fp_size, len(config.tasks), config.model)
+    frozen = [name for name, _ in net.named_buffers()]
+    return SiteLevelDP(strategy, privacy.clip, privacy.noise_multiplier, frozen)
 
 
 def pooled_label_stats(
@@ -104,6 +150,7 @@ def start_run(
     config: FederationConfig,
     label_stats: Sequence[dict[str, dict[str, float]]],
     init: StateArrays | None = None,
+    trust: CoordinatorTrust | None = None,
 ) -> RoundManifest:
     """Commit round 0 (the initial global model), or return it if this run already has one.
 
@@ -133,7 +180,7 @@ def start_run(
         arrays = init
     data = dump_arrays(arrays)
     how = "init" if init is None else "warm-start"
-    return commit_round(hub, config.run_id, 0, data, how, {}, {}, config_digest=digest)
+    return commit_round(hub, config.run_id, 0, data, how, {}, {}, config_digest=digest, trust=trust)
 
 
 def _read_or_error(hub: HubStore, rel: str) -> bytes | Exception:
@@ -161,6 +208,8 @@ def aggregate_round(
     members: Sequence[str] | None = None,
     quorum: int = 1,
     faults: FaultConfig | None = None,
+    trust: CoordinatorTrust | None = None,
+    privacy: PrivacyConfig | None = None,
 ) -> RoundManifest:
     """Screen the sites' updates for round ``rnd``, aggregate the accepted ones, commit.
 
@@ -170,8 +219,26 @@ def aggregate_round(
     :class:`QuorumError`, and nothing is written). ``members``: the federation's sites
     (default: the replying ones). Updates are combined in site-name order, so the committed
     bytes do not depend on the order in which the replies arrived.
+
+    With ``trust``, an update must first pass
+    :meth:`~fedchem.trust.coordinator.CoordinatorTrust.check_update` (its site's signature,
+    backed by its site's ledger, no second update); every update taken or rejected, and the
+    commit, go into the coordinator's ledger. ``privacy`` (resolved: site level carries its
+    noise multiplier): with site-level DP an update whose delta exceeds the clip norm is
+    rejected, and the round manifest reports the run's epsilon so far.
     """
     replies = sorted(replies, key=lambda m: m.site)
+    pre_rejected: dict[str, str] = {}
+    ledger = trust.ledger(hub, run_id) if trust is not None else None
+    if trust is not None:
+        checked = []
+        for m in replies:
+            why = trust.check_update(hub, m, ledger)
+            if why is None:
+                checked.append(m)
+            else:
+                pre_rejected[m.site] = why[:300]
+        replies = checked
     strategy = strategy or FedAvg()
     faults = faults or FaultConfig()
     missing = dict(failures) if isinstance(failures, dict) else {s: "no reply" for s in failures}
@@ -191,7 +258,21 @@ def aggregate_round(
         ),
         max_norm_ratio=faults.max_norm_ratio,
         min_for_norm=faults.min_for_norm_check,
+        max_delta_norm=privacy.clip if privacy is not None and privacy.level == "site" else None,
     )
+    screened.rejected = {**pre_rejected, **screened.rejected}
+    if ledger is not None:
+        for m in screened.manifests:
+            ledger.append(
+                "received",
+                round=rnd,
+                subject=m.site,
+                path=m.update_path,
+                sha256=m.update_sha256,
+                refs={m.site: str(m.ledger_sha256)},
+            )
+        for site, why in sorted(screened.rejected.items()):
+            ledger.append("rejected", round=rnd, subject=site, note=why)
     if len(screened.accepted) < max(quorum, 1):
         raise QuorumError(
             f"round {rnd}: {len(screened.accepted)} accepted update(s), quorum is "
@@ -204,6 +285,17 @@ def aggregate_round(
     used = {m.site: m for m in screened.manifests if m.site in result.used_sites}
     weights = {s: m.n_examples for s, m in used.items()}
     summaries = {m.site: m.valid.summary for m in screened.manifests}
+    dp: dict[str, float] = {}
+    if privacy is not None and privacy.level == "site" and privacy.noise_multiplier:
+        from fedchem.trust.dp import Steps, epsilon
+
+        z = privacy.noise_multiplier
+        dp = {
+            "noise_multiplier": z,
+            "clip": privacy.clip,
+            "delta": privacy.delta,
+            "epsilon_run": epsilon([Steps(1.0, z, rnd)], privacy.delta),
+        }
     return commit_round(
         hub,
         run_id,
@@ -220,4 +312,12 @@ def aggregate_round(
             rnd, summaries, {m.site: m.n_examples for m in screened.manifests}
         ),
         started_at=started_at,
+        dp=dp,
+        site_epsilon={
+            m.site: m.dp.epsilon_run
+            for m in screened.manifests
+            if m.site in used and m.dp is not None and m.dp.level == "record"
+        },
+        trust=trust,
+        refs={s: str(m.ledger_sha256) for s, m in used.items() if m.ledger_sha256},
     )

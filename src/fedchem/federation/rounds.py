@@ -30,7 +30,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from fedchem.messages import FitInstructions, RoundOpen, SiteUpdateManifest
+from fedchem.messages import (
+    FitInstructions,
+    RoundOpen,
+    RoundPlan,
+    SiteRefusal,
+    SiteUpdateManifest,
+)
 from fedchem.storage.hub import HubLayout, HubStore
 
 __all__ = [
@@ -70,17 +76,32 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+#: signs a coordinator message of a kind (the coordinator's key); None: unsigned
+Sign = Callable[[str, RoundOpen], RoundOpen]
+
+
 def open_round(
-    hub: HubStore, run_id: str, rnd: int, ticket: str, fit: FitInstructions
-) -> RoundOpen:
+    hub: HubStore,
+    run_id: str,
+    rnd: int,
+    ticket: str,
+    fit: FitInstructions,
+    plan: RoundPlan | None = None,
+    sign: Sign | None = None,
+) -> tuple[RoundOpen, bytes]:
     """Open round ``rnd`` for the runs booked under ``ticket`` (after round ``rnd - 1`` was
-    committed: the waiting runs start from that global model)."""
-    doc = RoundOpen(run_id=run_id, round=rnd, ticket=ticket, fit=fit, opened_at=_now())
-    hub.put_json(HubLayout(run_id).round_open(rnd), doc.model_dump(mode="json"))
-    return doc
+    committed: the waiting runs start from that global model). ``plan``: what the sites'
+    policies are checked against; ``sign``: the coordinator's signature. Returns the opening
+    and the bytes written."""
+    doc = RoundOpen(run_id=run_id, round=rnd, ticket=ticket, fit=fit, opened_at=_now(), plan=plan)
+    if sign is not None:
+        doc = sign("round-open", doc)
+    return doc, hub.put_json(HubLayout(run_id).round_open(rnd), doc.model_dump(mode="json"))
 
 
-def withdraw_round(hub: HubStore, run_id: str, rnd: int, ticket: str) -> RoundOpen:
+def withdraw_round(
+    hub: HubStore, run_id: str, rnd: int, ticket: str, sign: Sign | None = None
+) -> tuple[RoundOpen, bytes]:
     """Tell the runs booked for round ``rnd`` under ``ticket`` that it will not run."""
     doc = RoundOpen(
         run_id=run_id,
@@ -90,8 +111,9 @@ def withdraw_round(hub: HubStore, run_id: str, rnd: int, ticket: str) -> RoundOp
         opened_at=_now(),
         withdrawn=True,
     )
-    hub.put_json(HubLayout(run_id).round_open(rnd), doc.model_dump(mode="json"))
-    return doc
+    if sign is not None:
+        doc = sign("round-open", doc)
+    return doc, hub.put_json(HubLayout(run_id).round_open(rnd), doc.model_dump(mode="json"))
 
 
 def await_round_open(
@@ -136,14 +158,21 @@ def await_round_open(
 
 
 def read_replies(
-    hub: HubStore, run_id: str, rnd: int, sites: list[str]
+    hub: HubStore,
+    run_id: str,
+    rnd: int,
+    sites: list[str],
+    verify: Callable[[SiteRefusal], str | None] | None = None,
 ) -> dict[str, SiteUpdateManifest | str]:
     """The update manifests of round ``rnd`` now on the hub, for those of ``sites`` that have
     one: one listing, then one read per manifest found. A manifest that cannot be read as one
-    comes back as the reason (the site replied, with nothing usable)."""
+    comes back as the reason (the site replied, with nothing usable), and so does a site's
+    refusal (the clause of its policy). ``verify`` says why a refusal is not its site's (a
+    bad signature); such a refusal is named as such."""
     layout = HubLayout(run_id)
     present = set(hub.list_files(f"{layout.round_dir(rnd)}/sites"))
     found = [s for s in sites if layout.site_manifest(rnd, s) in present]
+    refused = [s for s in sites if s not in found and layout.site_refusal(rnd, s) in present]
 
     def read(site: str) -> SiteUpdateManifest | str:
         try:
@@ -151,7 +180,21 @@ def read_replies(
         except (ValueError, OSError) as exc:  # not JSON, not a manifest, gone again
             return f"unreadable update manifest ({type(exc).__name__})"
 
-    return dict(zip(found, hub.map(read, found), strict=True))
+    def read_refusal(site: str) -> str:
+        try:
+            refusal = SiteRefusal.model_validate(hub.get_json(layout.site_refusal(rnd, site)))
+        except (ValueError, OSError) as exc:
+            return f"unreadable refusal ({type(exc).__name__})"
+        why = verify(refusal) if verify is not None else None
+        if why is not None:
+            return f"a refusal not signed by the site ({why})"[:300]
+        if (refusal.run_id, refusal.round, refusal.site) != (run_id, rnd, site):
+            return "a refusal of another round"
+        return f"refused by its policy: {refusal.clause} ({refusal.reason})"[:400]
+
+    out: dict[str, SiteUpdateManifest | str] = dict(zip(found, hub.map(read, found), strict=True))
+    out.update(zip(refused, hub.map(read_refusal, refused), strict=True))
+    return out
 
 
 @dataclass(frozen=True)
@@ -183,6 +226,7 @@ def collect_replies(
     states_every_s: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
+    verify: Callable[[SiteRefusal], str | None] | None = None,
 ) -> SiteReplies:
     """Wait for round ``rnd``'s replies until every site of ``sites`` replied or its run ended,
     or ``deadline`` (a ``clock()`` time) passed.
@@ -202,7 +246,7 @@ def collect_replies(
             now = states()
             next_states = clock() + max(poll_s, states_every_s)
             ended = {s: st.name for s, st in now.items() if st.final}
-        got.update(read_replies(hub, run_id, rnd, [s for s in sites if s not in got]))
+        got.update(read_replies(hub, run_id, rnd, [s for s in sites if s not in got], verify))
         waiting = [s for s in sites if s not in got and s not in ended]
         left = deadline - clock()
         if not waiting or left <= 0:
@@ -212,7 +256,7 @@ def collect_replies(
     if waiting:  # the deadline passed: a fresh look at the runs, and at what they sent
         now = states()
         ended.update({s: now[s].name for s in waiting if s in now and now[s].final})
-        got.update(read_replies(hub, run_id, rnd, [s for s in waiting if s in ended]))
+        got.update(read_replies(hub, run_id, rnd, [s for s in waiting if s in ended], verify))
         for s in waiting:
             if s not in got and s not in ended:
                 out.late[s] = now[s].name if s in now else "no state"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,8 @@ from fedchem.messages import (
     EvalReport,
     FitInstructions,
     RoundManifest,
+    RoundOpen,
+    SiteRefusal,
     SiteUpdateManifest,
 )
 from fedchem.model.calibrate import calibrate, conformal_report
@@ -30,7 +34,10 @@ from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.selection import BestSoFar
 from fedchem.model.state import arrays_to_model, dump_arrays, load_arrays, model_to_arrays
 from fedchem.model.train import train_epochs
-from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.storage.hub import HubLayout, HubStore, json_bytes
+from fedchem.trust.dp import clip_delta, delta_norm
+from fedchem.trust.ledger import entry_sha256
+from fedchem.trust.site import PolicyRefused, SiteGuard
 from fedchem.types import StateArrays
 
 __all__ = [
@@ -40,6 +47,7 @@ __all__ = [
     "load_site_dataset",
     "model_for",
     "private_head_path",
+    "refuse_round",
     "run_site_round",
     "scored_on_test",
     "selected_round",
@@ -56,10 +64,18 @@ def site_seed(base: int, site: str, rnd: int) -> int:
     return (base * 1_000_003 + zlib.crc32(site.encode()) + rnd * 7919) % (2**31)
 
 
-def fetch_global(hub: HubStore, run_id: str, rnd: int) -> tuple[StateArrays, str]:
-    """The committed global model of round ``rnd``; its hash must match the round manifest."""
+def fetch_global(
+    hub: HubStore,
+    run_id: str,
+    rnd: int,
+    verify: Callable[[RoundManifest], None] | None = None,
+) -> tuple[StateArrays, str]:
+    """The committed global model of round ``rnd``; its hash must match the round manifest,
+    and ``verify`` (a site's check of the coordinator's signature) must accept the manifest."""
     layout = HubLayout(run_id)
     manifest = RoundManifest.model_validate(hub.get_json(layout.round_manifest(rnd)))
+    if verify is not None:
+        verify(manifest)
     what = f"global model of round {rnd}"
     data = hub.get_verified(manifest.global_path, manifest.global_sha256, what)
     return load_arrays(data), manifest.global_sha256
@@ -149,20 +165,49 @@ def run_site_round(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     fit: FitInstructions | None = None,
+    *,
+    opened: RoundOpen | None = None,
+    guard: SiteGuard | None = None,
 ) -> SiteUpdateManifest:
     """Train round ``rnd`` from the global model of ``rnd - 1``; write update + manifest.
 
-    ``fit`` carries what the coordinator's strategy asks of every site (e.g. FedProx's mu).
+    ``fit`` carries what the coordinator's strategy asks of every site (e.g. FedProx's mu);
+    with ``opened`` (the coordinator's opening of the round) its instructions and plan. With
+    ``guard`` (the site's policy, key and budget) the opening and the model the round starts
+    from must be signed by the pinned coordinator, the plan must pass every clause of the
+    policy and the round's privacy releases must fit the site's budget (else
+    :class:`~fedchem.trust.site.PolicyRefused`, before anything is trained); the update and
+    its manifest are then signed and recorded in the site's ledger. The plan's DP is applied:
+    record level trains with DP-SGD, site level clips the model delta to the plan's norm.
     """
+    if opened is not None:
+        fit = opened.fit
     fit = fit or FitInstructions()
     start = time.perf_counter()
-    arrays, base_sha = fetch_global(hub, run_id, rnd - 1)
+    ds = load_site_dataset(site)
+    plan = None
+    if guard is not None:
+        if opened is None:
+            raise ValueError("a guarded round needs the coordinator's opening")
+        plan = guard.check_round(opened, list(ds.task_names))
+    verify = None
+    if guard is not None:
+        g = guard
+
+        def verify(m: RoundManifest) -> None:
+            g.verify_coordinator("round-commit", m)
+
+    arrays, base_sha = fetch_global(hub, run_id, rnd - 1, verify)
     done = _published_update(hub, run_id, rnd, site.name, base_sha)
     if done is not None:  # a resumed coordinator asks again: the same answer, not a new one
         return done
-    ds = load_site_dataset(site)
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
     valid = ds.folds([chem.valid_fold])
+    privacy = (
+        guard.privacy(run_id, rnd, plan, len(train), train_cfg.batch_size, train_cfg.local_epochs)
+        if guard is not None and plan is not None
+        else None
+    )
     model = model_for(ds, model_cfg, arrays)
     private = private_rows(ds, fit.private_tasks)
     state_dir = site.workdir / "runs" / run_id
@@ -173,26 +218,57 @@ def run_site_round(
     # state as the first time (bitwise-identical result)
     opt_path = state_dir / f"optimizer-{rnd - 1:04d}.pt"
     opt_state = torch.load(opt_path, weights_only=True) if rnd > 1 and opt_path.exists() else None
-    stats, opt_state = train_epochs(
-        model,
-        train,
-        train_cfg,
-        train_cfg.local_epochs,
-        site_seed(train_cfg.seed, site.name, rnd),
-        opt_state,
-        proximal_mu=fit.proximal_mu,
-        lr_factors=[fit.lr_factor] * train_cfg.local_epochs,
-    )
+    seed = site_seed(train_cfg.seed, site.name, rnd)
+    factors = [fit.lr_factor] * train_cfg.local_epochs
+    if privacy is not None and privacy.level == "record":
+        from fedchem.model.private import train_epochs_private  # Opacus: DP runs only
+
+        stats, opt_state, _ = train_epochs_private(
+            model,
+            train,
+            train_cfg,
+            train_cfg.local_epochs,
+            seed,
+            noise_multiplier=privacy.noise_multiplier,
+            clip=privacy.clip,
+            optimizer_state=opt_state,
+            lr_factors=factors,
+        )
+    else:
+        stats, opt_state = train_epochs(
+            model,
+            train,
+            train_cfg,
+            train_cfg.local_epochs,
+            seed,
+            opt_state,
+            proximal_mu=fit.proximal_mu,
+            lr_factors=factors,
+        )
     _save_optimizer(opt_state, state_dir, rnd)
     report = evaluate_at_site(model, valid, site=site.name, model_name=f"round-{rnd}", fold="valid")
     upload = model_to_arrays(model)
+    site_dp = privacy is not None and privacy.level == "site"
     if private.size:  # the site's own heads stay here; the hub gets zeros in their rows
         _save_private_head(model, private_head_path(state_dir, rnd), private)
-        for name in ("head.weight", "head.bias"):
-            upload[name][private] = 0.0
+        for name in ("head.weight", "head.bias"):  # (site-level DP: the global's rows, so
+            upload[name][private] = arrays[name][private] if site_dp else 0.0  # no delta)
+    norm = None
+    if site_dp:
+        assert privacy is not None
+        upload, _ = clip_delta(upload, arrays, privacy.clip)
+        norm = delta_norm(upload, arrays)
     data = dump_arrays(upload)
     layout = HubLayout(run_id)
+    if guard is not None and privacy is not None:
+        guard.spend(run_id, rnd, privacy)  # before anything leaves: never under-counted
+    ledger = guard.ledger(hub, run_id) if guard is not None else None
     hub.put_bytes(layout.site_update(rnd, site.name), data)
+    entry = (
+        ledger.append("update", round=rnd, path=layout.site_update(rnd, site.name), data=data)
+        if ledger is not None
+        else None
+    )
     manifest = SiteUpdateManifest(
         run_id=run_id,
         round=rnd,
@@ -207,9 +283,46 @@ def run_site_round(
         site_seconds=time.perf_counter() - start,
         device=stats.device,
         valid=report,
+        shapes={k: list(v.shape) for k, v in sorted(upload.items())},
+        policy_sha256=guard.policy_sha256 if guard is not None else None,
+        dp=privacy.report(norm) if privacy is not None else None,
+        ledger_seq=entry.seq if entry is not None else None,
+        ledger_sha256=entry_sha256(entry) if entry is not None else None,
     )
-    hub.put_json(layout.site_manifest(rnd, site.name), manifest.model_dump(mode="json"))
+    if guard is not None:
+        manifest = guard.sign("site-update", manifest)
+    written = json_bytes(manifest.model_dump(mode="json"))
+    if ledger is not None:  # recorded before it is sent
+        ledger.append(
+            "manifest", round=rnd, path=layout.site_manifest(rnd, site.name), data=written
+        )
+    hub.put_bytes(layout.site_manifest(rnd, site.name), written)  # the reply: written last
     return manifest
+
+
+def refuse_round(
+    hub: HubStore, run_id: str, rnd: int, site: str, refused: PolicyRefused, guard: SiteGuard | None
+) -> SiteRefusal:
+    """Publish the site's no to round ``rnd`` (the clause and its limit; signed and recorded
+    when the site has a key): the coordinator counts the site missing with that reason."""
+    refusal = SiteRefusal(
+        run_id=run_id,
+        round=rnd,
+        site=site,
+        clause=refused.clause,
+        reason=refused.reason,
+        policy_sha256=guard.policy_sha256 if guard is not None else None,
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    if guard is not None:
+        refusal = guard.sign("refusal", refusal)
+    path = HubLayout(run_id).site_refusal(rnd, site)
+    written = json_bytes(refusal.model_dump(mode="json"))
+    ledger = guard.ledger(hub, run_id) if guard is not None else None
+    if ledger is not None:
+        ledger.append("refusal", round=rnd, path=path, data=written, note=refused.clause)
+    hub.put_bytes(path, written)
+    return refusal
 
 
 def global_model_at_site(

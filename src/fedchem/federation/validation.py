@@ -69,9 +69,12 @@ def screen_updates(
     fetch: Callable[[SiteUpdateManifest], bytes],
     max_norm_ratio: float = 10.0,
     min_for_norm: int = 3,
+    max_delta_norm: float | None = None,
 ) -> Screened:
     """Check every reply of round ``rnd``; ``fetch`` returns an update's verified bytes (and
-    raises :class:`~fedchem.storage.hub.IntegrityError` on a hash mismatch)."""
+    raises :class:`~fedchem.storage.hub.IntegrityError` on a hash mismatch).
+    ``max_delta_norm``: site-level DP's clip norm, which no update's distance from the
+    global model may exceed."""
     out = Screened()
     seen: set[str] = set()
     candidates: list[tuple[SiteUpdateManifest, StateArrays]] = []
@@ -113,6 +116,13 @@ def screen_updates(
         if why is not None:
             out.rejected[m.site] = f"invalid update: {why}"
             continue
+        if max_delta_norm is not None:
+            norm = update_norm(arrays, reference)
+            if norm > max_delta_norm * (1 + 1e-4):
+                out.rejected[m.site] = (
+                    f"update exceeds the DP clip norm: {norm:.4g} > {max_delta_norm:g}"
+                )
+                continue
         candidates.append((m, arrays))
     norms = {m.site: update_norm(a, reference) for m, a in candidates}
     median = float(np.median(list(norms.values()))) if norms else 0.0

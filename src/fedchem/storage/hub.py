@@ -7,12 +7,16 @@ Layout (all under the hub URL)::
     runs/<run_id>/rounds/<NNNN>/manifest.json           round manifest; written last = committed
     runs/<run_id>/rounds/<NNNN>/sites/<site>/update.npz one site's update for round NNNN
     runs/<run_id>/rounds/<NNNN>/sites/<site>/manifest.json
+    runs/<run_id>/rounds/<NNNN>/sites/<site>/refusal.json  the site's policy said no (clause)
     runs/<run_id>/baselines/<site>/model.npz            a site's local-only model, opt-in, for
     runs/<run_id>/baselines/<site>/manifest.json        the cross-site evaluation (shared heads)
     runs/<run_id>/best.json                             the best round by the sites' validation
     runs/<run_id>/domain/support.json                   the sites' supported feature columns
     runs/<run_id>/calibration/<site>.json               a site's calibration, binned counts
     sites/<site>/prepared.json                          the site's preparation report (counts)
+    ledger/<run_id or _site>/<actor>/<seq>.json         each party's signed audit chain
+    private/<site>/...                                  a site's own area (e.g. its registry
+                                                        part); no one else reads it
 
 Objects are written whole: on a local directory through a temporary name and a rename, on S3
 by a single PUT. Nothing but models and manifests ever lands here.
@@ -40,7 +44,14 @@ import fsspec
 import tenacity
 from fsspec.implementations.local import LocalFileSystem
 
-__all__ = ["HubLayout", "HubStore", "IntegrityError", "RetryPolicy", "is_transient"]
+__all__ = [
+    "HubLayout",
+    "HubStore",
+    "IntegrityError",
+    "RetryPolicy",
+    "is_transient",
+    "json_bytes",
+]
 
 _log = logging.getLogger("fedchem.hub")
 _T = TypeVar("_T")
@@ -140,6 +151,11 @@ class RetryPolicy:
         return retrying(fn)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """The hub's JSON encoding of ``obj``: sorted keys, indented, UTF-8."""
+    return json.dumps(obj, indent=2, sort_keys=True).encode("utf-8")
+
+
 @dataclass(frozen=True)
 class HubLayout:
     run_id: str
@@ -165,6 +181,10 @@ class HubLayout:
 
     def site_manifest(self, rnd: int, site: str) -> str:
         return f"{self.round_dir(rnd)}/sites/{site}/manifest.json"
+
+    def site_refusal(self, rnd: int, site: str) -> str:
+        """A site's refusal of round ``rnd``: the clause of its policy (SiteRefusal)."""
+        return f"{self.round_dir(rnd)}/sites/{site}/refusal.json"
 
     def best(self) -> str:
         return f"runs/{self.run_id}/best.json"
@@ -250,8 +270,11 @@ class HubStore:
             )
         return data
 
-    def put_json(self, rel: str, obj: Any) -> None:
-        self.put_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
+    def put_json(self, rel: str, obj: Any) -> bytes:
+        """Write ``obj`` as JSON; returns the bytes written (what a ledger entry hashes)."""
+        data = json_bytes(obj)
+        self.put_bytes(rel, data)
+        return data
 
     def get_json(self, rel: str) -> Any:
         return json.loads(self.get_bytes(rel))

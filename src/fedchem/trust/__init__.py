@@ -1,0 +1,2 @@
+"""Trust without seeing: identities and signatures, site policies, differential privacy,
+the audit ledger."""

@@ -1,0 +1,143 @@
+"""What the parties configure for trust: the coordinator's allowlist of keys, the federation's
+differential privacy, and each site's own privacy policy (its admin's file, on its own disk).
+
+Plain pydantic: the coordinator and the messages import it without cryptography or torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from fedchem.strict import StrictModel
+
+__all__ = ["DPPolicy", "PrivacyConfig", "SitePolicy", "TrustConfig", "is_public_key_text"]
+
+#: strategies whose aggregate is a (weighted) sum: site-level DP noise calibrated to one
+#: site's clipped delta bounds them; order statistics (median, trimmed mean) and selection
+#: (Krum) are not sums, and the noise would not bound what they release
+SUM_STRATEGIES = frozenset({"fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi"})
+
+
+def is_public_key_text(text: str) -> bool:
+    return text.startswith("ed25519:") and len(text) > len("ed25519:")
+
+
+class TrustConfig(StrictModel):
+    """The coordinator's side: every member's pinned public key, and its own key pair."""
+
+    coordinator: str = Field(description="the coordinator's public key, ed25519:<base64>")
+    sites: dict[str, str] = Field(
+        description="the allowlist: site name -> its public key (ed25519:<base64>); an update "
+        "signed by any other key is rejected"
+    )
+    coordinator_key_file: Path | None = Field(
+        None,
+        description="the coordinator's private key (on the coordinator's disk; needed to run "
+        "rounds, not to read them)",
+    )
+
+    @field_validator("coordinator")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not is_public_key_text(v):
+            raise ValueError("expected ed25519:<base64> (fedchem keys new prints one)")
+        return v
+
+    @field_validator("sites")
+    @classmethod
+    def _keys(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(s for s, k in v.items() if not is_public_key_text(k))
+        if bad:
+            raise ValueError(f"not ed25519:<base64> public keys for: {bad}")
+        if len(set(v.values())) != len(v):
+            raise ValueError("two sites share one public key: every site needs its own")
+        return v
+
+
+class PrivacyConfig(StrictModel):
+    """Differential privacy of a federation (none, site level or record level).
+
+    ``site``: every site clips its model delta to L2 norm ``clip``; the coordinator adds
+    Gaussian noise of standard deviation ``noise_multiplier * clip`` to the sum of the deltas
+    (DP-FedAvg; the unit protected is a whole site). ``record``: DP-SGD at every site
+    (Opacus): each example's gradient clipped to ``clip``, noise ``noise_multiplier * clip``
+    per step, batches Poisson-sampled at rate ``batch_size / n``; the unit is one compound.
+    Give ``noise_multiplier``, or ``target_epsilon`` to have it calibrated: over the planned
+    rounds for site level (by the coordinator), for each site's own data size (record level,
+    by each site).
+    """
+
+    level: Literal["none", "site", "record"] = "none"
+    delta: float = Field(1e-5, gt=0, lt=1)
+    clip: float = Field(1.0, gt=0)
+    noise_multiplier: float | None = Field(None, gt=0)
+    target_epsilon: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> PrivacyConfig:
+        if self.level == "none":
+            return self
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(
+                f"privacy level {self.level!r}: give exactly one of noise_multiplier and "
+                "target_epsilon"
+            )
+        return self
+
+
+class DPPolicy(StrictModel):
+    required: bool = Field(False, description="refuse rounds without differential privacy")
+    level: Literal["any", "site", "record"] = Field(
+        "any", description="with required: the level that counts (record is the stronger unit)"
+    )
+    max_epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="the site's whole budget at delta, over every run it took part in; a "
+        "round whose projected epsilon exceeds it is refused",
+    )
+    delta: float = Field(1e-5, gt=0, lt=1, description="the delta the budget is kept at")
+    min_noise_multiplier: float = Field(0.0, ge=0)
+
+
+class SitePolicy(StrictModel):
+    """A site's own rules, owned by its admin; read from its disk, never from the hub or a
+    flow parameter. A round that would break a clause is refused, with the clause named."""
+
+    site: str = Field(description="the site this policy is for (a copied file is refused)")
+    require_signatures: bool = Field(
+        True, description="train only on rounds and models signed by the pinned coordinator"
+    )
+    coordinator_key: str | None = Field(
+        None, description="the pinned coordinator public key (ed25519:<base64>)"
+    )
+    allowed_strategies: list[str] = Field(
+        description="aggregation strategies the site takes part in (by name)"
+    )
+    min_sites_per_round: int = Field(
+        2, ge=1, description="a round must need at least this many sites' updates to commit"
+    )
+    max_rounds: int = Field(100, ge=1, description="rounds of one run the site trains at most")
+    share_local_models: bool = Field(
+        False,
+        description="whether the site's local-only model may leave it (the cross-site matrix)",
+    )
+    share_heads: bool = Field(
+        True,
+        description="whether the site's task heads may leave it; false: only federations "
+        "that keep every one of its tasks' heads private",
+    )
+    dp: DPPolicy = DPPolicy()
+
+    @model_validator(mode="after")
+    def _pinned(self) -> SitePolicy:
+        if self.require_signatures and not self.coordinator_key:
+            raise ValueError("require_signatures needs coordinator_key (the pinned public key)")
+        if self.coordinator_key is not None and not is_public_key_text(self.coordinator_key):
+            raise ValueError("coordinator_key: expected ed25519:<base64>")
+        if not self.allowed_strategies:
+            raise ValueError("allowed_strategies is empty: the site would refuse every round")
+        return self

@@ -1,0 +1,277 @@
+"""The audit ledger: per party, an append-only, hash-chained, signed log on the hub.
+
+Each party (a site, the coordinator) appends to its own chain per scope (a run id, or
+``_site`` for what is not one run's, such as a preparation report)::
+
+    ledger/<scope>/<actor>/<seq:08d>.json
+
+Entry ``n`` holds the SHA-256 of entry ``n - 1`` (its canonical JSON, signature included) and
+is signed by its actor, so removing, inserting, reordering or altering an entry breaks every
+link after it, and no party can write another's. A site appends an entry for every object it
+sends (update, manifest, preparation report, calibration, local-only model, refusal,
+evaluation report) and keeps a copy of its chain on its own disk; the coordinator for every
+decision (round opened, update received or rejected, round committed, promotion). One writer
+per chain: a site's appends go under a lock on its own disk, the coordinator is one process.
+
+:func:`verify_run` checks a whole run and names the first broken link.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fedchem.messages import LedgerEntry
+from fedchem.storage.hub import HubStore
+from fedchem.trust.signing import COORDINATOR, KeyRing, SignatureRejected, Signer, canonical_json
+
+__all__ = [
+    "SITE_SCOPE",
+    "AuditReport",
+    "Ledger",
+    "entry_sha256",
+    "ledger_dir",
+    "read_chain",
+    "verify_run",
+]
+
+SITE_SCOPE = "_site"
+KIND = "ledger-entry"
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def ledger_dir(scope: str, actor: str) -> str:
+    return f"ledger/{scope}/{actor}"
+
+
+def entry_sha256(entry: LedgerEntry) -> str:
+    return hashlib.sha256(canonical_json(entry.model_dump(mode="json"))).hexdigest()
+
+
+def _seq_of(path: str) -> int | None:
+    name = path.rsplit("/", 1)[-1]
+    stem = name[: -len(".json")] if name.endswith(".json") else ""
+    return int(stem) if stem.isdigit() else None
+
+
+def read_chain(hub: HubStore, scope: str, actor: str, start: int = 0) -> list[LedgerEntry]:
+    """The entries of one chain on the hub from ``start``, in sequence order (as stored: a
+    missing or extra entry shows as a gap or a duplicate, for :func:`verify_run` to name)."""
+    paths = sorted(
+        (s, p)
+        for p in hub.list_files(ledger_dir(scope, actor))
+        if (s := _seq_of(p)) is not None and s >= start
+    )
+    docs = hub.map(hub.get_json, [p for _, p in paths])
+    return [LedgerEntry.model_validate(d) for d in docs]
+
+
+@contextmanager
+def _site_lock(lock_path: Path | None, key: str) -> Iterator[None]:
+    with _locks_guard:
+        local = _locks.setdefault(key, threading.Lock())
+    with local:
+        if lock_path is None:
+            yield
+            return
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Ledger:
+    """One party's chain in one scope. ``local_dir``: where a site keeps its own copy (its
+    record of what left it, independent of the hub); the coordinator keeps none."""
+
+    def __init__(
+        self, hub: HubStore, scope: str, signer: Signer, local_dir: Path | None = None
+    ) -> None:
+        self.hub, self.scope, self.signer, self.actor = hub, scope, signer, signer.owner
+        self.local = local_dir / f"{scope}.jsonl" if local_dir is not None else None
+        self.lock_path = local_dir / ".lock" if local_dir is not None else None
+        self._chain: list[LedgerEntry] | None = None
+
+    def entries(self) -> list[LedgerEntry]:
+        """The chain as this party knows it: its own copy where it keeps one, else the hub's."""
+        if self._chain is None:
+            if self.local is not None and self.local.exists():
+                lines = self.local.read_text().splitlines()
+                self._chain = [LedgerEntry.model_validate_json(x) for x in lines if x.strip()]
+            else:
+                self._chain = read_chain(self.hub, self.scope, self.actor)
+        return self._chain
+
+    def append(
+        self,
+        kind: str,
+        *,
+        round: int | None = None,
+        subject: str | None = None,
+        path: str | None = None,
+        data: bytes | None = None,
+        sha256: str | None = None,
+        refs: Mapping[str, str] | None = None,
+        note: str = "",
+    ) -> LedgerEntry:
+        """Sign and write the next entry. An object already recorded last with the same kind,
+        path and hash is not recorded twice (a resumed step appends nothing)."""
+        if data is not None:
+            sha256 = hashlib.sha256(data).hexdigest()
+        with _site_lock(self.lock_path, f"{self.hub.url}|{self.scope}|{self.actor}"):
+            self._chain = None  # another process of this site may have appended meanwhile
+            chain = self.entries()
+            for e in reversed(chain):
+                same = (e.kind, e.path, e.sha256, e.round, e.subject)
+                if same == (kind, path, sha256, round, subject) and (
+                    e.note == note and dict(e.refs) == dict(refs or {})
+                ):
+                    return e
+            prev = chain[-1] if chain else None
+            entry = self.signer.sign(
+                KIND,
+                LedgerEntry(
+                    seq=len(chain),
+                    prev_sha256=entry_sha256(prev) if prev is not None else None,
+                    actor=self.actor,
+                    scope=self.scope,
+                    kind=kind,
+                    round=round,
+                    subject=subject,
+                    path=path,
+                    sha256=sha256,
+                    size=len(data) if data is not None else None,
+                    refs=dict(refs or {}),
+                    note=note[:500],
+                    at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                ),
+            )
+            rel = f"{ledger_dir(self.scope, self.actor)}/{entry.seq:08d}.json"
+            self.hub.put_json(rel, entry.model_dump(mode="json"))
+            if self.local is not None:
+                self.local.parent.mkdir(parents=True, exist_ok=True)
+                with self.local.open("a") as f:
+                    f.write(entry.model_dump_json() + "\n")
+            chain.append(entry)
+            return entry
+
+
+@dataclass
+class AuditReport:
+    """What :func:`verify_run` found: entries checked per chain, and every problem in order
+    (the first one is the first broken link)."""
+
+    run_id: str
+    chains: dict[str, int] = field(default_factory=dict)
+    objects_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_chain(
+    hub: HubStore, scope: str, actor: str, keys: KeyRing, report: AuditReport
+) -> list[LedgerEntry]:
+    where = f"ledger {scope}/{actor}"
+    try:
+        chain = read_chain(hub, scope, actor)
+    except (ValueError, OSError) as exc:
+        report.problems.append(f"{where}: unreadable entry ({type(exc).__name__}: {exc})"[:300])
+        return []
+    report.chains[actor] = len(chain)
+    prev: LedgerEntry | None = None
+    for i, e in enumerate(chain):
+        at = f"{where} entry {i}"
+        if e.seq != i:
+            report.problems.append(f"{at}: sequence {e.seq} where {i} belongs (a gap or a copy)")
+            return chain
+        if (e.actor, e.scope) != (actor, scope):
+            report.problems.append(f"{at}: says actor {e.actor!r} scope {e.scope!r}")
+            return chain
+        try:
+            keys.verify(KIND, e, actor)
+        except SignatureRejected as exc:
+            report.problems.append(f"{at}: {exc}")
+            return chain
+        expected = entry_sha256(prev) if prev is not None else None
+        if e.prev_sha256 != expected:
+            report.problems.append(
+                f"{at}: its link to entry {i - 1} does not match (an entry was altered, "
+                "removed or inserted)"
+            )
+            return chain
+        prev = e
+    return chain
+
+
+def _check_objects(
+    hub: HubStore, actor: str, chain: list[LedgerEntry], report: AuditReport
+) -> None:
+    latest: dict[str, LedgerEntry] = {}
+    for e in chain:
+        if e.path is not None and e.sha256 is not None:
+            latest[e.path] = e  # an object written again (a resumed step): its last record
+    for path, e in latest.items():
+        if not hub.exists(path):
+            continue  # removed since (e.g. retention): the record stays, nothing to compare
+        report.objects_checked += 1
+        if hashlib.sha256(hub.get_bytes(path)).hexdigest() != e.sha256:
+            report.problems.append(
+                f"ledger {e.scope}/{actor} entry {e.seq}: {path} on the hub is not what was "
+                "recorded (altered after it was sent)"
+            )
+
+
+def verify_run(hub: HubStore, run_id: str, keys: KeyRing) -> AuditReport:
+    """Check every chain of run ``run_id``: sequence, links, signatures by each actor's pinned
+    key, the objects still on the hub against their recorded hashes; that every committed
+    round's updates are the sites' recorded ones; and that every site update manifest on the
+    hub is in its site's chain."""
+    report = AuditReport(run_id)
+    actors = sorted(
+        {p.split("/")[2] for p in hub.list_files(f"ledger/{run_id}") if p.count("/") >= 3}
+    )
+    chains: dict[str, list[LedgerEntry]] = {}
+    for actor in actors:
+        if actor not in keys.keys:
+            report.problems.append(f"ledger {run_id}/{actor}: an actor with no pinned key")
+            continue
+        chains[actor] = _check_chain(hub, run_id, actor, keys, report)
+    for actor, chain in chains.items():
+        _check_objects(hub, actor, chain, report)
+    by_sha = {entry_sha256(e): (actor, e) for actor, chain in chains.items() for e in chain}
+    for e in chains.get(COORDINATOR, []):
+        for site, ref in e.refs.items():
+            target = by_sha.get(ref)
+            if target is None or target[0] != site:
+                report.problems.append(
+                    f"ledger {run_id}/{COORDINATOR} entry {e.seq}: refers to an entry of "
+                    f"{site} that is not in {site}'s chain"
+                )
+    recorded = {
+        (actor, e.path, e.sha256) for actor, chain in chains.items() for e in chain if e.path
+    }
+    for path in hub.list_files(f"runs/{run_id}/rounds"):
+        parts = path.split("/")
+        if len(parts) == 7 and parts[4] == "sites" and parts[6] == "manifest.json":
+            site = parts[5]
+            sha = hashlib.sha256(hub.get_bytes(path)).hexdigest()
+            if (site, path, sha) not in recorded:
+                report.problems.append(f"{path}: a site manifest not in {site}'s ledger")
+        elif len(parts) == 5 and parts[4] == "manifest.json":
+            sha = hashlib.sha256(hub.get_bytes(path)).hexdigest()
+            if (COORDINATOR, path, sha) not in recorded:
+                report.problems.append(f"{path}: a committed round not in the coordinator's ledger")
+    return report
