@@ -37,7 +37,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, PrepareConfig, load_config
 from fedchem.demo.sites import bundled_dataset
-from fedchem.stack import S3_KEY, S3_SECRET, WORKER_TYPES, Stack, stack_down, stack_up
+from fedchem.stack import WORKER_TYPES, Stack, stack_down, stack_up
 
 
 def _prefect(stack: Stack, *args: str) -> None:
@@ -222,15 +222,18 @@ def main() -> None:
             json.dumps({"config": config}),
         )
         print(f"deployed coordinator run: {time.perf_counter() - t0:.1f}s for {args.rounds} rounds")
+        creds = stack.credentials("operator")
         fs = s3fs.S3FileSystem(
-            key=S3_KEY, secret=S3_SECRET, client_kwargs={"endpoint_url": stack.s3_endpoint}
+            key=creds.access_key,
+            secret=creds.secret_key,
+            client_kwargs={"endpoint_url": stack.s3_endpoint},
         )
         root = "fedchem-hub/hub/runs/bench-deployed/rounds"
         rounds = [
             json.loads(fs.cat(f"{root}/{r:04d}/manifest.json")) for r in range(1, args.rounds + 1)
         ]
         sites = [
-            [json.loads(fs.cat(f"{root}/{r:04d}/sites/{s}/manifest.json")) for s in stack.sites]
+            [json.loads(fs.cat(f"{root}/{r:04d}/sites/{s}/update.json")) for s in stack.sites]
             for r in range(1, args.rounds + 1)
         ]
         deployed = _overheads(rounds, sites)
@@ -261,7 +264,7 @@ def main() -> None:
         committed = coordinator(local_cfg)
         lroot = "fedchem-hub/hub/runs/bench-local/rounds"
         lsites = [
-            [json.loads(fs.cat(f"{lroot}/{r:04d}/sites/{s}/manifest.json")) for s in stack.sites]
+            [json.loads(fs.cat(f"{lroot}/{r:04d}/sites/{s}/update.json")) for s in stack.sites]
             for r in range(1, args.rounds + 1)
         ]
         local = _overheads([m.model_dump() for m in committed[1:]], lsites)

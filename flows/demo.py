@@ -30,7 +30,7 @@ from fedchem.flows.site_cross_evaluate import site_cross_evaluate
 from fedchem.flows.site_evaluate import site_evaluate
 from fedchem.flows.site_local_baseline import site_local_baseline
 from fedchem.flows.site_prepare import site_prepare
-from fedchem.messages import EvalReport
+from fedchem.messages import EvalReport, RoundManifest
 from fedchem.tasks.demo import make_sites, pooled_baseline, release_rows, report
 from fedchem.trust.config import PrivacyConfig
 
@@ -87,7 +87,7 @@ def demo(
         trust=split.trust,  # every update, opening and commit signed; every party's ledger
         privacy=privacy,
     )
-    coordinator(config)
+    committed = coordinator(config)
     budget = rounds * train.local_epochs
     stats = [p.label_stats for p in prepared]
     evals = {
@@ -158,11 +158,22 @@ def demo(
         "registered": f"{target.model_name}:{version}",
         "registry": target.registry,
         "select": train.select,
+        "privacy": _privacy_spent(privacy, committed[-1]),
     }
     meta["cycles"] = [_cycle_one(version, evals["federated"])]
     for c in range(2, cycles + 1):
         meta["cycles"].append(_later_cycle(config, target, c, split.sites, evals["federated"]))
     return report(evals, meta, out, cross)
+
+
+def _privacy_spent(privacy: PrivacyConfig, last: RoundManifest) -> dict[str, Any]:
+    """The federation's DP and the epsilon it spent (the baselines are not private)."""
+    out: dict[str, Any] = {"level": privacy.level}
+    if privacy.level == "site":
+        out.update(last.dp)
+    elif privacy.level == "record":
+        out.update(delta=privacy.delta, clip=privacy.clip, epsilon_per_site=last.site_epsilon)
+    return out
 
 
 def _cycle_one(version: int, federated: list[EvalReport]) -> dict[str, Any]:

@@ -28,8 +28,6 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from fedchem.config import ChemConfig
 from fedchem.demo.sites import bundled_dataset
 from fedchem.stack import (
-    S3_KEY,
-    S3_SECRET,
     Stack,
     committed_prefect_yaml,
     example_prefect_yaml,
@@ -103,9 +101,13 @@ def _run(
     )
 
 
-def _hub(stack: Stack) -> s3fs.S3FileSystem:
+def _hub(stack: Stack, party: str = "operator") -> s3fs.S3FileSystem:
+    creds = stack.credentials(party)
     return s3fs.S3FileSystem(
-        key=S3_KEY, secret=S3_SECRET, client_kwargs={"endpoint_url": stack.s3_endpoint}
+        key=creds.access_key,
+        secret=creds.secret_key,
+        client_kwargs={"endpoint_url": stack.s3_endpoint},
+        skip_instance_cache=True,
     )
 
 
@@ -135,6 +137,41 @@ def test_sites_prepare_then_two_rounds_commit_on_s3(stack: Stack):
         for s in set(rows["smiles"]) | set(rows["compound_id"]):
             if len(s) >= 6:
                 assert s.encode() not in blob
+
+
+def test_the_s3_server_holds_every_party_to_its_own_objects(stack: Stack):
+    """After the federation ran: site-b's worker's credentials cannot read site-a's update
+    nor overwrite the global model; the coordinator's cannot write a site's update."""
+    a, b = stack.sites
+    root = "fedchem-hub/hub/runs/stack-run/rounds"
+    update_a, global_1 = f"{root}/0001/sites/{a}/update.npz", f"{root}/0001/global.npz"
+    original = _hub(stack).cat(global_1)
+    site_b, coordinator = _hub(stack, b), _hub(stack, "coordinator")
+    assert site_b.cat(global_1) == original  # what b needs: the global model
+    with pytest.raises(PermissionError):
+        site_b.cat(update_a)
+    with pytest.raises(PermissionError):
+        site_b.pipe(global_1, b"poisoned")
+    with pytest.raises(PermissionError):
+        coordinator.pipe(update_a, b"forged")
+    assert _hub(stack).cat(global_1) == original
+    # the round runs signed: every commit carries the coordinator's signature and the audit
+    # of the run is clean
+    for r in (0, 1, 2):
+        assert json.loads(_hub(stack).cat(f"{root}/{r:04d}/manifest.json"))["signature"]
+    fed = yaml.safe_load((Path(stack.dir) / "prefect.yaml").read_text())
+    coord = next(d for d in fed["deployments"] if d["name"] == "coordinator")
+    cfg = Path(stack.dir) / "federation.yaml"
+    cfg.write_text(yaml.safe_dump(coord["parameters"]["config"]))
+    res = subprocess.run(
+        [str(Path(sys.executable).with_name("fedchem")), "audit", "verify", "--config", str(cfg)],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "OK: every chain links" in res.stdout
 
 
 def test_the_federation_is_published_through_its_deployment(stack: Stack):
@@ -191,8 +228,10 @@ def test_each_site_worker_sees_only_its_own_data(stack: Stack):
 
 def test_a_site_down_does_not_block_the_federation(stack: Stack):
     # stop site-b's worker; with a quorum of 1 the round waits until its deadline, then
-    # commits with site-a and records site-b as missing
-    pid = stack.pids[f"worker-{stack.sites[1]}"]
+    # commits with site-a and records site-b as missing: once site-a's own policy lets it
+    # take part in rounds that commit with one site
+    a, b = stack.sites
+    pid = stack.pids[f"worker-{b}"]
     os.killpg(pid, signal.SIGTERM)
     os.killpg(pid, signal.SIGTERM)
     params = yaml.safe_load((Path(stack.dir) / "prefect.yaml").read_text())
@@ -201,10 +240,24 @@ def test_a_site_down_does_not_block_the_federation(stack: Stack):
     ]
     quorum_1 = {**config["deployment"], "min_sites": 1, "round_deadline_s": 20}
     config = {**config, "run_id": "degraded", "rounds": 1, "deployment": quorum_1}
+    # the demo sites' policies ask for rounds of at least two sites: site-a refuses, naming
+    # the clause, and nothing commits
+    res = _run(stack, "coordinator/coordinator", "--params", json.dumps({"config": config}))
+    assert res.returncode == 1
+    refusal = json.loads(
+        _hub(stack).cat(f"fedchem-hub/hub/runs/degraded/rounds/0001/sites/{a}/refusal.json")
+    )
+    assert refusal["clause"] == "min_sites_per_round" and refusal["signature"]
+    assert not _hub(stack).exists("fedchem-hub/hub/runs/degraded/rounds/0001/manifest.json")
+    # site-a's admin allows rounds of one site (the policy is read from its disk every round)
+    policy_file = Path(stack.dir) / "sites" / a / "policy.yaml"
+    policy = yaml.safe_load(policy_file.read_text())
+    policy_file.write_text(yaml.safe_dump({**policy, "min_sites_per_round": 1}))
+    config = {**config, "run_id": "degraded-2"}
     res = _run(stack, "coordinator/coordinator", "--params", json.dumps({"config": config}))
     assert res.returncode == 0, res.stdout + res.stderr
-    m = json.loads(_hub(stack).cat("fedchem-hub/hub/runs/degraded/rounds/0001/manifest.json"))
-    assert m["sites"] == [stack.sites[0]] and m["missing"] == [stack.sites[1]]
+    m = json.loads(_hub(stack).cat("fedchem-hub/hub/runs/degraded-2/rounds/0001/manifest.json"))
+    assert m["sites"] == [a] and m["missing"] == [b]
     # without the quorum the run fails (exit code 1) and commits nothing for the round; the
     # runs it had booked for round 2 (one round ahead) end Cancelled, the one already waiting
     # at site-a's worker included
@@ -215,7 +268,6 @@ def test_a_site_down_does_not_block_the_federation(stack: Stack):
     assert not _hub(stack).exists("fedchem-hub/hub/runs/strict/rounds/0001/manifest.json")
     # every run the coordinator started ended before it did: no waiting here
     runs = _site_runs(stack, "strict")
-    a, b = stack.sites
     assert runs == {
         f"round-01/{a}": "Completed",
         f"round-01/{b}": "Cancelled",

@@ -27,6 +27,7 @@ from fedchem.contracts import (
     validate_frame,
 )
 from fedchem.serve.cli import add_serving_commands
+from fedchem.trust.cli import add_trust_commands
 
 __all__ = ["main"]
 
@@ -338,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sk.set_defaults(func=_stack)
     add_serving_commands(sub)
+    add_trust_commands(sub)
     return p
 
 

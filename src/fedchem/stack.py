@@ -36,6 +36,8 @@ from typing import Any
 import yaml
 
 from fedchem.config import ChemConfig, FederationConfig, SiteRef, TaskSpec
+from fedchem.trust.config import TrustConfig
+from fedchem.trust.hub_access import OPERATOR_PARTY, Credentials, provision
 
 __all__ = [
     "Stack",
@@ -51,8 +53,11 @@ __all__ = [
 PREFECT_VERSION = "3.9.1"
 #: the worker types a stack runs: fedchem's own (warm start) and Prefect's process worker
 WORKER_TYPES = ("fedchem", "process")
-#: credentials of the loopback S3 server (moto accepts any); never a real account's
+#: the set-up credentials of the loopback S3 server (accepted before its IAM authorization is
+#: switched on; never a real account's): after set-up every party has its own
 S3_KEY, S3_SECRET = "fedchem-local", "fedchem-local-secret"
+#: the hub's bucket and the key prefixes of the hub and of the coordinator's registry
+BUCKET, HUB_PREFIX, REGISTRY_PREFIX = "fedchem-hub", "hub", "registry"
 
 
 def pool_for(site: str) -> str:
@@ -179,8 +184,11 @@ def federation_defaults(
     rounds: int,
     hub_url: str,
     run_id: str,
+    trust: TrustConfig | None = None,
 ) -> dict[str, Any]:
-    """The coordinator deployment's default parameters: deployed mode, sites by name only."""
+    """The coordinator deployment's default parameters: deployed mode, sites by name only,
+    and ``trust``: the pinned public keys and the path of the coordinator's own key file (on
+    the coordinator's disk; the key itself is never a parameter)."""
     cfg = FederationConfig(
         run_id=run_id,
         hub_url=hub_url,
@@ -189,6 +197,7 @@ def federation_defaults(
         tasks=tasks,
         rounds=rounds,
         chem=chem,
+        trust=trust,
     )
     return cfg.model_dump(mode="json", exclude_defaults=False)
 
@@ -210,6 +219,9 @@ class Stack:
     postgres_dir: str | None = None
     #: the coordinator's model registry (on the stack's S3 server)
     registry_url: str = "s3://fedchem-hub/registry"
+    #: every party's own S3 credentials (``<dir>/hub-credentials.json``, mode 0600): the
+    #: server enforces what each may read and write (:mod:`fedchem.trust.hub_access`)
+    credentials_file: str | None = None
 
     def save(self) -> None:
         Path(self.dir, "stack.json").write_text(json.dumps(asdict(self), indent=2))
@@ -218,8 +230,21 @@ class Stack:
     def load(cls, directory: Path) -> Stack:
         return cls(**json.loads((directory / "stack.json").read_text()))
 
-    def env(self, **extra: str) -> dict[str, str]:
-        """A clean environment for a stack process: Prefect at this server, hub credentials."""
+    def credentials(self, party: str) -> Credentials:
+        """``party``'s S3 credentials (a site's name, ``coordinator``, ``operator``); before
+        the parties are provisioned, the set-up ones."""
+        if self.credentials_file is None or not Path(self.credentials_file).exists():
+            return Credentials(S3_KEY, S3_SECRET)
+        doc = json.loads(Path(self.credentials_file).read_text())
+        if party not in doc:
+            raise KeyError(f"no hub credentials for {party!r} (parties: {sorted(doc)})")
+        return Credentials(**doc[party])
+
+    def env(self, party: str = OPERATOR_PARTY, **extra: str) -> dict[str, str]:
+        """A clean environment for a stack process: Prefect at this server, and ``party``'s
+        hub credentials (a site's worker: the site's; the coordinator's worker: its own;
+        set-up, tests and audits: the operator's)."""
+        creds = self.credentials(party)
         base = {
             k: v
             for k, v in os.environ.items()
@@ -239,8 +264,8 @@ class Stack:
                 "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "false",
                 "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
                 "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false",
-                "AWS_ACCESS_KEY_ID": S3_KEY,
-                "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                "AWS_ACCESS_KEY_ID": creds.access_key,
+                "AWS_SECRET_ACCESS_KEY": creds.secret_key,
                 "AWS_ENDPOINT_URL": self.s3_endpoint,
                 "AWS_DEFAULT_REGION": "us-east-1",
             }
@@ -364,20 +389,16 @@ def stack_up(
         )
         stack.save()
         _wait_http(f"{stack.s3_endpoint}/", 60, "the S3 server")
-        import s3fs
-
-        fs = s3fs.S3FileSystem(
-            key=S3_KEY, secret=S3_SECRET, client_kwargs={"endpoint_url": stack.s3_endpoint}
-        )
-        fs.mkdir("fedchem-hub")
-
         split = split_into_sites(dataset, smiles_col, n_sites, directory / "sites", seed)
         stack.sites = [s.name for s in split.sites]
+        _provision_hub(stack, directory)
         for s in split.sites:  # each site's own config, read by its worker only
             cfg = PrepareConfig(site=s, chem=chem, tasks=split.tasks)
             path = directory / "sites" / s.name / "site.yaml"
             path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        fed = federation_defaults(stack.sites, split.tasks, chem, rounds, stack.hub_url, run_id)
+        fed = federation_defaults(
+            stack.sites, split.tasks, chem, rounds, stack.hub_url, run_id, split.trust
+        )
         (directory / "prefect.yaml").write_text(
             render_prefect_yaml(stack.sites, chem, split.tasks, fed)
         )
@@ -389,7 +410,7 @@ def stack_up(
             start_site_worker(stack, site)
         stack.pids["worker-coordinator"] = _spawn(
             _worker_command(stack, "coordinator", "worker-coordinator"),
-            stack.env(),
+            stack.env("coordinator"),
             directory / "worker-coordinator.log",
         )
         stack.save()
@@ -398,6 +419,38 @@ def stack_up(
         stack.save()
         stack_down(directory)
         raise
+
+
+def _provision_hub(stack: Stack, directory: Path) -> None:
+    """The hub's bucket, then an IAM user with its own policy and key for every party, then
+    the server's authorization switched on (moto's documented ``reset-auth``): from here on
+    a site's credentials read and write only what :func:`~fedchem.trust.hub_access.site_policy`
+    allows, the coordinator's only what
+    :func:`~fedchem.trust.hub_access.coordinator_policy` does."""
+    import boto3  # with the S3 server (moto[server]): a stack's dependency, not the library's
+
+    kw = {
+        "endpoint_url": stack.s3_endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": S3_KEY,
+        "aws_secret_access_key": S3_SECRET,
+    }
+    boto3.client("s3", **kw).create_bucket(Bucket=BUCKET)
+    creds = provision(boto3.client("iam", **kw), BUCKET, HUB_PREFIX, REGISTRY_PREFIX, stack.sites)
+    path = directory / "hub-credentials.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({p: asdict(c) for p, c in creds.items()}, f, indent=1)
+    stack.credentials_file = str(path)
+    stack.save()
+    req = urllib.request.Request(
+        f"{stack.s3_endpoint}/moto-api/reset-auth",
+        data=b"0",  # authorize every request from the next one on
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    with urllib.request.urlopen(req, timeout=30):
+        pass
 
 
 def deploy(stack: Stack, prefect_file: Path) -> None:
@@ -422,7 +475,7 @@ def _worker_command(stack: Stack, pool: str, name: str) -> list[str]:
 
 def start_site_worker(stack: Stack, site: str) -> int:
     """Start ``site``'s worker (its own config only in its environment); record its pid."""
-    env = stack.env(FEDCHEM_SITE_CONFIG=str(Path(stack.dir) / "sites" / site / "site.yaml"))
+    env = stack.env(site, FEDCHEM_SITE_CONFIG=str(Path(stack.dir) / "sites" / site / "site.yaml"))
     pid = _spawn(
         _worker_command(stack, pool_for(site), f"worker-{site}"),
         env,

@@ -19,7 +19,7 @@ from fedchem.demo.sites import bundled_dataset, split_into_sites
 from fedchem.federation.consistency import ConsistencyError
 from fedchem.messages import PrepareReport
 from fedchem.storage.hub import HubLayout, HubStore
-from fedchem.trust.config import TrustConfig
+from fedchem.trust.config import PrivacyConfig, TrustConfig
 from fedchem.trust.signing import SignatureRejected, Signer
 
 pytestmark = pytest.mark.slow
@@ -199,8 +199,15 @@ def test_private_heads_demo_keeps_local_models_at_their_sites(
         train=TrainConfig(batch_size=32, select="best_valid"),
         heads="private",
         task_split="disjoint",
+        privacy=PrivacyConfig(level="site", clip=1.0, noise_multiplier=2.0),
     )
     assert "cross_site" not in rep
+    # site-level DP through the flows: the epsilon of two releases at z = 2, in the report
+    dp = rep["meta"]["privacy"]
+    assert dp["level"] == "site" and dp["epsilon_run"] == pytest.approx(2.943, abs=2e-3)
+    assert "site-level DP (clip 1, noise multiplier 2): epsilon 2.943" in (
+        tmp_path / "out" / "report.md"
+    ).read_text()
     # every model is selected on validation: a round (federated, per site) or an epoch
     for model in ("federated", "local", "pooled"):
         assert {p["selected"] for p in rep[model]["per_site"].values()} <= {1, 2}

@@ -112,6 +112,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             + "; ".join(f"{m} {', '.join(map(str, picked[m])) or 'n/a'}" for m in MODELS)
             + ")."
         )
+    lines += _privacy_lines(meta.get("privacy") or {})
     lines.append("")
     header = "| model | site | " + " | ".join(metrics) + " |"
     lines += [header, "|" + "---|" * (len(metrics) + 2)]
@@ -152,6 +153,23 @@ def render_markdown(report: dict[str, Any]) -> str:
             vals = " | ".join("n/a" if row.get(s) is None else f"{row[s]:.3f}" for s in sites)
             lines.append(f"| {model} | {vals} |")
     return "\n".join(lines) + "\n"
+
+
+def _privacy_lines(privacy: dict[str, Any]) -> list[str]:
+    level = privacy.get("level", "none")
+    if level == "site":
+        return [
+            f"The federated model is site-level DP (clip {privacy['clip']:g}, noise multiplier "
+            f"{privacy['noise_multiplier']:.3g}): epsilon {privacy['epsilon_run']:.3f} at delta "
+            f"{privacy['delta']:g}; the baselines are not private."
+        ]
+    if level == "record":
+        eps = ", ".join(f"{s} {e:.3f}" for s, e in sorted(privacy["epsilon_per_site"].items()))
+        return [
+            f"The federated model is record-level DP (DP-SGD, clip {privacy['clip']:g}): epsilon "
+            f"at delta {privacy['delta']:g} per site: {eps}; the baselines are not private."
+        ]
+    return []
 
 
 def _cycle_lines(cycles: list[dict[str, Any]], sites: list[str]) -> list[str]:

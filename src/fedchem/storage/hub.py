@@ -6,7 +6,7 @@ Layout (all under the hub URL)::
     runs/<run_id>/rounds/<NNNN>/server_state.npz        strategy state (e.g. server momentum)
     runs/<run_id>/rounds/<NNNN>/manifest.json           round manifest; written last = committed
     runs/<run_id>/rounds/<NNNN>/sites/<site>/update.npz one site's update for round NNNN
-    runs/<run_id>/rounds/<NNNN>/sites/<site>/manifest.json
+    runs/<run_id>/rounds/<NNNN>/sites/<site>/update.json   its manifest (the reply)
     runs/<run_id>/rounds/<NNNN>/sites/<site>/refusal.json  the site's policy said no (clause)
     runs/<run_id>/baselines/<site>/model.npz            a site's local-only model, opt-in, for
     runs/<run_id>/baselines/<site>/manifest.json        the cross-site evaluation (shared heads)
@@ -180,7 +180,9 @@ class HubLayout:
         return f"{self.round_dir(rnd)}/sites/{site}/update.npz"
 
     def site_manifest(self, rnd: int, site: str) -> str:
-        return f"{self.round_dir(rnd)}/sites/{site}/manifest.json"
+        """A site's reply: its update's manifest (not ``manifest.json``: that name is the
+        coordinator's commit, which hub permissions let every site read)."""
+        return f"{self.round_dir(rnd)}/sites/{site}/update.json"
 
     def site_refusal(self, rnd: int, site: str) -> str:
         """A site's refusal of round ``rnd``: the clause of its policy (SiteRefusal)."""

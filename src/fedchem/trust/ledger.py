@@ -265,7 +265,7 @@ def verify_run(hub: HubStore, run_id: str, keys: KeyRing) -> AuditReport:
     }
     for path in hub.list_files(f"runs/{run_id}/rounds"):
         parts = path.split("/")
-        if len(parts) == 7 and parts[4] == "sites" and parts[6] == "manifest.json":
+        if len(parts) == 7 and parts[4] == "sites" and parts[6] == "update.json":
             site = parts[5]
             sha = hashlib.sha256(hub.get_bytes(path)).hexdigest()
             if (site, path, sha) not in recorded:
