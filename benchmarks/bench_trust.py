@@ -320,6 +320,7 @@ def _load(site: Any) -> str | None:
 def permissions(root: Path) -> list[Outcome]:
     import boto3
 
+    from fedchem.stack import authorize_requests
     from fedchem.trust.hub_access import provision
 
     with socket.socket() as s:
@@ -346,15 +347,7 @@ def permissions(root: Path) -> list[Outcome]:
         }
         boto3.client("s3", **kw).create_bucket(Bucket="bench")
         creds = provision(boto3.client("iam", **kw), "bench", "hub", "registry", ["a", "b"])
-        urllib.request.urlopen(
-            urllib.request.Request(
-                url + "/moto-api/reset-auth",
-                data=b"0",
-                method="POST",
-                headers={"Content-Type": "text/plain"},
-            ),
-            timeout=10,
-        )
+        authorize_requests(url)
         hubs = {
             p: HubStore(
                 "s3://bench/hub",

@@ -4,25 +4,25 @@ Deployed under a real site's round deployment name, it runs the real site round,
 ``<stack>/faults.json`` says so for this run, site and round, what it publishes is damaged
 as it is written (the coordinator reads a reply as soon as its manifest lands, so a fault
 must be in place before that): ``corrupt`` stores altered bytes of the update under the
-honest manifest (hash mismatch at the hub); ``garbage`` stores random bytes as the update
-under a manifest whose hash matches them (not a model); ``stall`` stops as the update is about
+honest manifest (hash mismatch at the hub); ``garbage`` has the site's serializer emit random
+bytes, which the site then records in its ledger, signs and sends like any update: the hash
+matches, the signature holds, and it is not a model; ``stall`` stops as the update is about
 to be written (trained, nothing sent), leaves ``<stack>/stalled/<run>.<site>.<round>`` so that
 the suite knows, and waits there to be killed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from prefect import flow
 from prefect.states import State
 
+import fedchem.federation.site as site_lib
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, SiteRef, TrainConfig
 from fedchem.flows.site_round import site_round
 from fedchem.messages import SiteUpdateManifest
@@ -66,9 +66,9 @@ def faulty_site_round(
             site, hub_url, run_id, round, chem, model, train, ticket, open_timeout_s
         )
     layout = HubLayout(run_id)
-    update, manifest = layout.site_update(round, site.name), layout.site_manifest(round, site.name)
+    update = layout.site_update(round, site.name)
     garbage = np.random.default_rng(round).bytes(4096)
-    put_bytes, put_json = HubStore.put_bytes, HubStore.put_json
+    put_bytes, serialize = HubStore.put_bytes, site_lib.dump_arrays
 
     def damaged_bytes(self: HubStore, rel: str, data: bytes) -> None:
         if rel == update and fault == "stall":
@@ -78,19 +78,14 @@ def faulty_site_round(
             time.sleep(STALL_S)
         if rel == update and fault == "corrupt":
             data = data[: len(data) // 2] + bytes(64) + data[len(data) // 2 + 64 :]
-        elif rel == update and fault == "garbage":
-            data = garbage
         put_bytes(self, rel, data)
 
-    def damaged_manifest(self: HubStore, rel: str, obj: Any) -> None:
-        if rel == manifest and fault == "garbage":
-            obj = {**obj, "update_sha256": hashlib.sha256(garbage).hexdigest()}
-        put_json(self, rel, obj)
-
-    HubStore.put_bytes, HubStore.put_json = damaged_bytes, damaged_manifest  # type: ignore[method-assign]
+    HubStore.put_bytes = damaged_bytes  # type: ignore[method-assign]
+    if fault == "garbage":
+        site_lib.dump_arrays = lambda arrays: garbage
     try:
         return site_round.fn(
             site, hub_url, run_id, round, chem, model, train, ticket, open_timeout_s
         )
     finally:
-        HubStore.put_bytes, HubStore.put_json = put_bytes, put_json  # type: ignore[method-assign]
+        HubStore.put_bytes, site_lib.dump_arrays = put_bytes, serialize  # type: ignore[method-assign]

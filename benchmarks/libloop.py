@@ -70,8 +70,14 @@ def config_for(
     rounds: int,
     privacy: PrivacyConfig | None = None,
     signed: bool = True,
+    batch_size: int | None = None,
 ) -> FederationConfig:
     demo = DemoConfig()
+    train = (
+        demo.train
+        if batch_size is None
+        else demo.train.model_copy(update={"batch_size": batch_size})
+    )
     return FederationConfig(
         run_id=run_id,
         hub_url=hub_url,
@@ -80,7 +86,7 @@ def config_for(
         rounds=rounds,
         chem=sites.chem,
         model=demo.model,
-        train=demo.train,
+        train=train,
         strategy=demo.strategy,
         trust=sites.split.trust if signed else None,
         privacy=privacy or PrivacyConfig(),

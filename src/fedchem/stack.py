@@ -41,6 +41,7 @@ from fedchem.trust.hub_access import OPERATOR_PARTY, Credentials, provision
 
 __all__ = [
     "Stack",
+    "authorize_requests",
     "deploy",
     "pool_for",
     "render_prefect_yaml",
@@ -443,9 +444,15 @@ def _provision_hub(stack: Stack, directory: Path) -> None:
         json.dump({p: asdict(c) for p, c in creds.items()}, f, indent=1)
     stack.credentials_file = str(path)
     stack.save()
+    authorize_requests(stack.s3_endpoint)
+
+
+def authorize_requests(s3_endpoint: str) -> None:
+    """Switch the stack's S3 server (moto) to authorizing every request from the next one on,
+    against the IAM users and policies it holds (moto's documented ``reset-auth``)."""
     req = urllib.request.Request(
-        f"{stack.s3_endpoint}/moto-api/reset-auth",
-        data=b"0",  # authorize every request from the next one on
+        f"{s3_endpoint}/moto-api/reset-auth",
+        data=b"0",  # no unauthenticated request left
         method="POST",
         headers={"Content-Type": "text/plain"},
     )

@@ -205,9 +205,10 @@ def test_private_heads_demo_keeps_local_models_at_their_sites(
     # site-level DP through the flows: the epsilon of two releases at z = 2, in the report
     dp = rep["meta"]["privacy"]
     assert dp["level"] == "site" and dp["epsilon_run"] == pytest.approx(2.943, abs=2e-3)
-    assert "site-level DP (clip 1, noise multiplier 2): epsilon 2.943" in (
-        tmp_path / "out" / "report.md"
-    ).read_text()
+    assert (
+        "site-level DP (clip 1, noise multiplier 2): epsilon 2.943"
+        in (tmp_path / "out" / "report.md").read_text()
+    )
     # every model is selected on validation: a round (federated, per site) or an epoch
     for model in ("federated", "local", "pooled"):
         assert {p["selected"] for p in rep[model]["per_site"].values()} <= {1, 2}

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import boto3
 import pytest
 
+from fedchem.stack import authorize_requests
 from fedchem.storage.hub import HubStore
 from fedchem.trust.hub_access import provision
 
@@ -53,16 +54,7 @@ def hubs() -> Iterator[dict[str, HubStore]]:
         creds = provision(
             boto3.client("iam", **kw), BUCKET, "hub", "registry", ["site-a", "site-b"]
         )
-        # from here on the server authorizes every request (moto's documented switch)
-        urllib.request.urlopen(
-            urllib.request.Request(
-                url + "/moto-api/reset-auth",
-                data=b"0",
-                method="POST",
-                headers={"Content-Type": "text/plain"},
-            ),
-            timeout=10,
-        )
+        authorize_requests(url)  # from here on every request is authorized
 
         def hub(access: str, secret: str) -> HubStore:
             return HubStore(

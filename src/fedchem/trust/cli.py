@@ -58,6 +58,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _audit_list(args: argparse.Namespace) -> int:
+    from fedchem.messages import LedgerEntry
     from fedchem.trust.ledger import entry_sha256, read_chain
 
     try:
@@ -73,8 +74,6 @@ def _audit_list(args: argparse.Namespace) -> int:
     if not files:
         print(f"no ledger at {local_dir}: nothing recorded as sent by {site.name}")
         return 0
-    from fedchem.messages import LedgerEntry
-
     hub = HubStore(args.hub) if args.hub else None
     differs = 0
     for f in files:
