@@ -80,3 +80,11 @@ def test_a_sites_budget_composes_its_rounds_and_a_resumed_round_counts_once(tmp_
     run_eps, total = again.projected("run2", 1, step, 1e-5)
     assert run_eps == pytest.approx(epsilon(step, 1e-5))
     assert total == pytest.approx(epsilon(step * 2, 1e-5))
+
+
+def test_a_tiny_noise_multiplier_is_accounted_without_exhausting_memory():
+    """PLD at z = 0.01 would allocate gigabytes; RDP bounds it in milliseconds."""
+    steps = [Steps(0.136, 0.01, 740)]
+    assert epsilon(steps, 1e-5) == epsilon(steps, 1e-5, "rdp") > 1e6
+    at_floor = [Steps(0.136, 0.2, 740)]
+    assert epsilon(at_floor, 1e-5) < epsilon(at_floor, 1e-5, "rdp")  # PLD from the floor up

@@ -157,5 +157,6 @@ def predict(model: torch.nn.Module, ds: SiteDataset, batch_size: int = 1024) -> 
     mean_t, std_t = getattr(model, "y_mean", None), getattr(model, "y_std", None)
     mean = mean_t.cpu().numpy() if mean_t is not None else np.zeros(ds.n_tasks, np.float32)
     std = std_t.cpu().numpy() if std_t is not None else np.ones(ds.n_tasks, np.float32)
-    prob = np.exp(-np.logaddexp(0.0, -raw))  # the logistic, without overflow at large |raw|
+    with np.errstate(invalid="ignore"):  # a non-finite output stays NaN, for callers to check
+        prob = np.exp(-np.logaddexp(0.0, -raw))  # the logistic, no overflow at large |raw|
     return np.where(is_reg, raw * std + mean, prob).astype(np.float32)

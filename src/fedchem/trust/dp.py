@@ -41,6 +41,9 @@ __all__ = [
 #: the PLD accountant's grid: its pessimistic estimate is an upper bound at any grid; 1e-3 is
 #: within 1e-3 of the default 1e-4 on this federation's mechanisms and about 15x faster
 PLD_DISCRETIZATION = 1e-3
+#: below this noise multiplier the PLD's grid grows as 1/z^2 (z = 0.01: a 6 GiB array) while
+#: epsilon is in the thousands anyway: such releases are accounted by RDP, an upper bound
+PLD_MIN_NOISE = 0.2
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,12 @@ def _event(steps: Iterable[Steps]) -> dp_accounting.DpEvent:
 def epsilon(
     steps: Sequence[Steps], delta: float, accountant: Literal["pld", "rdp"] = "pld"
 ) -> float:
-    """Epsilon at ``delta`` of the composition of ``steps`` (0 when nothing was released)."""
+    """Epsilon at ``delta`` of the composition of ``steps`` (0 when nothing was released);
+    with any release noised below :data:`PLD_MIN_NOISE`, RDP's (larger, still a bound)."""
     if not any(s.count for s in steps):
         return 0.0
+    if any(s.count and s.z < PLD_MIN_NOISE for s in steps):
+        accountant = "rdp"
     acc = (
         pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
         if accountant == "pld"

@@ -61,16 +61,37 @@ def _seq_of(path: str) -> int | None:
     return int(stem) if stem.isdigit() else None
 
 
+def _chain_paths(hub: HubStore, scope: str, actor: str) -> list[tuple[int, str]]:
+    return sorted(
+        (s, p) for p in hub.list_files(ledger_dir(scope, actor)) if (s := _seq_of(p)) is not None
+    )
+
+
+def _read(hub: HubStore, paths: list[tuple[int, str]]) -> list[LedgerEntry]:
+    return [LedgerEntry.model_validate(d) for d in hub.map(hub.get_json, [p for _, p in paths])]
+
+
 def read_chain(hub: HubStore, scope: str, actor: str, start: int = 0) -> list[LedgerEntry]:
     """The entries of one chain on the hub from ``start``, in sequence order (as stored: a
     missing or extra entry shows as a gap or a duplicate, for :func:`verify_run` to name)."""
-    paths = sorted(
-        (s, p)
-        for p in hub.list_files(ledger_dir(scope, actor))
-        if (s := _seq_of(p)) is not None and s >= start
-    )
-    docs = hub.map(hub.get_json, [p for _, p in paths])
-    return [LedgerEntry.model_validate(d) for d in docs]
+    return _read(hub, [(s, p) for s, p in _chain_paths(hub, scope, actor) if s >= start])
+
+
+#: a writer's chains as this process last read or wrote them: the next append lists the chain
+#: (one request) and reads only the entries it does not hold yet, not the whole chain again
+_known: dict[str, list[LedgerEntry]] = {}
+
+
+def _refreshed(hub: HubStore, scope: str, actor: str) -> list[LedgerEntry]:
+    key = f"{hub.url}|{scope}|{actor}"
+    known = _known.get(key, [])
+    paths = _chain_paths(hub, scope, actor)
+    held = [s for s, _ in paths[: len(known)]]
+    if held != [e.seq for e in known]:  # not the chain this process knew: read it whole
+        known = []
+    chain = known + _read(hub, paths[len(known) :])
+    _known[key] = chain
+    return chain
 
 
 @contextmanager
@@ -109,7 +130,7 @@ class Ledger:
                 lines = self.local.read_text().splitlines()
                 self._chain = [LedgerEntry.model_validate_json(x) for x in lines if x.strip()]
             else:
-                self._chain = read_chain(self.hub, self.scope, self.actor)
+                self._chain = _refreshed(self.hub, self.scope, self.actor)
         return self._chain
 
     def append(
