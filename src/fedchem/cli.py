@@ -82,8 +82,16 @@ def demo_config(args: argparse.Namespace) -> DemoConfig:
     return cfg
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _embedded_prefect_defaults() -> None:
+    """Prefect's settings for the embedded (ephemeral) server, where the user set none: no
+    analytics, and two minutes for the server to start (its first start in a fresh install
+    compiles Prefect's modules; Prefect's 20 s default times out on a loaded 2-core machine)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _embedded_prefect_defaults()
     from fedchem.demo.report import render_markdown
     from fedchem.demo.sites import resolve_dataset
 
@@ -220,7 +228,7 @@ def _federate(args: argparse.Namespace) -> int:
     )
     if args.check:
         return 0
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _embedded_prefect_defaults()
     coordinator = importlib.import_module("fedchem.flows.coordinator").coordinator
     if cfg.mode == "local":  # the simulation prepares its sites here (cached when unchanged)
         site_prepare = importlib.import_module("fedchem.flows.site_prepare").site_prepare
