@@ -318,10 +318,7 @@ def _load(site: Any) -> str | None:
 
 
 def permissions(root: Path) -> list[Outcome]:
-    import boto3
-
-    from fedchem.stack import authorize_requests
-    from fedchem.trust.hub_access import provision
+    from fedchem.stack import provision_hub
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -339,15 +336,7 @@ def permissions(root: Path) -> list[Outcome]:
                 break
             except OSError:
                 time.sleep(0.1)
-        kw = {
-            "endpoint_url": url,
-            "region_name": "us-east-1",
-            "aws_access_key_id": "x",
-            "aws_secret_access_key": "x",
-        }
-        boto3.client("s3", **kw).create_bucket(Bucket="bench")
-        creds = provision(boto3.client("iam", **kw), "bench", "hub", "registry", ["a", "b"])
-        authorize_requests(url)
+        creds = provision_hub(url, ["a", "b"], bucket="bench")
         hubs = {
             p: HubStore(
                 "s3://bench/hub",

@@ -44,6 +44,7 @@ __all__ = [
     "authorize_requests",
     "deploy",
     "pool_for",
+    "provision_hub",
     "render_prefect_yaml",
     "stack_down",
     "stack_up",
@@ -422,29 +423,37 @@ def stack_up(
         raise
 
 
-def _provision_hub(stack: Stack, directory: Path) -> None:
-    """The hub's bucket, then an IAM user with its own policy and key for every party, then
-    the server's authorization switched on (moto's documented ``reset-auth``): from here on
-    a site's credentials read and write only what :func:`~fedchem.trust.hub_access.site_policy`
-    allows, the coordinator's only what
-    :func:`~fedchem.trust.hub_access.coordinator_policy` does."""
+def provision_hub(
+    s3_endpoint: str, sites: list[str], bucket: str = BUCKET
+) -> dict[str, Credentials]:
+    """On the stack's S3 server (moto): the hub's bucket, an IAM user with its own policy and
+    key for every party, then authorization switched on (:func:`authorize_requests`): from
+    here on a site's credentials read and write only what
+    :func:`~fedchem.trust.hub_access.site_policy` allows, the coordinator's only what
+    :func:`~fedchem.trust.hub_access.coordinator_policy` does. Party -> its credentials."""
     import boto3  # with the S3 server (moto[server]): a stack's dependency, not the library's
 
     kw = {
-        "endpoint_url": stack.s3_endpoint,
+        "endpoint_url": s3_endpoint,
         "region_name": "us-east-1",
         "aws_access_key_id": S3_KEY,
         "aws_secret_access_key": S3_SECRET,
     }
-    boto3.client("s3", **kw).create_bucket(Bucket=BUCKET)
-    creds = provision(boto3.client("iam", **kw), BUCKET, HUB_PREFIX, REGISTRY_PREFIX, stack.sites)
+    boto3.client("s3", **kw).create_bucket(Bucket=bucket)
+    creds = provision(boto3.client("iam", **kw), bucket, HUB_PREFIX, REGISTRY_PREFIX, sites)
+    authorize_requests(s3_endpoint)
+    return creds
+
+
+def _provision_hub(stack: Stack, directory: Path) -> None:
+    """:func:`provision_hub` for the stack's sites; the credentials go to a 0600 file."""
+    creds = provision_hub(stack.s3_endpoint, stack.sites)
     path = directory / "hub-credentials.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({p: asdict(c) for p, c in creds.items()}, f, indent=1)
     stack.credentials_file = str(path)
     stack.save()
-    authorize_requests(stack.s3_endpoint)
 
 
 def authorize_requests(s3_endpoint: str) -> None:

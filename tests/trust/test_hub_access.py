@@ -10,12 +10,10 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 
-import boto3
 import pytest
 
-from fedchem.stack import authorize_requests
+from fedchem.stack import provision_hub
 from fedchem.storage.hub import HubStore
-from fedchem.trust.hub_access import provision
 
 BUCKET = "fedchem-trust"
 
@@ -44,17 +42,7 @@ def hubs() -> Iterator[dict[str, HubStore]]:
                 time.sleep(0.1)
         else:
             raise RuntimeError("moto server did not start")
-        kw = {
-            "endpoint_url": url,
-            "region_name": "us-east-1",
-            "aws_access_key_id": "set-up",
-            "aws_secret_access_key": "set-up",
-        }
-        boto3.client("s3", **kw).create_bucket(Bucket=BUCKET)
-        creds = provision(
-            boto3.client("iam", **kw), BUCKET, "hub", "registry", ["site-a", "site-b"]
-        )
-        authorize_requests(url)  # from here on every request is authorized
+        creds = provision_hub(url, ["site-a", "site-b"], bucket=BUCKET)
 
         def hub(access: str, secret: str) -> HubStore:
             return HubStore(
