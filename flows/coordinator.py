@@ -100,6 +100,7 @@ class DeployedSites:
         self.ahead: dict[int, PrefectFuture[Booked]] = {}
         self.later: list[int] = []
         self.started: list[str] = []  # every run booked, for close()
+        self.last: dict[str, str] = {}  # the runs of the round opened last
         self.unopened: set[int] = set()  # rounds with runs booked, not opened yet
 
     def start(self, rnd: int, fit: FitInstructions, check: PrefectFuture[Any] | None) -> Started:
@@ -107,12 +108,14 @@ class DeployedSites:
         run meanwhile) passed, and book the nearest round ahead once its runs run."""
         config, dep = self.config, self.config.deployment
         booked = self.ahead.pop(rnd).result()[0] if rnd in self.ahead else None
-        # sites not booked yet, or whose booked run already ended (their worker died)
+        # sites not booked yet, whose booked run already ended (their worker died), or whose
+        # booked run a worker holds after their last round's run did not complete
         self.unopened.add(rnd)
         runs, failed = book_site_runs.with_options(task_run_name=f"book-round-{rnd:02d}")(
-            config, rnd, self.ticket, booked
+            config, rnd, self.ticket, booked, self.last
         )
-        self.started += runs.values()
+        self.started += [*(booked or {}).values(), *runs.values()]  # a replaced one stops too
+        self.last = runs
         if check is not None:
             check.result()  # no round opens while sites disagree (close() stops the runs)
         open_site_round.with_options(task_run_name=f"open-round-{rnd:02d}")(
@@ -152,7 +155,7 @@ class DeployedSites:
             withdraw_site_rounds(self.config, sorted(self.unopened), self.ticket)
         self.ahead.clear()
         if self.started:
-            stop_site_runs(self.started, self.config.deployment.cancel_grace_s)
+            stop_site_runs(sorted(set(self.started)), self.config.deployment.cancel_grace_s)
 
 
 @flow(name="coordinator", flow_run_name="federation/{config.run_id}")

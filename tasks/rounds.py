@@ -48,6 +48,11 @@ def _run_state(state: State | None) -> RunState:
     return RunState(state.name or state.type.value.title(), state.is_final())
 
 
+def _held(state: State | None) -> bool:
+    """Whether a worker took the run (a Scheduled or Late one waits for any worker)."""
+    return state is not None and state.type != StateType.SCHEDULED
+
+
 def _cancel(client: SyncPrefectClient, run_id: UUID, state: State | None) -> None:
     """A run not started yet is Cancelled at once; a running one is asked to stop (its worker
     stops it), so that no update of it is read for this round."""
@@ -75,28 +80,52 @@ def _params(config: FederationConfig, rnd: int, site: str, ticket: str) -> dict[
 
 @task(cache_policy=NO_CACHE)
 def book_site_runs(
-    config: FederationConfig, rnd: int, ticket: str, booked: dict[str, str] | None = None
+    config: FederationConfig,
+    rnd: int,
+    ticket: str,
+    booked: dict[str, str] | None = None,
+    previous: dict[str, str] | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Create round ``rnd``'s run of every site (its own deployment on its own pool) that has
     no live one in ``booked``; the runs wait until the round is opened under ``ticket``.
 
     Returns (site -> flow run id, site -> why its run could not be created). A booked run that
     already ended before its round opened (its worker died, an operator cancelled it) is
-    booked again.
+    booked again. So is one that a worker took while the same site's run of the round before
+    (``previous``: site -> flow run id) did not complete: that worker may be gone with its
+    runs, and nothing would move a run it held (it is asked to stop; the caller stops every
+    run it booked before it ends).
     """
     booked, rebook = dict(booked or {}), set()
     if booked:
+        before = {s: r for s, r in (previous or {}).items() if s in booked}
         with get_client(sync_client=True) as client:
-            states = _states(client, [UUID(v) for v in booked.values()])
-        for site, run_id in list(booked.items()):
-            state = _run_state(states.get(UUID(run_id)))
-            if state.final or state.name == "no state":
-                get_run_logger().warning(
-                    "round %d: %s's booked run ended before the round opened (%s); booking again",
-                    rnd,
-                    site,
-                    state.name,
-                )
+            states = _states(client, [UUID(v) for v in [*booked.values(), *before.values()]])
+            for site, run_id in list(booked.items()):
+                raw = states.get(UUID(run_id))
+                state = _run_state(raw)
+                last = _run_state(states.get(UUID(before[site]))) if site in before else None
+                if state.final or state.name == "no state":
+                    get_run_logger().warning(
+                        "round %d: %s's booked run ended before the round opened (%s); "
+                        "booking again",
+                        rnd,
+                        site,
+                        state.name,
+                    )
+                elif last is not None and last.name != "Completed" and _held(raw):
+                    get_run_logger().warning(
+                        "round %d: %s's run of round %d did not complete (%s) and a worker holds "
+                        "its booked run (%s); that run is stopped and booked again",
+                        rnd,
+                        site,
+                        rnd - 1,
+                        last.name,
+                        state.name,
+                    )
+                    _cancel(client, UUID(run_id), raw)
+                else:
+                    continue
                 del booked[site]
                 rebook.add(site)
     failed = {}

@@ -103,6 +103,53 @@ def test_a_booked_run_that_ended_before_its_round_opened_is_booked_again(
     assert booked == {"a": str(kept), "b": str(crashed), "c": str(cancelled)}  # not mutated
 
 
+def test_a_booked_run_held_after_a_failed_round_is_stopped_and_booked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b's round-2 run was cancelled at the deadline (its worker killed with its runs) and a
+    worker holds b's booked round-3 run: that run is asked to stop and b is booked again. a's
+    round 2 completed (its held run is kept); c's round 2 crashed but its booked run still waits
+    (Late: Scheduled, for any worker; kept)."""
+    ids = {k: uuid.uuid4() for k in ("a2", "a3", "b2", "b3", "c2", "c3")}
+    client = _Client(
+        {
+            ids["a2"]: State(type=StateType.COMPLETED, name="Completed"),
+            ids["a3"]: State(type=StateType.RUNNING, name="Running"),
+            ids["b2"]: State(type=StateType.CANCELLING, name="Cancelling"),
+            ids["b3"]: State(type=StateType.RUNNING, name="Running"),
+            ids["c2"]: State(type=StateType.CRASHED, name="Crashed"),
+            ids["c3"]: State(type=StateType.SCHEDULED, name="Late"),
+        }
+    )
+    created: list[dict[str, Any]] = []
+
+    def run_deployment(name: str, **kwargs: Any) -> SimpleNamespace:
+        created.append({"name": name, **kwargs})
+        return SimpleNamespace(id=uuid.uuid4())
+
+    warnings: list[str] = []
+    logger = SimpleNamespace(warning=lambda msg, *args: warnings.append(msg % args))
+    monkeypatch.setattr(rounds, "get_client", lambda sync_client: client)
+    monkeypatch.setattr(rounds, "run_deployment", run_deployment)
+    monkeypatch.setattr(rounds, "get_run_logger", lambda: logger)
+    config = _config(tmp_path, ["a", "b", "c"])
+    booked = {s: str(ids[f"{s}3"]) for s in "abc"}
+    previous = {s: str(ids[f"{s}2"]) for s in "abc"}
+
+    now, failed = book_site_runs.fn(config, 3, "tk", booked, previous)
+
+    assert (now["a"], now["c"]) == (str(ids["a3"]), str(ids["c3"]))
+    assert [(c["flow_run_name"], c["idempotency_key"]) for c in created] == [
+        ("round-03/b", f"{RUN}/3/b/tk/again")
+    ]
+    assert now["b"] != str(ids["b3"]) and failed == {}
+    assert client.set == {ids["b3"]: StateType.CANCELLING}  # only b's held run, asked to stop
+    assert warnings == [
+        "round 3: b's run of round 2 did not complete (Cancelling) and a worker holds its "
+        "booked run (Running); that run is stopped and booked again"
+    ]
+
+
 def test_every_run_the_coordinator_started_ends_final_before_it_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
