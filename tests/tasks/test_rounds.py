@@ -56,6 +56,27 @@ def _config(hub: Path, sites: list[str]) -> FederationConfig:
     )
 
 
+def _booking(
+    monkeypatch: pytest.MonkeyPatch, client: _Client, missing: str | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Route ``book_site_runs``'s client, runs and logger to stand-ins; return the runs it
+    creates and the warnings it logs (the deployment of site ``missing`` is not there)."""
+    created: list[dict[str, Any]] = []
+
+    def run_deployment(name: str, **kwargs: Any) -> SimpleNamespace:
+        if missing is not None and name.startswith(f"site-round/{missing}-"):
+            raise ValueError("deployment not found")
+        created.append({"name": name, **kwargs})
+        return SimpleNamespace(id=uuid.uuid4())
+
+    warnings: list[str] = []
+    logger = SimpleNamespace(warning=lambda msg, *args: warnings.append(msg % args))
+    monkeypatch.setattr(rounds, "get_client", lambda sync_client: client)
+    monkeypatch.setattr(rounds, "run_deployment", run_deployment)
+    monkeypatch.setattr(rounds, "get_run_logger", lambda: logger)
+    return created, warnings
+
+
 def test_a_booked_run_that_ended_before_its_round_opened_is_booked_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -70,19 +91,7 @@ def test_a_booked_run_that_ended_before_its_round_opened_is_booked_again(
             cancelled: State(type=StateType.CANCELLED, name="Cancelled"),
         }
     )
-    created: list[dict[str, Any]] = []
-
-    def run_deployment(name: str, **kwargs: Any) -> SimpleNamespace:
-        if name.startswith("site-round/e-"):
-            raise ValueError("deployment not found")
-        created.append({"name": name, **kwargs})
-        return SimpleNamespace(id=uuid.uuid4())
-
-    warnings: list[str] = []
-    logger = SimpleNamespace(warning=lambda msg, *args: warnings.append(msg % args))
-    monkeypatch.setattr(rounds, "get_client", lambda sync_client: client)
-    monkeypatch.setattr(rounds, "run_deployment", run_deployment)
-    monkeypatch.setattr(rounds, "get_run_logger", lambda: logger)
+    created, warnings = _booking(monkeypatch, client, missing="e")
     config = _config(tmp_path, ["a", "b", "c", "d", "e"])
     booked = {"a": str(kept), "b": str(crashed), "c": str(cancelled)}
 
@@ -121,17 +130,7 @@ def test_a_booked_run_held_after_a_failed_round_is_stopped_and_booked_again(
             ids["c3"]: State(type=StateType.SCHEDULED, name="Late"),
         }
     )
-    created: list[dict[str, Any]] = []
-
-    def run_deployment(name: str, **kwargs: Any) -> SimpleNamespace:
-        created.append({"name": name, **kwargs})
-        return SimpleNamespace(id=uuid.uuid4())
-
-    warnings: list[str] = []
-    logger = SimpleNamespace(warning=lambda msg, *args: warnings.append(msg % args))
-    monkeypatch.setattr(rounds, "get_client", lambda sync_client: client)
-    monkeypatch.setattr(rounds, "run_deployment", run_deployment)
-    monkeypatch.setattr(rounds, "get_run_logger", lambda: logger)
+    created, warnings = _booking(monkeypatch, client)
     config = _config(tmp_path, ["a", "b", "c"])
     booked = {s: str(ids[f"{s}3"]) for s in "abc"}
     previous = {s: str(ids[f"{s}2"]) for s in "abc"}
