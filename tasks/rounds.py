@@ -53,6 +53,11 @@ def _held(state: State | None) -> bool:
     return state is not None and state.type != StateType.SCHEDULED
 
 
+# a run that went wrong: stopped at its deadline, or ended without completing (one still
+# Running has replied and is finishing: its site is well)
+_WENT_WRONG = {StateType.CANCELLING, StateType.CANCELLED, StateType.CRASHED, StateType.FAILED}
+
+
 def _cancel(client: SyncPrefectClient, run_id: UUID, state: State | None) -> None:
     """A run not started yet is Cancelled at once; a running one is asked to stop (its worker
     stops it), so that no update of it is read for this round."""
@@ -94,7 +99,8 @@ def book_site_runs(
     booked again. So is one that a worker took while the same site's run of the round before
     (``previous``: site -> flow run id) did not complete: that worker may be gone with its
     runs, and nothing would move a run it held (it is asked to stop; the caller stops every
-    run it booked before it ends).
+    run it booked before it ends). A run of the round before still Running is well: it
+    replied and is finishing.
     """
     booked, rebook = dict(booked or {}), set()
     if booked:
@@ -104,7 +110,7 @@ def book_site_runs(
             for site, run_id in list(booked.items()):
                 raw = states.get(UUID(run_id))
                 state = _run_state(raw)
-                last = _run_state(states.get(UUID(before[site]))) if site in before else None
+                last = states.get(UUID(before[site])) if site in before else None
                 if state.final or state.name == "no state":
                     get_run_logger().warning(
                         "round %d: %s's booked run ended before the round opened (%s); "
@@ -113,14 +119,14 @@ def book_site_runs(
                         site,
                         state.name,
                     )
-                elif last is not None and last.name != "Completed" and _held(raw):
+                elif last is not None and last.type in _WENT_WRONG and _held(raw):
                     get_run_logger().warning(
                         "round %d: %s's run of round %d did not complete (%s) and a worker holds "
                         "its booked run (%s); that run is stopped and booked again",
                         rnd,
                         site,
                         rnd - 1,
-                        last.name,
+                        _run_state(last).name,
                         state.name,
                     )
                     _cancel(client, UUID(run_id), raw)

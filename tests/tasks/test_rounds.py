@@ -117,9 +117,10 @@ def test_a_booked_run_held_after_a_failed_round_is_stopped_and_booked_again(
 ) -> None:
     """b's round-2 run was cancelled at the deadline (its worker killed with its runs) and a
     worker holds b's booked round-3 run: that run is asked to stop and b is booked again. a's
-    round 2 completed (its held run is kept); c's round 2 crashed but its booked run still waits
-    (Late: Scheduled, for any worker; kept)."""
-    ids = {k: uuid.uuid4() for k in ("a2", "a3", "b2", "b3", "c2", "c3")}
+    round 2 completed and d's still runs (it replied and is finishing): their held runs are
+    kept; c's round 2 crashed but its booked run still waits (Late: Scheduled, for any worker;
+    kept)."""
+    ids = {f"{s}{r}": uuid.uuid4() for s in "abcd" for r in (2, 3)}
     client = _Client(
         {
             ids["a2"]: State(type=StateType.COMPLETED, name="Completed"),
@@ -128,16 +129,18 @@ def test_a_booked_run_held_after_a_failed_round_is_stopped_and_booked_again(
             ids["b3"]: State(type=StateType.RUNNING, name="Running"),
             ids["c2"]: State(type=StateType.CRASHED, name="Crashed"),
             ids["c3"]: State(type=StateType.SCHEDULED, name="Late"),
+            ids["d2"]: State(type=StateType.RUNNING, name="Running"),
+            ids["d3"]: State(type=StateType.PENDING, name="Pending"),
         }
     )
     created, warnings = _booking(monkeypatch, client)
-    config = _config(tmp_path, ["a", "b", "c"])
-    booked = {s: str(ids[f"{s}3"]) for s in "abc"}
-    previous = {s: str(ids[f"{s}2"]) for s in "abc"}
+    config = _config(tmp_path, ["a", "b", "c", "d"])
+    booked = {s: str(ids[f"{s}3"]) for s in "abcd"}
+    previous = {s: str(ids[f"{s}2"]) for s in "abcd"}
 
     now, failed = book_site_runs.fn(config, 3, "tk", booked, previous)
 
-    assert (now["a"], now["c"]) == (str(ids["a3"]), str(ids["c3"]))
+    assert [now[s] for s in "acd"] == [str(ids[f"{s}3"]) for s in "acd"]
     assert [(c["flow_run_name"], c["idempotency_key"]) for c in created] == [
         ("round-03/b", f"{RUN}/3/b/tk/again")
     ]
