@@ -1,35 +1,26 @@
-"""A federation through the library calls the flows make, in one process (no Prefect): what the
-trust and privacy benchmarks compare settings with, every setting on the same prepared sites.
-
-Each round: the coordinator opens it (signed and recorded when trusted), every site trains
-under its guard (policy, key, budget) and replies, the coordinator screens, aggregates and
-commits; at the end every site scores the last global model on its own test fold.
+"""A federation in one process (no Prefect), through the library's round driver
+(``fedchem.federation.driver.run_rounds`` with ``InProcessSites``): what the trust and privacy
+benchmarks compare settings with, every setting on the same prepared sites. At the end every
+site scores the last global model on its own test fold.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from fedchem.config import ChemConfig, DemoConfig, FederationConfig
+from fedchem.config import ChemConfig, DemoConfig, FederationConfig, SiteConfig
 from fedchem.data.prepare import prepare_site
 from fedchem.demo.sites import DemoSplit, bundled_dataset, split_into_sites
-from fedchem.federation.coordinator import (
-    aggregate_round,
-    coordinator_trust,
-    round_plan,
-    start_run,
-    strategy_for,
-)
-from fedchem.federation.rounds import new_ticket, open_round
-from fedchem.federation.site import evaluate_global_at_site, run_site_round
-from fedchem.messages import FitInstructions, RoundManifest
-from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.federation.coordinator import start_run
+from fedchem.federation.driver import CoordinatorSteps, InProcessSites, run_rounds
+from fedchem.federation.site import evaluate_global_at_site
+from fedchem.messages import RoundManifest
+from fedchem.storage.hub import HubStore
 from fedchem.trust.config import PrivacyConfig
-from fedchem.trust.site import SiteGuard
 
 
 @dataclass
@@ -63,6 +54,17 @@ class Result:
         return sum(self.test_roc_auc.values()) / max(len(self.test_roc_auc), 1)
 
 
+def unsigned(site: SiteConfig) -> SiteConfig:
+    """The site with a policy of its own that takes unsigned rounds and no signing key: the
+    "signatures off" side of a comparison (the same policy clauses otherwise)."""
+    assert site.policy_file is not None
+    policy = yaml.safe_load(Path(site.policy_file).read_text())
+    policy.update(require_signatures=False, coordinator_key=None)
+    path = Path(site.policy_file).with_name("policy-unsigned.yaml")
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return site.model_copy(update={"policy_file": path, "signing_key_file": None})
+
+
 def config_for(
     sites: Sites,
     hub_url: str,
@@ -81,7 +83,7 @@ def config_for(
     return FederationConfig(
         run_id=run_id,
         hub_url=hub_url,
-        sites=sites.split.sites,
+        sites=sites.split.sites if signed else [unsigned(s) for s in sites.split.sites],
         tasks=sites.split.tasks,
         rounds=rounds,
         chem=sites.chem,
@@ -94,53 +96,16 @@ def config_for(
 
 
 def federate(sites: Sites, config: FederationConfig, score: bool = True) -> Result:
-    """Run ``config`` (signed when it has ``trust``); score the last round at every site."""
+    """Run ``config`` (signed when it has ``trust``) through the round driver; score the last
+    round at every site."""
     hub = HubStore(config.hub_url)
-    trust = coordinator_trust(config)
-    start_run(hub, config, sites.label_stats, trust=trust)
-    strategy, plan = strategy_for(config), round_plan(config)
-    result = Result([])
-    for rnd in range(1, config.rounds + 1):
-        t0 = time.perf_counter()
-        sign = trust.sign if trust is not None else None
-        opened, data = open_round(
-            hub, config.run_id, rnd, new_ticket(), FitInstructions(), plan, sign
-        )
-        if trust is not None:
-            path = HubLayout(config.run_id).round_open(rnd)
-            trust.ledger(hub, config.run_id).append("round-open", round=rnd, path=path, data=data)
-        replies = []
-        for site in sites.split.sites:
-            guard = SiteGuard.load(site) if trust is not None else None
-            replies.append(
-                run_site_round(
-                    site,
-                    hub,
-                    config.run_id,
-                    rnd,
-                    config.chem,
-                    config.model,
-                    config.train,
-                    opened=opened,
-                    guard=guard,
-                )
-            )
-        result.committed.append(
-            aggregate_round(
-                hub,
-                config.run_id,
-                rnd,
-                replies,
-                strategy,
-                members=config.site_names,
-                quorum=config.quorum(),
-                trust=trust,
-                privacy=plan.privacy,
-            )
-        )
-        result.round_seconds.append(time.perf_counter() - t0)
+    steps = CoordinatorSteps(config, hub)
+    first = start_run(hub, config, sites.label_stats, trust=steps.trust)
+    outcome = run_rounds(config, steps, InProcessSites(config, hub), [first])
+    result = Result(outcome.rounds[1:], outcome.round_seconds)
     if score:
-        for site in sites.split.sites:
+        for site in config.sites:
+            assert isinstance(site, SiteConfig)
             rep = evaluate_global_at_site(
                 site, hub, config.run_id, config.rounds, config.chem, config.model
             )

@@ -1,32 +1,38 @@
 """The coordinator: R rounds over N sites, the configured strategy, one global model per round.
 
 It sees only what sites publish: preparation counts, update manifests, weights on the hub.
-Every round goes one way (``fedchem.federation.rounds``): the coordinator opens it on the hub,
-each site's run reads the opening, trains and publishes its update, and the coordinator
-collects the replies from the hub, then screens, aggregates and commits (the quorum is decided
-there, once). Only how a site's run starts differs: ``mode: local`` runs it as a subflow here
-(the one-machine simulation); ``mode: deployed`` runs the site's own deployment on its own work
-pool, booked rounds ahead so that the runs' start overlaps the rounds before. Every run the
-coordinator started ends in a final state before it does. The UI shows a progress artifact for
-the run and a table of site metrics per round.
+Every round goes one way, through the library's round driver
+(:func:`fedchem.federation.driver.run_rounds`): the coordinator opens it on the hub, each
+site's run reads the opening, trains and publishes its update, and the coordinator collects the
+replies from the hub, then screens, aggregates and commits (the quorum is decided there, once;
+a round below it is recorded as failed). Here the coordinator's steps run as Prefect tasks
+(:class:`TaskSteps`), and only how a site's run starts differs: ``mode: local`` runs it as a
+subflow here (the one-machine simulation); ``mode: deployed`` runs the site's own deployment on
+its own work pool, booked rounds ahead so that the runs' start overlaps the rounds before.
+Every run the coordinator started ends in a final state before it does. The UI shows a
+progress artifact for the run and a table of site metrics per round.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import PrefectFuture, wait
 
 from fedchem.config import FederationConfig, SiteConfig
-from fedchem.federation.coordinator import strategy_for
-from fedchem.federation.rounds import new_ticket
-from fedchem.federation.strategies import Strategy
+from fedchem.federation.driver import (
+    CoordinatorSteps,
+    FederationStopped,
+    RoundStart,
+    run_rounds,
+)
+from fedchem.federation.rounds import SiteReplies
 from fedchem.flows.site_round import site_round
 from fedchem.messages import FitInstructions, RoundManifest
-from fedchem.model.train import lr_factor
 from fedchem.tasks.coordinator import (
     aggregate,
     artifact_key,
@@ -44,25 +50,62 @@ from fedchem.tasks.rounds import (
     withdraw_site_rounds,
 )
 
-#: site -> its run's flow run id, site -> why it has no run, and when the round was opened
-Started = tuple[dict[str, str], dict[str, str], float]
 #: site -> flow run id, site -> why not booked
 Booked = tuple[dict[str, str], dict[str, str]]
+
+
+class TaskSteps:
+    """The coordinator's steps of a round (:class:`~fedchem.federation.driver.CoordinatorSteps`)
+    as Prefect tasks: the UI shows each round's opening, wait and commit, and a table per
+    round. From round 2 on, the sites' consistency is checked while the round's runs start."""
+
+    def __init__(self, config: FederationConfig, progress: UUID) -> None:
+        self.lib = CoordinatorSteps(config)
+        self.strategy = self.lib.strategy
+        self.config, self.progress = config, progress
+        self.check: PrefectFuture[Any] | None = None
+        self.reported: list[PrefectFuture[None]] = []
+
+    def begin(self, rnd: int) -> None:
+        # a site may have re-prepared since: no round opens while sites disagree
+        config = self.config
+        self.check = (
+            read_prepare_reports.submit(config.hub_url, config.site_names, config.trust)
+            if rnd > 1
+            else None
+        )
+
+    def open(self, rnd: int, ticket: str, fit: FitInstructions) -> None:
+        if self.check is not None:
+            self.check.result()  # no round opens while sites disagree
+        open_site_round.with_options(task_run_name=f"open-round-{rnd:02d}")(
+            self.lib, rnd, ticket, fit
+        )
+
+    def aggregate(
+        self, rnd: int, replies: SiteReplies, missing: dict[str, str], started_at: float
+    ) -> RoundManifest:
+        logger = get_run_logger()
+        for site, why in missing.items():
+            logger.warning("round %d: site %s missing: %s", rnd, site, why)
+        return aggregate.with_options(task_run_name=f"commit-round-{rnd:02d}")(
+            self.lib, rnd, replies, missing, started_at
+        )
+
+    def committed(self, manifest: RoundManifest) -> None:
+        # the round's table and the progress bar: not on the next round's critical path
+        self.reported.append(report_round.submit(self.config, manifest, self.progress))
 
 
 class LocalSites:
     """Simulation: every site's round is a subflow of the coordinator, one after another."""
 
-    def __init__(self, config: FederationConfig, ticket: str) -> None:
-        self.config, self.ticket = config, ticket
+    def __init__(self, config: FederationConfig) -> None:
+        self.config = config
 
-    def start(self, rnd: int, fit: FitInstructions, check: PrefectFuture[Any] | None) -> Started:
+    def start(self, rnd: int, ticket: str, open_round: Any) -> RoundStart:
         config = self.config
-        if check is not None:
-            check.result()  # no round opens while sites disagree
-        open_site_round.with_options(task_run_name=f"open-round-{rnd:02d}")(
-            config, rnd, self.ticket, fit
-        )
+        open_round()
         opened = time.time()
         runs = {}
         for site in config.sites:
@@ -75,11 +118,16 @@ class LocalSites:
                 chem=config.chem,
                 model=config.model,
                 train=config.train,
-                ticket=self.ticket,
+                ticket=ticket,
                 return_state=True,
             )
             runs[site.name] = str(state.state_details.flow_run_id)
-        return runs, {}, opened
+        return RoundStart(runs, {}, opened)
+
+    def collect(self, rnd: int, started: RoundStart, deadline: float) -> SiteReplies:
+        return await_replies.with_options(task_run_name=f"await-round-{rnd:02d}")(
+            self.config, rnd, started.runs, deadline
+        )
 
     def after_replies(self, rnd: int) -> None:
         return None
@@ -95,32 +143,30 @@ class DeployedSites:
     created; the sites' workers start them and they wait on the hub until their round opens.
     """
 
-    def __init__(self, config: FederationConfig, ticket: str) -> None:
-        self.config, self.ticket = config, ticket
+    def __init__(self, config: FederationConfig) -> None:
+        self.config = config
+        self.ticket = ""
         self.ahead: dict[int, PrefectFuture[Booked]] = {}
         self.later: list[int] = []
         self.started: list[str] = []  # every run booked, for close()
         self.last: dict[str, str] = {}  # the runs of the round opened last
         self.unopened: set[int] = set()  # rounds with runs booked, not opened yet
 
-    def start(self, rnd: int, fit: FitInstructions, check: PrefectFuture[Any] | None) -> Started:
-        """Top up round ``rnd``'s booked runs, open it once ``check`` (the sites' consistency,
-        run meanwhile) passed, and book the nearest round ahead once its runs run."""
+    def start(self, rnd: int, ticket: str, open_round: Any) -> RoundStart:
+        """Top up round ``rnd``'s booked runs, open it (once the sites' consistency, checked
+        meanwhile, passed), and book the nearest round ahead once its runs run."""
         config, dep = self.config, self.config.deployment
+        self.ticket = ticket
         booked = self.ahead.pop(rnd).result()[0] if rnd in self.ahead else None
         # sites not booked yet, whose booked run already ended (their worker died), or whose
         # booked run a worker holds after their last round's run did not complete
         self.unopened.add(rnd)
         runs, failed = book_site_runs.with_options(task_run_name=f"book-round-{rnd:02d}")(
-            config, rnd, self.ticket, booked, self.last
+            config, rnd, ticket, booked, self.last
         )
         self.started += [*(booked or {}).values(), *runs.values()]  # a replaced one stops too
         self.last = runs
-        if check is not None:
-            check.result()  # no round opens while sites disagree (close() stops the runs)
-        open_site_round.with_options(task_run_name=f"open-round-{rnd:02d}")(
-            config, rnd, self.ticket, fit
-        )
+        open_round()
         opened = time.time()
         self.unopened.discard(rnd)
         last = min(rnd + dep.book_ahead, config.rounds)
@@ -131,7 +177,12 @@ class DeployedSites:
                 config, runs, opened + dep.round_deadline_s
             )
             self._book(self.later.pop(0))
-        return runs, failed, opened
+        return RoundStart(runs, failed, opened)
+
+    def collect(self, rnd: int, started: RoundStart, deadline: float) -> SiteReplies:
+        return await_replies.with_options(task_run_name=f"await-round-{rnd:02d}")(
+            self.config, rnd, started.runs, deadline
+        )
 
     def after_replies(self, rnd: int) -> None:
         for r in self.later:
@@ -151,7 +202,7 @@ class DeployedSites:
             made = future.result(raise_on_failure=False)  # a failed booking booked nothing
             if isinstance(made, tuple):
                 self.started += made[0].values()
-        if self.unopened:
+        if self.unopened and self.ticket:
             withdraw_site_rounds(self.config, sorted(self.unopened), self.ticket)
         self.ahead.clear()
         if self.started:
@@ -160,7 +211,9 @@ class DeployedSites:
 
 @flow(name="coordinator", flow_run_name="federation/{config.run_id}")
 def coordinator(config: FederationConfig) -> list[RoundManifest]:
-    """Run every round; return the committed round manifests (hashes, counts, metrics)."""
+    """Run every round (:func:`~fedchem.federation.driver.run_rounds`); return the committed
+    round manifests (hashes, counts, metrics; a failed round says so). A run that its fault
+    policy stops early ends Failed, naming why, after recording every round."""
     reports = read_prepare_reports(config.hub_url, config.site_names, config.trust)
     committed = start(config, reports)  # a run already on the hub resumes where it stopped
     progress = create_progress_artifact(
@@ -168,22 +221,16 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
         key=artifact_key(config.run_id, "progress"),
         description=f"federation {config.run_id}",
     )
-    strategy = strategy_for(config)  # with site-level DP: wrapped, noise on the sum
-    ticket = new_ticket()
-    sites = (LocalSites if config.mode == "local" else DeployedSites)(config, ticket)
-    reported = []
+    steps = TaskSteps(config, cast(UUID, progress))  # sync context: the id, not a coroutine
+    sites = (LocalSites if config.mode == "local" else DeployedSites)(config)
     try:
-        for rnd in range(len(committed), config.rounds + 1):
-            committed.append(_round(config, strategy, rnd, sites))
-            # the round's table and the progress bar: not on the next round's critical path
-            reported.append(report_round.submit(config, committed[-1], progress))
+        outcome = run_rounds(config, steps, sites, committed)
     finally:
-        sites.close()
-        wait(reported)
-    best = record_best(config.hub_url, config.run_id, committed)
+        wait(steps.reported)
+    best = record_best(config.hub_url, config.run_id, outcome.rounds)
     create_markdown_artifact(
         key=artifact_key(config.run_id, "summary"),
-        markdown=_summary(config, committed)
+        markdown=_summary(config, outcome.rounds, outcome.stopped)
         + (
             f"\nBest round by the sites' validation {best['metric']}: **{best['round']}** "
             f"({best['value']:.4f}); kept as `runs/{config.run_id}/best.json` on the hub.\n"
@@ -192,43 +239,14 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
         ),
         description=f"federation {config.run_id}: every round",
     )
-    return committed
+    if outcome.stopped is not None:
+        raise FederationStopped(f"federation {config.run_id} stopped: {outcome.stopped}")
+    return outcome.rounds
 
 
-def _round(
-    config: FederationConfig, strategy: Strategy, rnd: int, sites: LocalSites | DeployedSites
-) -> RoundManifest:
-    """One round: start the sites' runs, collect their replies from the hub, commit."""
-    logger = get_run_logger()
-    started_at = time.time()
-    # a site may have re-prepared since: no round starts while sites disagree (checked while
-    # the round's runs are started or topped up)
-    check = (
-        read_prepare_reports.submit(config.hub_url, config.site_names, config.trust)
-        if rnd > 1
-        else None
-    )
-    fit = strategy.configure_fit(rnd).model_copy(
-        update={
-            "private_tasks": config.private_tasks(),
-            "lr_factor": lr_factor(config.train, rnd - 1, config.rounds),
-        }
-    )
-    runs, failed, opened = sites.start(rnd, fit, check)
-    deadline = opened + config.deployment.round_deadline_s  # counts from the round's opening
-    replies, missing = await_replies.with_options(task_run_name=f"await-round-{rnd:02d}")(
-        config, rnd, runs, deadline
-    )
-    sites.after_replies(rnd)
-    missing = {**missing, **failed}
-    for site, why in missing.items():
-        logger.warning("round %d: site %s missing: %s", rnd, site, why)
-    manifest = aggregate(config, strategy, rnd, replies, missing, started_at)
-    logger.info("round %d/%d committed", rnd, config.rounds)
-    return manifest
-
-
-def _summary(config: FederationConfig, committed: list[RoundManifest]) -> str:
+def _summary(
+    config: FederationConfig, committed: list[RoundManifest], stopped: str | None = None
+) -> str:
     metric_keys = sorted({k for m in committed for k in m.valid_score})
     lines = [
         f"# Federation `{config.run_id}`",
@@ -243,7 +261,11 @@ def _summary(config: FederationConfig, committed: list[RoundManifest]) -> str:
         vals = " | ".join(
             f"{m.valid_score[k]:.4f}" if k in m.valid_score else "" for k in metric_keys
         )
+        if m.outcome == "failed":
+            vals = f"failed: {m.reason}"
         lines.append(f"| {m.round} | {len(m.sites)} | {', '.join(m.missing) or '-'} | {vals} |")
+    if stopped is not None:
+        lines += ["", f"**The run stopped early**: {stopped}."]
     last = committed[-1]
     if last.dp:
         lines += [

@@ -13,8 +13,9 @@ from fedchem.config import FederationConfig
 from fedchem.federation import coordinator as coord
 from fedchem.federation.commits import committed_rounds, record_best_round
 from fedchem.federation.consistency import ConsistencyError, check_consistency
-from fedchem.federation.strategies import Strategy
-from fedchem.messages import PrepareReport, RoundManifest, SiteUpdateManifest
+from fedchem.federation.driver import CoordinatorSteps
+from fedchem.federation.rounds import SiteReplies
+from fedchem.messages import PrepareReport, RoundManifest
 from fedchem.registry.model import load_weights
 from fedchem.registry.publish import write_domain_support
 from fedchem.registry.store import Registry
@@ -95,30 +96,15 @@ def start(config: FederationConfig, reports: list[PrepareReport]) -> list[RoundM
 
 @task(cache_policy=NO_CACHE)
 def aggregate(
-    config: FederationConfig,
-    strategy: Strategy,
+    steps: CoordinatorSteps,
     rnd: int,
-    replies: list[SiteUpdateManifest],
+    replies: SiteReplies,
     missing: dict[str, str],
-    started_at: float | None = None,
+    started_at: float,
 ) -> RoundManifest:
     """Screen the round's updates, aggregate the accepted ones, commit; the round's quorum is
-    decided here, on the accepted updates (a :class:`~fedchem.federation.coordinator.QuorumError`
-    commits nothing)."""
-    manifest = coord.aggregate_round(
-        HubStore(config.hub_url),
-        config.run_id,
-        rnd,
-        replies,
-        strategy,
-        missing,
-        started_at,
-        members=config.site_names,
-        quorum=config.quorum(),
-        faults=config.faults,
-        trust=coord.coordinator_trust(config),
-        privacy=coord.round_plan(config).privacy,
-    )
+    decided here, on the accepted updates (below it the round is recorded as failed)."""
+    manifest = steps.aggregate(rnd, replies, missing, started_at)
     logger = get_run_logger()
     for site, why in manifest.rejected.items():
         logger.warning("round %d: update of %s rejected: %s", rnd, site, why)
@@ -131,6 +117,9 @@ def aggregate(
             manifest.dp["epsilon_run"],
             manifest.dp["delta"],
         )
+    if manifest.outcome == "failed":
+        logger.error("round %d failed: %s", rnd, manifest.reason)
+        return manifest
     logger.info(
         "round %d committed (%s): %d sites, %d examples, global %s, valid %s",
         rnd,

@@ -19,11 +19,11 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling
 
 from fedchem.config import FederationConfig
-from fedchem.federation.coordinator import coordinator_trust, round_plan
-from fedchem.federation.rounds import RunState, collect_replies, open_round, withdraw_round
-from fedchem.messages import FitInstructions, SiteRefusal, SiteUpdateManifest
+from fedchem.federation.coordinator import coordinator_trust
+from fedchem.federation.driver import CoordinatorSteps, refusal_verifier
+from fedchem.federation.rounds import RunState, SiteReplies, collect_replies, withdraw_round
+from fedchem.messages import FitInstructions
 from fedchem.storage.hub import HubLayout, HubStore
-from fedchem.trust.signing import SignatureRejected
 
 __all__ = [
     "await_replies",
@@ -159,17 +159,12 @@ def book_site_runs(
 
 
 @task(cache_policy=NO_CACHE)
-def open_site_round(config: FederationConfig, rnd: int, ticket: str, fit: FitInstructions) -> None:
+def open_site_round(steps: CoordinatorSteps, rnd: int, ticket: str, fit: FitInstructions) -> None:
     """The go for round ``rnd``: the sites' runs start training from the last global model.
 
     The opening carries the round's plan (what the sites' policies check) and, in a signed
     federation, the coordinator's signature; it is recorded in the coordinator's ledger."""
-    hub, trust = HubStore(config.hub_url), coordinator_trust(config)
-    sign = trust.sign if trust is not None else None
-    _, data = open_round(hub, config.run_id, rnd, ticket, fit, round_plan(config), sign)
-    if trust is not None:
-        path = HubLayout(config.run_id).round_open(rnd)
-        trust.ledger(hub, config.run_id).append("round-open", round=rnd, path=path, data=data)
+    steps.open(rnd, ticket, fit)
 
 
 @task(cache_policy=NO_CACHE)
@@ -191,29 +186,17 @@ def await_running(config: FederationConfig, runs: dict[str, str], deadline: floa
 @task(cache_policy=NO_CACHE)
 def await_replies(
     config: FederationConfig, rnd: int, runs: dict[str, str], deadline: float
-) -> tuple[list[SiteUpdateManifest], dict[str, str]]:
+) -> SiteReplies:
     """Round ``rnd``'s replies from the hub, waiting until every site whose run is in ``runs``
     (site -> flow run id) replied or ended, or the deadline; a run still going then is
-    cancelled (an update it sends later is never read). Returns the manifests in site order
-    and, per missing site, why."""
+    cancelled (an update it sends later is never read). Returns the replies and, per missing
+    site, why."""
     ids = {site: UUID(run_id) for site, run_id in runs.items()}
     with get_client(sync_client=True) as client:
 
         def states() -> dict[str, RunState]:
             by_id = _states(client, list(ids.values()))
             return {site: _run_state(by_id.get(i)) for site, i in ids.items()}
-
-        trust = coordinator_trust(config, need_key=False)
-        verify = None
-        if trust is not None:
-            keys = trust.keys
-
-            def verify(refusal: SiteRefusal) -> str | None:
-                try:
-                    keys.verify("refusal", refusal, refusal.site)
-                except SignatureRejected as exc:
-                    return str(exc)
-                return None
 
         out = collect_replies(
             HubStore(config.hub_url),
@@ -223,13 +206,13 @@ def await_replies(
             states,
             deadline,
             poll_s=config.deployment.poll_interval_s,
-            verify=verify,
+            verify=refusal_verifier(config),
         )
         if out.late:
             late = _states(client, [ids[s] for s in out.late])
             for site in out.late:
                 _cancel(client, ids[site], late.get(ids[site]))
-    return [out.replies[s] for s in sorted(out.replies)], out.missing
+    return out
 
 
 @task(cache_policy=NO_CACHE)

@@ -30,7 +30,7 @@ from fedchem.messages import (
 from fedchem.storage.hub import HubLayout, HubStore, json_bytes
 from fedchem.tasks.progress import ArtifactProgress
 from fedchem.trust.ledger import SITE_SCOPE, Ledger
-from fedchem.trust.site import PolicyRefused, SiteGuard, site_signer
+from fedchem.trust.site import SiteGuard, site_signer
 
 if TYPE_CHECKING:
     from fedchem.messages import PrepareReport
@@ -146,16 +146,17 @@ def train_round(
     one). A round the policy does not allow is refused: the refusal, with its clause, goes to
     the hub and is returned, and nothing is trained."""
     site = resolve_site(site)
-    hub, logger = HubStore(hub_url), get_run_logger()
-    guard = None
-    try:
-        guard = SiteGuard.load(site)
-        manifest = site_lib.run_site_round(
-            site, hub, run_id, rnd, chem, model, train, opened=opened, guard=guard
+    logger = get_run_logger()
+    manifest = site_lib.take_part(site, HubStore(hub_url), opened, chem, model, train)
+    if isinstance(manifest, SiteRefusal):
+        logger.warning(
+            "round %d site %s: refused by its policy: %s (%s)",
+            rnd,
+            site.name,
+            manifest.clause,
+            manifest.reason,
         )
-    except PolicyRefused as refused:
-        logger.warning("round %d site %s: %s", rnd, site.name, refused)
-        return site_lib.refuse_round(hub, run_id, rnd, site.name, refused, guard)
+        return manifest
     dp = (
         f"; DP {manifest.dp.level}, epsilon {manifest.dp.epsilon_run:.3f} this run, "
         f"{manifest.dp.epsilon_total:.3f} in all"

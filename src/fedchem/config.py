@@ -286,6 +286,15 @@ class FaultConfig(StrictModel):
     min_for_norm_check: int = Field(
         3, ge=2, description="the norm check needs at least this many well-formed updates"
     )
+    failed_rounds: Literal["continue", "stop"] = Field(
+        "continue",
+        description="a round with fewer accepted updates than the quorum is recorded as failed "
+        "(the global model stays that of the round before); continue: the next round starts, "
+        "until max_failed_in_a_row rounds in a row failed; stop: the run ends there",
+    )
+    max_failed_in_a_row: int = Field(
+        3, ge=1, description="with failed_rounds: continue, the run ends after this many"
+    )
 
 
 class WarmStart(StrictModel):

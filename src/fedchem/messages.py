@@ -7,6 +7,8 @@ and anything that only reads the hub never load RDKit, Dask or torch for them.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from fedchem.strict import StrictModel
@@ -207,6 +209,12 @@ class RoundManifest(StrictModel):
     global_path: str
     global_sha256: str
     aggregation: str
+    outcome: Literal["aggregated", "failed"] = Field(
+        "aggregated",
+        description="failed: too few accepted updates (the quorum); the global model is the "
+        "round before's, unchanged",
+    )
+    reason: str = Field("", description="why a failed round failed (counts and site names)")
     server_state_path: str | None = Field(
         None, description="strategy state (e.g. server momentum) to continue from; no site data"
     )

@@ -11,7 +11,7 @@ import pytest
 
 from fedchem.config import FaultConfig
 from fedchem.federation.commits import commit_round, read_round
-from fedchem.federation.coordinator import QuorumError, aggregate_round
+from fedchem.federation.coordinator import aggregate_round
 from fedchem.federation.validation import check_arrays, screen_updates, update_norm
 from fedchem.messages import EvalReport, SiteUpdateManifest
 from fedchem.model.state import dump_arrays
@@ -124,11 +124,16 @@ def test_the_round_fails_when_rejections_break_the_quorum(tmp_path: Path):
         _publish(hub, "a", _near(0.1), m0.global_sha256),
         _publish(hub, "b", nan, m0.global_sha256),
     ]
-    with pytest.raises(QuorumError, match=r"1 accepted update\(s\), quorum is 2.*NaN/inf"):
-        aggregate_round(hub, RUN, 1, ups, members=MEMBERS, quorum=2, failures={"c": "late"})
-    assert not hub.exists(HubLayout(RUN).round_manifest(1))  # nothing committed
+    failed = aggregate_round(hub, RUN, 1, ups, members=MEMBERS, quorum=2, failures={"c": "late"})
+    # recorded as failed: the reason, who was missing or rejected, and the global model unchanged
+    assert failed.outcome == "failed" and failed.sites == []
+    assert failed.reason.startswith("1 accepted update(s), quorum is 2")
+    assert failed.missing_reasons == {"c": "late"} and "NaN/inf" in failed.rejected["b"]
+    assert (failed.global_path, failed.global_sha256) == (m0.global_path, m0.global_sha256)
+    assert read_round(hub, RUN, 1)[0] == failed
     m1 = aggregate_round(hub, RUN, 1, ups, members=MEMBERS, quorum=1, failures={"c": "late"})
     assert m1.sites == ["a"] and m1.missing_reasons == {"c": "late"} and "b" in m1.rejected
+    assert m1.outcome == "aggregated" and m1.global_sha256 != m0.global_sha256
 
 
 def test_the_norm_check_needs_enough_updates_and_respects_its_ratio():

@@ -290,7 +290,7 @@ def test_a_failing_site_is_missing_and_the_round_goes_on_with_the_quorum(
     prefect_api: None, tiny_dataset: Path, tmp_path: Path
 ):
     from fedchem.config import DeploymentConfig, FaultConfig
-    from fedchem.federation.coordinator import QuorumError
+    from fedchem.federation.driver import FederationStopped
     from fedchem.flows.coordinator import coordinator
 
     sites, tasks, hub_url, trust = _prepared_sites(tmp_path, tiny_dataset, n=3)
@@ -310,10 +310,15 @@ def test_a_failing_site_is_missing_and_the_round_goes_on_with_the_quorum(
     m1 = coordinator(config)[-1]
     assert m1.sites == ["site-a", "site-b"] and m1.missing == ["site-c"]
     assert m1.missing_reasons["site-c"] == "site run failed"
-    strict = config.model_copy(update={"run_id": "strict", "faults": FaultConfig(policy="strict")})
-    with pytest.raises(QuorumError, match=r"2 accepted update\(s\), quorum is 3"):
+    strict = config.model_copy(
+        update={"run_id": "strict", "faults": FaultConfig(policy="strict", failed_rounds="stop")}
+    )
+    with pytest.raises(
+        FederationStopped, match=r"round 1 failed \(2 accepted update\(s\), quorum is 3"
+    ):
         coordinator(strict)
-    assert not HubStore(hub_url).exists(HubLayout("strict").round_manifest(1))
+    failed = HubStore(hub_url).get_json(HubLayout("strict").round_manifest(1))
+    assert failed["outcome"] == "failed" and failed["missing"] == ["site-c"]
 
 
 def test_a_booked_site_run_of_a_replaced_coordinator_ends_cancelled(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,18 @@ from fedchem.demo.sites import DemoSplit, bundled_dataset, split_into_sites
 from fedchem.federation.coordinator import (
     aggregate_round,
     coordinator_trust,
-    round_plan,
     start_run,
     strategy_for,
 )
-from fedchem.federation.rounds import new_ticket, open_round
+from fedchem.federation.driver import (
+    CoordinatorSteps,
+    InProcessSites,
+    fit_instructions,
+    run_rounds,
+)
+from fedchem.federation.rounds import await_round_open, new_ticket
 from fedchem.federation.site import fetch_global, refuse_round, run_site_round
-from fedchem.messages import FitInstructions, RoundManifest, SiteUpdateManifest
+from fedchem.messages import RoundManifest, SiteUpdateManifest
 from fedchem.model.state import dump_arrays, load_arrays
 from fedchem.storage.hub import HubLayout, HubStore, json_bytes
 from fedchem.trust.config import PrivacyConfig
@@ -75,12 +79,11 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
 
 
 def _open(hub: HubStore, config: FederationConfig, trust: CoordinatorTrust, rnd: int) -> Any:
-    opened, data = open_round(
-        hub, config.run_id, rnd, new_ticket(), FitInstructions(), round_plan(config), trust.sign
-    )
-    path = HubLayout(config.run_id).round_open(rnd)
-    trust.ledger(hub, config.run_id).append("round-open", round=rnd, path=path, data=data)
-    return opened
+    """Round ``rnd`` opened by hand (signed, in the ledger), for the attacks below."""
+    steps = CoordinatorSteps(config, hub)
+    ticket = new_ticket()
+    steps.open(rnd, ticket, fit_instructions(config, steps.strategy, rnd))
+    return await_round_open(hub, config.run_id, rnd, ticket, timeout_s=0)
 
 
 def _site_round(
@@ -93,30 +96,16 @@ def _site_round(
 
 
 def _run(
-    fed: Fed, config: FederationConfig, rounds: Sequence[int] = (1, 2)
+    fed: Fed, config: FederationConfig, rounds: int = 2
 ) -> tuple[HubStore, CoordinatorTrust, list[RoundManifest]]:
+    """Rounds 1..``rounds`` of ``config`` through the round driver, the sites in process."""
     hub = HubStore(config.hub_url)
-    trust = coordinator_trust(config)
-    assert trust is not None
-    start_run(hub, config, fed.label_stats, trust=trust)
-    strategy, committed = strategy_for(config), []
-    for rnd in rounds:
-        opened = _open(hub, config, trust, rnd)
-        replies = [_site_round(fed, hub, config, s, rnd, opened) for s in fed.split.sites]
-        committed.append(
-            aggregate_round(
-                hub,
-                config.run_id,
-                rnd,
-                replies,
-                strategy,
-                members=config.site_names,
-                quorum=config.quorum(),
-                trust=trust,
-                privacy=round_plan(config).privacy,
-            )
-        )
-    return hub, trust, committed
+    steps = CoordinatorSteps(config.model_copy(update={"rounds": rounds}), hub)
+    assert steps.trust is not None
+    first = start_run(hub, config, fed.label_stats, trust=steps.trust)
+    outcome = run_rounds(steps.config, steps, InProcessSites(steps.config, hub), [first])
+    assert outcome.stopped is None and outcome.failed == []
+    return hub, steps.trust, outcome.rounds[1:]
 
 
 def _verify(hub_dir: Path, run_id: str, config: FederationConfig) -> list[str]:
@@ -231,12 +220,12 @@ def _resign(m: SiteUpdateManifest, key: Path, owner: str) -> SiteUpdateManifest:
 
 def test_updates_not_their_sites_own_are_rejected_with_the_reason(fed, tmp_path):
     config = fed.config("forged", rounds=3)
-    hub, trust, _ = _run(fed, config, rounds=(1,))
+    hub, trust, _ = _run(fed, config, rounds=1)
     a, b, c = fed.split.sites
     layout = HubLayout("forged")
     round1_a = SiteUpdateManifest.model_validate(hub.get_json(layout.site_manifest(1, a.name)))
     # the same sites in another run: a signed, recorded update of theirs, replayed here
-    _, _, _ = _run(fed, fed.config("elsewhere", rounds=3), rounds=(1,))
+    _, _, _ = _run(fed, fed.config("elsewhere", rounds=3), rounds=1)
     elsewhere_b = SiteUpdateManifest.model_validate(
         hub.get_json(HubLayout("elsewhere").site_manifest(1, b.name))
     )
@@ -343,7 +332,7 @@ def test_site_level_dp_clips_every_update_and_reports_the_run_epsilon(fed):
 def test_record_level_dp_trains_within_the_target_and_spends_the_budget(fed, tmp_path):
     privacy = PrivacyConfig(level="record", clip=1.0, target_epsilon=3.0)
     config = fed.config("record-dp", rounds=1, privacy=privacy)
-    _, _, committed = _run(fed, config, rounds=(1,))
+    _, _, committed = _run(fed, config, rounds=1)
     assert set(committed[0].site_epsilon) == set(config.site_names)
     for s in fed.split.sites:
         eps = committed[0].site_epsilon[s.name]

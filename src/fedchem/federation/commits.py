@@ -23,7 +23,14 @@ from fedchem.types import StateArrays
 if TYPE_CHECKING:
     from fedchem.trust.coordinator import CoordinatorTrust
 
-__all__ = ["best_round", "commit_round", "committed_rounds", "read_round", "record_best_round"]
+__all__ = [
+    "best_round",
+    "commit_failed_round",
+    "commit_round",
+    "committed_rounds",
+    "read_round",
+    "record_best_round",
+]
 
 
 def commit_round(
@@ -95,6 +102,54 @@ def commit_round(
     # recorded before it is written: a commit on the hub is always in the ledger
     ledger.append(
         "round-commit", round=rnd, path=layout.round_manifest(rnd), data=written, refs=refs
+    )
+    hub.put_bytes(layout.round_manifest(rnd), written)
+    return manifest
+
+
+def commit_failed_round(
+    hub: HubStore,
+    previous: RoundManifest,
+    rnd: int,
+    reason: str,
+    *,
+    missing: dict[str, str] | None = None,
+    rejected: dict[str, str] | None = None,
+    started_at: float | None = None,
+    trust: CoordinatorTrust | None = None,
+) -> RoundManifest:
+    """Record round ``rnd`` as failed: its manifest names the global model (and strategy state)
+    of ``previous`` (the round before), unchanged, with ``reason`` and who was missing or
+    rejected. The next round starts from that model; nothing new is written but the manifest
+    (signed and in the coordinator's ledger with ``trust``)."""
+    layout = HubLayout(previous.run_id)
+    missing = missing or {}
+    manifest = RoundManifest(
+        run_id=previous.run_id,
+        round=rnd,
+        global_path=previous.global_path,
+        global_sha256=previous.global_sha256,
+        aggregation=previous.aggregation if rnd > 1 else "init",
+        outcome="failed",
+        reason=reason,
+        server_state_path=previous.server_state_path,
+        server_state_sha256=previous.server_state_sha256,
+        sites=[],
+        missing=sorted(missing),
+        missing_reasons=missing,
+        rejected=rejected or {},
+        n_examples={},
+        valid_summary={},
+        round_seconds=None if started_at is None else time.time() - started_at,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    if trust is None:
+        hub.put_json(layout.round_manifest(rnd), manifest.model_dump(mode="json"))
+        return manifest
+    manifest = trust.sign("round-commit", manifest)
+    written = json_bytes(manifest.model_dump(mode="json"))
+    trust.ledger(hub, previous.run_id).append(
+        "round-commit", round=rnd, path=layout.round_manifest(rnd), data=written, note="failed"
     )
     hub.put_bytes(layout.round_manifest(rnd), written)
     return manifest

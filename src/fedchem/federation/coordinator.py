@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fedchem.config import FaultConfig, FederationConfig, ModelConfig
-from fedchem.federation.commits import commit_round, read_round
+from fedchem.federation.commits import commit_failed_round, commit_round, read_round
 from fedchem.federation.strategies import FedAvg, SiteLevelDP, Strategy, build_strategy
 from fedchem.federation.validation import check_arrays, screen_updates
 from fedchem.messages import RoundManifest, RoundPlan, SiteUpdateManifest
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from fedchem.trust.coordinator import CoordinatorTrust
 
 __all__ = [
-    "QuorumError",
     "ResumeError",
     "aggregate_round",
     "config_digest",
@@ -111,10 +110,6 @@ def initial_model(
             if kind == "regression" and name in scaling:
                 model.y_mean[j], model.y_std[j] = scaling[name]
     return model
-
-
-class QuorumError(RuntimeError):
-    """Too few accepted updates for a round to commit; committed rounds stay as they are."""
 
 
 class ResumeError(RuntimeError):
@@ -214,9 +209,10 @@ def aggregate_round(
     """Screen the sites' updates for round ``rnd``, aggregate the accepted ones, commit.
 
     Updates are checked by :func:`~fedchem.federation.validation.screen_updates` against the
-    committed global model of ``rnd - 1``; rejected ones are recorded with their reason. The
-    round commits only when at least ``quorum`` updates were accepted (else
-    :class:`QuorumError`, and nothing is written). ``members``: the federation's sites
+    committed global model of ``rnd - 1``; rejected ones are recorded with their reason. With
+    fewer than ``quorum`` accepted updates the round is recorded as failed
+    (:func:`~fedchem.federation.commits.commit_failed_round`: the global model stays that of
+    ``rnd - 1``) and its manifest says why. ``members``: the federation's sites
     (default: the replying ones). Updates are combined in site-name order, so the committed
     bytes do not depend on the order in which the replies arrived.
 
@@ -274,10 +270,20 @@ def aggregate_round(
         for site, why in sorted(screened.rejected.items()):
             ledger.append("rejected", round=rnd, subject=site, note=why)
     if len(screened.accepted) < max(quorum, 1):
-        raise QuorumError(
-            f"round {rnd}: {len(screened.accepted)} accepted update(s), quorum is "
-            f"{max(quorum, 1)}; missing: {missing or '-'}; rejected: {screened.rejected or '-'}. "
-            "Committed rounds stay intact."
+        reason = (
+            f"{len(screened.accepted)} accepted update(s), quorum is {max(quorum, 1)}; "
+            f"missing: {', '.join(sorted(missing)) or '-'}; "
+            f"rejected: {', '.join(sorted(screened.rejected)) or '-'}"
+        )
+        return commit_failed_round(
+            hub,
+            previous,
+            rnd,
+            reason,
+            missing=missing,
+            rejected=screened.rejected,
+            started_at=started_at,
+            trust=trust,
         )
     result = strategy.aggregate_fit(
         rnd, current, server_state, screened.accepted, sorted({*missing, *screened.rejected})

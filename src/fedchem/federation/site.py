@@ -52,6 +52,7 @@ __all__ = [
     "scored_on_test",
     "selected_round",
     "site_seed",
+    "take_part",
 ]
 
 
@@ -298,6 +299,35 @@ def run_site_round(
         )
     hub.put_bytes(layout.site_manifest(rnd, site.name), written)  # the reply: written last
     return manifest
+
+
+def take_part(
+    site: SiteConfig,
+    hub: HubStore,
+    opened: RoundOpen,
+    chem: ChemConfig,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+) -> SiteUpdateManifest | SiteRefusal:
+    """A site's answer to the opening of round ``rnd``: its update, trained under its own guard
+    (its policy, key and budget, read from its own disk: fail-closed without a valid policy),
+    or its refusal with the clause, published for the coordinator."""
+    rnd, guard = opened.round, None
+    try:
+        guard = SiteGuard.load(site)
+        return run_site_round(
+            site,
+            hub,
+            opened.run_id,
+            rnd,
+            chem,
+            model_cfg,
+            train_cfg,
+            opened=opened,
+            guard=guard,
+        )
+    except PolicyRefused as refused:
+        return refuse_round(hub, opened.run_id, rnd, site.name, refused, guard)
 
 
 def refuse_round(
