@@ -22,18 +22,90 @@ def _arr(v: float) -> dict[str, np.ndarray]:
     return {"w": np.full(3, v, np.float32)}
 
 
-def test_every_named_strategy_builds_and_aggregates():
-    replies = [
-        SiteReply(s, _arr(v), n)
-        for s, v, n in [("a", 1.0, 10), ("b", 2.0, 10), ("c", 3.0, 20), ("d", 2.5, 5)]
-    ]
-    for name in STRATEGY_NAMES:
-        strategy = build_strategy(ADAPTER.validate_python({"name": name}))
-        assert strategy.name == name
-        out = strategy.aggregate_fit(1, _arr(0.0), {}, replies, failures=[])
-        assert out.arrays["w"].shape == (3,)
-        assert np.isfinite(out.arrays["w"]).all()
-        assert set(out.used_sites) <= {"a", "b", "c", "d"}
+def _v(*xs: float) -> dict[str, np.ndarray]:
+    return {"w": np.array(xs, np.float64)}
+
+
+# Two rounds from x0 = (0, 0). Round 1: a = (1, 2) with 1 example, b = (3, -2) with 3;
+# FedAvg's target (1*1 + 3*3)/4, (1*2 - 3*2)/4 = (2.5, -1). Round 2: a = (4, 1), b = (4, -1)
+# with the same weights: target (4, -0.5).
+ROUND1 = [("a", _v(1, 2), 1), ("b", _v(3, -2), 3)]
+ROUND2 = [("a", _v(4, 1), 1), ("b", _v(4, -1), 3)]
+
+#: strategy settings -> the global model after round 1 and after round 2, worked by hand
+#: (the arithmetic in each comment; adaptive ones with b1 = b2 = 0.5, tau = 1, lr = 1)
+BY_HAND: dict[str, tuple[dict[str, object], tuple[float, float], tuple[float, float]]] = {
+    # the targets themselves
+    "fedavg": ({"name": "fedavg"}, (2.5, -1.0), (4.0, -0.5)),
+    # FedProx aggregates as FedAvg (its term is in the sites' loss)
+    "fedprox": ({"name": "fedprox", "mu": 0.1}, (2.5, -1.0), (4.0, -0.5)),
+    # v1 = d1 = (2.5, -1); x1 = 0.5 * v1 = (1.25, -0.5).
+    # d2 = (4, -0.5) - x1 = (2.75, 0); v2 = 0.5 * v1 + d2 = (4, -0.5); x2 = x1 + 0.5 * v2
+    "fedavgm": (
+        {"name": "fedavgm", "server_lr": 0.5, "momentum": 0.5},
+        (1.25, -0.5),
+        (3.25, -0.75),
+    ),
+    # round 1: m = 0.5 d = (1.25, -0.5), v = 0.5 d^2 = (3.125, 0.5); bias-corrected m^ = d,
+    # v^ = d^2: x1 = d / (|d| + 1) = (2.5 / 3.5, -1 / 2).
+    # round 2: d2 = (4 - 5/7, 0); m2 = (0.625 + 0.5 * 23/7, -0.25) = (2.2678571, -0.25);
+    # v2 = (1.5625 + 0.5 * (23/7)^2, 0.25) = (6.9604592, 0.25); m^ = m2 / 0.75, v^ = v2 / 0.75;
+    # x2 = x1 + m^ / (sqrt(v^) + 1) = (1.4615678, -0.5 - (1/3) / (sqrt(1/3) + 1))
+    "fedadam": (
+        {"name": "fedadam", "server_lr": 1.0, "beta1": 0.5, "beta2": 0.5, "tau": 1.0},
+        (0.7142857142857143, -0.5),
+        (1.46156780516322, -0.7113248654051871),
+    ),
+    # Yogi: round 1 as Adam (v0 = 0). Round 2: v2 = v1 - 0.5 d2^2 sign(v1 - d2^2) =
+    # (3.125 + 0.5 * (23/7)^2, 0.5 - 0) = (8.5229592, 0.5), so x2 = (1.4060675, -0.6835034)
+    "fedyogi": (
+        {"name": "fedyogi", "server_lr": 1.0, "beta1": 0.5, "beta2": 0.5, "tau": 1.0},
+        (0.7142857142857143, -0.5),
+        (1.4060675198029604, -0.683503419072274),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BY_HAND))
+def test_each_strategy_over_two_rounds_gives_the_values_worked_by_hand(name: str) -> None:
+    settings, want1, want2 = BY_HAND[name]
+    strategy = build_strategy(ADAPTER.validate_python(settings))
+    x, state = _v(0, 0), {}
+    for rnd, ups, want in ((1, ROUND1, want1), (2, ROUND2, want2)):
+        replies = [SiteReply(s, a, n) for s, a, n in ups]
+        out = strategy.aggregate_fit(rnd, x, state, replies, failures=[])
+        np.testing.assert_allclose(out.arrays["w"], want, rtol=1e-12, atol=1e-12)
+        assert out.used_sites == ("a", "b")
+        x, state = out.arrays, out.server_state
+
+
+def test_the_robust_strategies_give_the_values_worked_by_hand() -> None:
+    def run(settings: dict[str, object], ups: list[tuple[str, tuple[float, float], int]]):
+        replies = [SiteReply(s, _v(*v), n) for s, v, n in ups]
+        return build_strategy(ADAPTER.validate_python(settings)).aggregate_fit(
+            1, _v(0, 0), {}, replies, failures=[]
+        )
+
+    # coordinate-wise, unweighted: median of (1, 2, 10) and of (5, -1, 0)
+    out = run({"name": "median"}, [("a", (1, 5), 1), ("b", (2, -1), 100), ("c", (10, 0), 1)])
+    np.testing.assert_array_equal(out.arrays["w"], [2.0, 0.0])
+    # trim 0.2 of 5: floor(1.0) = 1 cut at each end; mean of (2, 3, 4) and of (-1, 0, 1)
+    five = [("a", (1, 0), 1), ("b", (2, 1), 1), ("c", (3, -1), 1), ("d", (4, 9), 1)]
+    out = run({"name": "trimmed_mean", "trim_fraction": 0.2}, [*five, ("e", (100, -50), 1)])
+    np.testing.assert_allclose(out.arrays["w"], [3.0, 0.0], atol=1e-15)
+    # Krum, f = 1 of n = 5: score = sum of the n - f - 2 = 2 smallest squared distances.
+    # a (0,0) b (1,0) c (0,2) d (3,3) e (20,20): a 1+4 = 5, b 1+5 = 6, c 4+5 = 9,
+    # d 10+13 = 23, e 578+724; m = 2 keeps a and b, FedAvg by examples: (1*0 + 3*1)/4 = 0.75
+    pts = {"a": (0, 0), "b": (1, 0), "c": (0, 2), "d": (3, 3), "e": (20, 20)}
+    ups = [(s, p, 3 if s == "b" else 1) for s, p in pts.items()]
+    out = run({"name": "krum", "n_byzantine": 1, "m": 2}, ups)
+    assert out.used_sites == ("a", "b")
+    np.testing.assert_allclose(out.arrays["w"], [0.75, 0.0])
+
+
+def test_every_named_strategy_has_values_worked_by_hand() -> None:
+    robust = {"median", "trimmed_mean", "krum"}
+    assert set(STRATEGY_NAMES) == set(BY_HAND) | robust
 
 
 def test_strategy_config_errors_name_the_problem():
