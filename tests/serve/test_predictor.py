@@ -3,6 +3,8 @@ one row per input row, refused with a reason when anything differs from training
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import shutil
 from pathlib import Path
@@ -10,46 +12,60 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import safetensors.numpy
+from rdkit import Chem
+from rdkit.Chem import rdFingerprintGenerator
 
-from fedchem.chem.featurize import featurize_partition
-from fedchem.config import ModelConfig
-from fedchem.federation.commits import read_round
 from fedchem.federation.consistency import ConsistencyError
-from fedchem.model.network import build_model
-from fedchem.model.state import arrays_to_model
-from fedchem.model.train import predict
 from fedchem.registry.model import ModelSpec
 from fedchem.registry.store import Registry
 from fedchem.serve.batch import read_input
 from fedchem.serve.predictor import Predictor
-from fedchem.storage.hub import HubStore, IntegrityError
+from fedchem.storage.hub import IntegrityError
 from tests.serve.conftest import Published
 
 NAME = "tox21-2000"
 
 
-def test_the_registered_model_predicts_what_the_training_pipeline_computes(published: Published):
-    p = Predictor.load(published.registry, NAME, published.key)
-    out = p.predict(published.test_smiles)
-    # the same molecules through the site pipeline's own featurizer and the hub's weights
-    spec = p.spec
-    _, arrays, _ = read_round(
-        HubStore(str(published.out / "hub")), spec.lineage.run_id, spec.lineage.round
-    )
-    feats = featurize_partition(published.test_smiles, spec.chem, published.key)
-    ok = [r is None for r in feats.reason]
-    model = build_model(spec.chem.fp_size, len(spec.tasks), ModelConfig.model_validate(spec.model))
-    arrays_to_model(model, arrays)
-    from fedchem.data.dataset import SiteDataset
+def _by_hand(smiles: str, key: bytes, fp_size: int, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """The model's probabilities for one plain molecule without fedchem: RDKit's canonical
+    molecule and its ECFP6 bits, the MELLODDY column permutation (columns sorted by
+    HMAC-SHA256 of their index under the consortium key), then the network's arithmetic in
+    NumPy: the sum of the on-columns' input rows plus the bias, ReLU, the heads, a logistic."""
+    mol = Chem.MolFromSmiles(smiles)
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=3, fpSize=fp_size)
+    bits = np.flatnonzero(gen.GetFingerprintAsNumPy(mol))
+    digest = [hmac.new(key, str(i).encode(), hashlib.sha256).digest() for i in range(fp_size)]
+    rank = {
+        column: place for place, column in enumerate(sorted(range(fp_size), key=digest.__getitem__))
+    }
+    columns = [rank[int(b)] for b in bits]
+    h = weights["input.weight"][columns].astype(np.float64).sum(axis=0) + weights["input_bias"]
+    logits = weights["head.weight"].astype(np.float64) @ np.maximum(h, 0.0) + weights["head.bias"]
+    return 1.0 / (1.0 + np.exp(-logits))
 
-    rows = np.flatnonzero(ok)
-    tasks = [(x.name, x.kind) for x in spec.tasks]
-    ds = SiteDataset.unlabelled(
-        feats.indptr, feats.indices, feats.values, rows, tasks, spec.chem.fp_size
+
+def test_the_registered_model_predicts_what_rdkit_and_plain_arithmetic_give(
+    published: Published,
+):
+    p = Predictor.load(published.registry, NAME, published.key)
+    # plain organic molecules, already standard (neutral, one fragment, no isotopes)
+    plain = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C"]
+    out = p.predict(plain)
+    assert out["standardized_smiles"].tolist() == [Chem.CanonSmiles(s) for s in plain]
+    spec = p.spec
+    assert (spec.chem.featurizer, spec.chem.fp_radius, spec.chem.permute_columns) == (
+        "morgan",
+        3,
+        True,
     )
-    expected = predict(model, ds)
-    got = out.loc[out["status"] == "ok", spec.task_names()].to_numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    assert spec.model["depth"] == 1 and {t.kind for t in spec.tasks} == {"classification"}
+    _, version = published.registry.resolve(NAME)
+    weights = safetensors.numpy.load(published.registry.read(NAME, version, "model.safetensors"))
+    for i, smi in enumerate(plain):
+        want = _by_hand(smi, published.key, spec.chem.fp_size, weights)
+        got = out.loc[i, spec.task_names()].to_numpy(dtype=np.float64)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=smi)
 
 
 def test_one_row_per_input_row_in_order_with_the_errors_kept(published: Published):
