@@ -37,7 +37,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, PrepareConfig, load_config
 from fedchem.demo.sites import bundled_dataset
-from fedchem.stack import WORKER_TYPES, Stack, stack_down, stack_up
+from fedchem.deployments.stack import WORKER_TYPES, Stack, stack_down, stack_up
 
 
 def _prefect(stack: Stack, *args: str) -> None:

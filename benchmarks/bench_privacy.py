@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from libloop import config_for, federate, prepare_sites
 
-from fedchem.trust.config import PrivacyConfig
+from fedchem.policy import PrivacyConfig
 
 
 def main() -> None:

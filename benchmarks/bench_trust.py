@@ -39,8 +39,8 @@ from fedchem.federation.rounds import new_ticket, open_round
 from fedchem.federation.site import fetch_global, run_site_round
 from fedchem.messages import FitInstructions, RoundOpen, RoundPlan, SiteUpdateManifest
 from fedchem.model.state import dump_arrays, load_arrays
+from fedchem.policy import PrivacyConfig
 from fedchem.storage.hub import HubLayout, HubStore, json_bytes
-from fedchem.trust.config import PrivacyConfig
 from fedchem.trust.keys import new_key_pair
 from fedchem.trust.ledger import Ledger, ledger_dir, verify_run
 from fedchem.trust.signing import COORDINATOR, KeyRing, Signer
@@ -318,7 +318,7 @@ def _load(site: Any) -> str | None:
 
 
 def permissions(root: Path) -> list[Outcome]:
-    from fedchem.stack import provision_hub
+    from fedchem.deployments.s3hub import provision_hub
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

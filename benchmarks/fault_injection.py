@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/fault_injection.py [--write-readme]
 
-Starts the stack (`fedchem.stack`: Prefect server, moto S3 server, one worker per site, the
-coordinator's worker), prepares 3 sites, then runs the coordinator deployment through
+Starts the stack (`fedchem.deployments.stack`: Prefect server, moto S3 server, one worker per
+site, the coordinator's worker), prepares 3 sites, then runs the coordinator deployment through
 ``prefect deployment run --watch`` once without faults and once per scenario, each with its
 own run id and the same seeds:
 
@@ -45,14 +45,14 @@ from faulty_site import stall_marker  # noqa: E402  (benchmarks/, next to this f
 
 from fedchem.config import ChemConfig  # noqa: E402
 from fedchem.demo.sites import bundled_dataset  # noqa: E402
-from fedchem.messages import RoundManifest  # noqa: E402
-from fedchem.stack import (  # noqa: E402
+from fedchem.deployments.stack import (  # noqa: E402
     Stack,
     deploy,
     stack_down,
     stack_up,
     start_site_worker,
 )
+from fedchem.messages import RoundManifest  # noqa: E402
 from fedchem.storage.hub import HubLayout, HubStore  # noqa: E402
 
 ROUNDS = 3

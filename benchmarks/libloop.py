@@ -19,8 +19,8 @@ from fedchem.federation.coordinator import start_run
 from fedchem.federation.driver import CoordinatorSteps, InProcessSites, run_rounds
 from fedchem.federation.site import evaluate_global_at_site
 from fedchem.messages import RoundManifest
+from fedchem.policy import PrivacyConfig
 from fedchem.storage.hub import HubStore
-from fedchem.trust.config import PrivacyConfig
 
 
 @dataclass

@@ -22,7 +22,6 @@ from fedchem.config import (
     TrainConfig,
 )
 from fedchem.demo.sites import model_name
-from fedchem.federation.strategies import FedAvgMConfig, StrategyConfig
 from fedchem.flows.continual import continual
 from fedchem.flows.coordinator import coordinator
 from fedchem.flows.publish import publish
@@ -31,8 +30,9 @@ from fedchem.flows.site_evaluate import site_evaluate
 from fedchem.flows.site_local_baseline import site_local_baseline
 from fedchem.flows.site_prepare import site_prepare
 from fedchem.messages import EvalReport, RoundManifest
+from fedchem.policy import PrivacyConfig
+from fedchem.strategy_config import FedAvgMConfig, StrategyConfig
 from fedchem.tasks.demo import make_sites, pooled_baseline, release_rows, report
-from fedchem.trust.config import PrivacyConfig
 
 
 @flow(name="demo", flow_run_name="demo/{run_id}")

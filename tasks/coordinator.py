@@ -14,13 +14,13 @@ from fedchem.federation import coordinator as coord
 from fedchem.federation.commits import committed_rounds, record_best_round
 from fedchem.federation.consistency import ConsistencyError, check_consistency
 from fedchem.federation.driver import CoordinatorSteps
+from fedchem.federation.publish import write_domain_support
 from fedchem.federation.rounds import SiteReplies
 from fedchem.messages import PrepareReport, RoundManifest
+from fedchem.policy import TrustConfig
 from fedchem.registry.model import load_weights
-from fedchem.registry.publish import write_domain_support
 from fedchem.registry.store import Registry
 from fedchem.storage.hub import HubLayout, HubStore
-from fedchem.trust.config import TrustConfig
 from fedchem.trust.coordinator import CoordinatorTrust
 from fedchem.trust.signing import SignatureRejected
 

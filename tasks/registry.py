@@ -7,8 +7,8 @@ from prefect.cache_policies import NO_CACHE
 
 from fedchem.config import FederationConfig, PublishConfig
 from fedchem.federation.commits import committed_rounds
+from fedchem.federation.publish import publish_round
 from fedchem.messages import EvalReport, PrepareReport, SiteCalibration
-from fedchem.registry.publish import publish_round
 from fedchem.registry.store import Registry
 from fedchem.storage.hub import HubLayout, HubStore
 

@@ -27,15 +27,10 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from fedchem.config import ChemConfig
 from fedchem.demo.sites import bundled_dataset
-from fedchem.stack import (
-    Stack,
-    committed_prefect_yaml,
-    example_prefect_yaml,
-    stack_down,
-    stack_up,
-)
+from fedchem.deployments.render import committed_prefect_yaml, example_prefect_yaml
+from fedchem.deployments.stack import Stack, stack_down, stack_up
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -294,7 +289,7 @@ def test_the_plain_process_worker_and_sqlite_run_the_same_deployments(
 
 def test_committed_prefect_yaml_is_what_the_renderer_writes():
     committed = committed_prefect_yaml().read_text()
-    # after a config change: .venv/bin/python -m fedchem.stack rewrites it
+    # after a config change: .venv/bin/python -m fedchem.deployments.render rewrites it
     assert committed_prefect_yaml() == REPO / "deployments" / "prefect.yaml"
     assert committed == example_prefect_yaml()
     doc = yaml.safe_load(committed)

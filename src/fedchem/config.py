@@ -13,9 +13,9 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from fedchem.federation.strategies import FedAvgMConfig, StrategyConfig
+from fedchem.policy import SUM_STRATEGIES, PrivacyConfig, TrustConfig
+from fedchem.strategy_config import FedAvgMConfig, StrategyConfig
 from fedchem.strict import StrictModel
-from fedchem.trust.config import SUM_STRATEGIES, PrivacyConfig, TrustConfig
 
 __all__ = [
     "ChemConfig",

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from fedchem.policy import PrivacyConfig
 from fedchem.strict import StrictModel
-from fedchem.trust.config import PrivacyConfig
 
 __all__ = [
     "DPReport",
@@ -83,7 +83,7 @@ class PrepareReport(StrictModel):
     )
     supported_columns: list[int] = Field(
         default_factory=list,
-        description="feature columns on in at least fedchem.model.domain.MIN_SUPPORT training "
+        description="feature columns on in at least fedchem.data.dataset.MIN_SUPPORT training "
         "molecules (the applicability domain; a column seen in fewer is not reported)",
     )
     warnings: list[str] = Field(

@@ -10,10 +10,11 @@ from pydantic import TypeAdapter, ValidationError
 from fedchem.config import FaultConfig
 from fedchem.federation.commits import commit_round, read_round
 from fedchem.federation.coordinator import aggregate_round
-from fedchem.federation.strategies import STRATEGY_NAMES, SiteReply, StrategyConfig, build_strategy
+from fedchem.federation.strategies import SiteReply, build_strategy
 from fedchem.messages import EvalReport, SiteUpdateManifest
 from fedchem.model.state import dump_arrays
 from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.strategy_config import STRATEGY_NAMES, StrategyConfig
 
 ADAPTER: TypeAdapter[StrategyConfig] = TypeAdapter(StrategyConfig)
 

@@ -18,8 +18,8 @@ from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfi
 from fedchem.demo.sites import bundled_dataset, split_into_sites
 from fedchem.federation.consistency import ConsistencyError
 from fedchem.messages import PrepareReport
+from fedchem.policy import PrivacyConfig, TrustConfig
 from fedchem.storage.hub import HubLayout, HubStore
-from fedchem.trust.config import PrivacyConfig, TrustConfig
 from fedchem.trust.signing import SignatureRejected, Signer
 
 pytestmark = pytest.mark.slow

@@ -14,6 +14,8 @@ import pytest
 from tests.serve.conftest import Published
 from tests.serve.test_service import NAME, Service, start_service, stop_service
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture(scope="module")
 def page_service(
@@ -52,7 +54,7 @@ def browser(tmp_path: Path) -> Iterator[object]:
 
 
 def test_a_chemist_pastes_smiles_and_reads_predictions_off_the_page(
-    page_service: Service, browser: object, tmp_path: Path
+    page_service: Service, browser: object
 ):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -94,8 +96,6 @@ def test_a_chemist_pastes_smiles_and_reads_predictions_off_the_page(
     driver.find_element(By.ID, "show-card").click()  # type: ignore[attr-defined]
     card = wait.until(ec.visibility_of_element_located((By.ID, "card")))
     assert card.text.startswith(f"# {NAME} v1") and "Privacy" in card.text
-    driver.save_screenshot(str(tmp_path / "page.png"))  # type: ignore[attr-defined]
-    assert (tmp_path / "page.png").stat().st_size > 10_000
 
 
 def test_a_wrong_token_is_told_on_the_page(page_service: Service, browser: object):

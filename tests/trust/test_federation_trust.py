@@ -35,8 +35,8 @@ from fedchem.federation.rounds import await_round_open, new_ticket
 from fedchem.federation.site import fetch_global, refuse_round, run_site_round
 from fedchem.messages import RoundManifest, SiteUpdateManifest
 from fedchem.model.state import dump_arrays, load_arrays
+from fedchem.policy import PrivacyConfig
 from fedchem.storage.hub import HubLayout, HubStore, json_bytes
-from fedchem.trust.config import PrivacyConfig
 from fedchem.trust.coordinator import CoordinatorTrust
 from fedchem.trust.dp import Steps, delta_norm, epsilon
 from fedchem.trust.keys import new_key_pair

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from fedchem.stack import provision_hub
+from fedchem.deployments.s3hub import provision_hub
 from fedchem.storage.hub import HubStore
 
 BUCKET = "fedchem-trust"

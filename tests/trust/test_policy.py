@@ -11,8 +11,8 @@ import yaml
 
 from fedchem.config import SiteConfig
 from fedchem.messages import FitInstructions, RoundOpen, RoundPlan
+from fedchem.policy import PrivacyConfig
 from fedchem.trust.budget import PrivacyBudget
-from fedchem.trust.config import PrivacyConfig
 from fedchem.trust.keys import new_key_pair
 from fedchem.trust.signing import COORDINATOR, Signer
 from fedchem.trust.site import PolicyRefused, SiteGuard

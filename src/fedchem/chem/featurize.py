@@ -16,11 +16,11 @@ import numpy as np
 import rdkit
 
 import fedchem
+from fedchem.chem.csr import csr_take
 from fedchem.chem.fingerprints import column_permutation, get_featurizer
 from fedchem.chem.folds import fold_key, fold_of, key_fingerprint
 from fedchem.chem.standardize import standardizer_for
 from fedchem.config import ChemConfig
-from fedchem.data.csr import csr_take
 
 __all__ = [
     "PIPELINE_VERSION",

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fedchem.chem.csr import csr_take
 from fedchem.config import SiteConfig
-from fedchem.data.csr import csr_take
 
-__all__ = ["CENSOR_CODES", "SiteDataset"]
+__all__ = ["CENSOR_CODES", "MIN_SUPPORT", "SiteDataset", "supported_columns"]
+
+#: a column counts as supported at a site when at least this many training molecules have it
+#: (the applicability domain, :mod:`fedchem.model.domain`, is built from these columns)
+MIN_SUPPORT = 5
 
 #: qualifier -> censor code: 0 exact, -1 the true value is at most the reported one, +1 at least
 CENSOR_CODES = {"=": 0, "<": -1, "<=": -1, ">": 1, ">=": 1}
@@ -190,3 +194,10 @@ def current_dataset_path(site: SiteConfig) -> Path:
             f"site {site.name} has no prepared data: run site preparation first"
         )
     return site.workdir / "prepared" / json.loads(pointer.read_text())["cache_key"] / "dataset.npz"
+
+
+def supported_columns(ds: SiteDataset, min_support: int = MIN_SUPPORT) -> list[int]:
+    """The columns on in at least ``min_support`` of ``ds``'s molecules (sorted): all a site
+    says of its molecules for the applicability domain."""
+    counts = np.bincount(ds.indices.astype(np.int64), minlength=ds.fp_size)
+    return [int(c) for c in np.flatnonzero(counts >= min_support)]

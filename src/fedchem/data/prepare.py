@@ -24,6 +24,7 @@ import pandas as pd
 
 from fedchem.chem.batch import featurize_many
 from fedchem.chem.consistency import consistency_report
+from fedchem.chem.csr import csr_take
 from fedchem.chem.featurize import FeaturizedBatch, pipeline_fingerprint
 from fedchem.chem.parallel import Progress
 from fedchem.config import ChemConfig, SiteConfig, TaskSpec
@@ -36,11 +37,9 @@ from fedchem.contracts import (
     read_table,
     validate_frame,
 )
-from fedchem.data.csr import csr_take
-from fedchem.data.dataset import SiteDataset, current_dataset_path
+from fedchem.data.dataset import SiteDataset, current_dataset_path, supported_columns
 from fedchem.data.tasks import TaskTable, build_tasks, catalogue_from_assays
 from fedchem.messages import PrepareReport, RowAccount
-from fedchem.model.domain import supported_columns
 
 __all__ = [
     "Inputs",

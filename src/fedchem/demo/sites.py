@@ -22,8 +22,8 @@ from rdkit import Chem
 
 from fedchem.chem.folds import scaffold_of
 from fedchem.config import SiteConfig, TaskSpec
-from fedchem.federation.strategies import STRATEGY_NAMES
-from fedchem.trust.config import TrustConfig
+from fedchem.policy import TrustConfig
+from fedchem.strategy_config import STRATEGY_NAMES
 from fedchem.trust.keys import ensure_key_pair
 
 __all__ = [

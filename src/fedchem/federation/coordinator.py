@@ -18,8 +18,8 @@ from fedchem.federation.validation import check_arrays, screen_updates
 from fedchem.messages import RoundManifest, RoundPlan, SiteUpdateManifest
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import dump_arrays, model_to_arrays
+from fedchem.policy import PrivacyConfig
 from fedchem.storage.hub import HubLayout, HubStore
-from fedchem.trust.config import PrivacyConfig
 from fedchem.types import StateArrays
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedchem.data.csr import csr_take
+from fedchem.chem.csr import csr_take
 from fedchem.data.dataset import SiteDataset
 
 __all__ = ["Batch", "iter_batches"]

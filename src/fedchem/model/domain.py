@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedchem.data.dataset import SiteDataset
+from fedchem.data.dataset import MIN_SUPPORT, supported_columns
 
 __all__ = [
     "DOMAIN_BINS",
@@ -27,15 +27,7 @@ __all__ = [
     "supported_columns",
 ]
 
-#: a column counts as supported at a site when at least this many training molecules have it
-MIN_SUPPORT = 5
 DOMAIN_BINS = 100
-
-
-def supported_columns(ds: SiteDataset, min_support: int = MIN_SUPPORT) -> list[int]:
-    """The columns on in at least ``min_support`` of ``ds``'s molecules (sorted)."""
-    counts = np.bincount(ds.indices.astype(np.int64), minlength=ds.fp_size)
-    return [int(c) for c in np.flatnonzero(counts >= min_support)]
 
 
 def domain_scores(indptr: np.ndarray, indices: np.ndarray, supported: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from fedchem.messages import SiteUpdateManifest
+from fedchem.policy import PrivacyConfig, TrustConfig
 from fedchem.storage.hub import HubStore
-from fedchem.trust.config import PrivacyConfig, TrustConfig
 from fedchem.trust.dp import noise_for_epsilon
 from fedchem.trust.ledger import Ledger, entry_sha256, read_chain
 from fedchem.trust.signing import COORDINATOR, KeyRing, SignatureRejected, Signer

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ValidationError
 
 from fedchem.config import SiteConfig
 from fedchem.messages import DPReport, RoundManifest, RoundOpen, RoundPlan
+from fedchem.policy import SitePolicy
 from fedchem.storage.hub import HubStore
 from fedchem.trust.budget import PrivacyBudget
-from fedchem.trust.config import SitePolicy
 from fedchem.trust.dp import Steps, noise_for_epsilon
 from fedchem.trust.ledger import Ledger
 from fedchem.trust.signing import COORDINATOR, KeyRing, SignatureRejected, Signer

@@ -7,7 +7,6 @@ when it runs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -17,6 +16,8 @@ from typing import Any
 
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
 
+from fedchem.cli.serve import add_serving_commands
+from fedchem.cli.trust import add_trust_commands
 from fedchem.config import ConfigFileError, DemoConfig, read_config, validate_config
 from fedchem.contracts import (
     ContractError,
@@ -26,8 +27,6 @@ from fedchem.contracts import (
     read_table,
     validate_frame,
 )
-from fedchem.serve.cli import add_serving_commands
-from fedchem.trust.cli import add_trust_commands
 
 __all__ = ["main"]
 
@@ -101,7 +100,8 @@ def _demo(args: argparse.Namespace) -> int:
     except (ConfigFileError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    demo = importlib.import_module("fedchem.flows.demo").demo
+    from fedchem.flows.demo import demo  # Prefect: only the commands that run flows load it
+
     out = Path(args.out).resolve()
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}"
     start = time.perf_counter()
@@ -229,9 +229,10 @@ def _federate(args: argparse.Namespace) -> int:
     if args.check:
         return 0
     _embedded_prefect_defaults()
-    coordinator = importlib.import_module("fedchem.flows.coordinator").coordinator
+    from fedchem.flows.coordinator import coordinator
+    from fedchem.flows.site_prepare import site_prepare
+
     if cfg.mode == "local":  # the simulation prepares its sites here (cached when unchanged)
-        site_prepare = importlib.import_module("fedchem.flows.site_prepare").site_prepare
         for site in cfg.sites:
             if isinstance(site, SiteConfig):
                 site_prepare(site=site, chem=cfg.chem, tasks=cfg.tasks, hub_url=cfg.hub_url)
@@ -242,8 +243,8 @@ def _federate(args: argparse.Namespace) -> int:
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from fedchem import stack as st
     from fedchem.demo.sites import bundled_dataset
+    from fedchem.deployments import stack as st
 
     directory = Path(args.dir)
     if args.action == "down":

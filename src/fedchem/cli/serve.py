@@ -163,7 +163,6 @@ def _token_cmd(args: argparse.Namespace) -> int:
 
 
 def _finetune_cmd(args: argparse.Namespace) -> int:
-    import importlib
     import os
 
     from fedchem.config import ConfigFileError, PrepareConfig, load_config
@@ -174,8 +173,9 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     try:
         site = load_config(Path(args.config), PrepareConfig).site
         cfg = FinetuneConfig(max_epochs=args.epochs, train_trunk=args.train_trunk)
-        flow = importlib.import_module("fedchem.flows.finetune").finetune
-        reports = flow(
+        from fedchem.flows.finetune import finetune
+
+        reports = finetune(
             site=site, registry=args.registry, model=args.model, name=args.name, config=cfg
         )
     except (ConfigFileError, ConsistencyError, RegistryError, ValueError, OSError) as exc:
