@@ -82,18 +82,23 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_demo_anywhere(tmp_pat
         "--sites",
         "2",
         "--rounds",
-        "1",
+        "4",
         "--fp-size",
-        "256",
+        "1024",
         "--model.hidden",
-        "32",
+        "64",
         "--out",
         "out",
     ]
     _run(demo, cwd=empty)
     report = json.loads((empty / "out" / "report.json").read_text())
     assert set(report["federated"]["per_site"]) == {"site-a", "site-b"}
-    assert 0.0 <= report["federated"]["overall"]["roc_auc"] <= 1.0
+    # the installed package learns: measured federated 0.642 (sites 0.673, 0.610), each site
+    # alone 0.567, pooled 0.670 (4 rounds; 1 round of a 32-wide net scores below chance)
+    fed, alone = report["federated"], report["local"]
+    assert fed["overall"]["roc_auc"] >= 0.6, fed
+    assert fed["overall"]["roc_auc"] >= alone["overall"]["roc_auc"] + 0.03, (fed, alone)
+    assert all(v["roc_auc"] > 0.55 for v in fed["per_site"].values()), fed
     run_id = report["meta"]["run_id"]
     assert (empty / "out" / "hub" / "runs" / run_id / "rounds" / "0001" / "manifest.json").exists()
     for site, counts in report["meta"]["prepared"].items():
