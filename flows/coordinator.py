@@ -213,7 +213,8 @@ class DeployedSites:
 def coordinator(config: FederationConfig) -> list[RoundManifest]:
     """Run every round (:func:`~fedchem.federation.driver.run_rounds`); return the committed
     round manifests (hashes, counts, metrics; a failed round says so). A run that its fault
-    policy stops early ends Failed, naming why, after recording every round."""
+    policy stops early, or whose last round failed, ends Failed, naming why, after recording
+    every round."""
     reports = read_prepare_reports(config.hub_url, config.site_names, config.trust)
     committed = start(config, reports)  # a run already on the hub resumes where it stopped
     progress = create_progress_artifact(
@@ -239,8 +240,8 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
         ),
         description=f"federation {config.run_id}: every round",
     )
-    if outcome.stopped is not None:
-        raise FederationStopped(f"federation {config.run_id} stopped: {outcome.stopped}")
+    if outcome.failure is not None:
+        raise FederationStopped(f"federation {config.run_id} failed: {outcome.failure}")
     return outcome.rounds
 
 

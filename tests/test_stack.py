@@ -236,14 +236,16 @@ def test_a_site_down_does_not_block_the_federation(stack: Stack):
     quorum_1 = {**config["deployment"], "min_sites": 1, "round_deadline_s": 20}
     config = {**config, "run_id": "degraded", "rounds": 1, "deployment": quorum_1}
     # the demo sites' policies ask for rounds of at least two sites: site-a refuses, naming
-    # the clause, and nothing commits
+    # the clause; the round is recorded as failed, and a run whose last round failed fails
     res = _run(stack, "coordinator/coordinator", "--params", json.dumps({"config": config}))
     assert res.returncode == 1
     refusal = json.loads(
         _hub(stack).cat(f"fedchem-hub/hub/runs/degraded/rounds/0001/sites/{a}/refusal.json")
     )
     assert refusal["clause"] == "min_sites_per_round" and refusal["signature"]
-    assert not _hub(stack).exists("fedchem-hub/hub/runs/degraded/rounds/0001/manifest.json")
+    failed = json.loads(_hub(stack).cat("fedchem-hub/hub/runs/degraded/rounds/0001/manifest.json"))
+    assert failed["outcome"] == "failed" and failed["sites"] == [] and failed["signature"]
+    assert "min_sites_per_round" in failed["missing_reasons"][a]
     # site-a's admin allows rounds of one site (the policy is read from its disk every round)
     policy_file = Path(stack.dir) / "sites" / a / "policy.yaml"
     policy = yaml.safe_load(policy_file.read_text())
@@ -253,14 +255,17 @@ def test_a_site_down_does_not_block_the_federation(stack: Stack):
     assert res.returncode == 0, res.stdout + res.stderr
     m = json.loads(_hub(stack).cat("fedchem-hub/hub/runs/degraded-2/rounds/0001/manifest.json"))
     assert m["sites"] == [a] and m["missing"] == [b]
-    # without the quorum the run fails (exit code 1) and commits nothing for the round; the
-    # runs it had booked for round 2 (one round ahead) end Cancelled, the one already waiting
-    # at site-a's worker included
+    # without the quorum, and a fault policy that stops at a failed round, the run fails (exit
+    # code 1) after recording round 1 as failed; the runs it had booked for round 2 (one round
+    # ahead) end Cancelled, the one already waiting at site-a's worker included
     quorum_2 = {**config["deployment"], "min_sites": 2, "round_deadline_s": 10, "book_ahead": 1}
-    strict = {**config, "run_id": "strict", "rounds": 2, "deployment": quorum_2}
+    stop = {**config["faults"], "failed_rounds": "stop"}
+    strict = {**config, "run_id": "strict", "rounds": 2, "deployment": quorum_2, "faults": stop}
     res = _run(stack, "coordinator/coordinator", "--params", json.dumps({"config": strict}))
     assert res.returncode == 1
-    assert not _hub(stack).exists("fedchem-hub/hub/runs/strict/rounds/0001/manifest.json")
+    failed = json.loads(_hub(stack).cat("fedchem-hub/hub/runs/strict/rounds/0001/manifest.json"))
+    assert failed["outcome"] == "failed" and failed["missing"] == [b]
+    assert not _hub(stack).exists("fedchem-hub/hub/runs/strict/rounds/0002/manifest.json")
     # every run the coordinator started ended before it did: no waiting here
     runs = _site_runs(stack, "strict")
     assert runs == {

@@ -57,6 +57,7 @@ def test_a_round_below_quorum_is_recorded_as_failed_and_the_run_goes_on(
     )
     _, r1, r2, r3 = outcome.rounds
     assert outcome.failed == [2] and outcome.stopped is None and launcher.closed
+    assert outcome.failure is None  # the run ended on an aggregated round
     assert r2.outcome == "failed" and r2.sites == [] and r2.missing == ["site-c"]
     assert r2.reason == ("3 accepted update(s), quorum is 4; missing: site-c; rejected: -"), (
         r2.reason
@@ -164,5 +165,9 @@ def test_a_launcher_is_all_the_driver_needs_to_know_of_the_sites(
     first = start_run(hub, config, tox21_sites.label_stats, trust=steps.trust)
     outcome = run_rounds(config, steps, Silent(), [first])
     assert outcome.failed == [1, 2] and outcome.stopped is None
+    assert outcome.failure == (
+        "its last round, 2, failed (0 accepted update(s), quorum is 4; missing: site-a; "
+        "rejected: -)"
+    )
     assert outcome.rounds[2].missing_reasons == {"site-a": "unreachable"}
     assert outcome.rounds[2].global_sha256 == first.global_sha256

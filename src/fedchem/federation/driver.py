@@ -217,6 +217,18 @@ class RunOutcome:
     def failed(self) -> list[int]:
         return [m.round for m in self.rounds if m.outcome == "failed"]
 
+    @property
+    def failure(self) -> str | None:
+        """Why the run as a whole failed: it stopped early, or its last round failed (a run
+        that ends on a failed round has no model of its last round). None: it succeeded,
+        failed rounds before its last one included (each is recorded)."""
+        if self.stopped is not None:
+            return self.stopped
+        last = self.rounds[-1]
+        if last.outcome == "failed":
+            return f"its last round, {last.round}, failed ({last.reason})"
+        return None
+
 
 def stop_reason(config: FederationConfig, rounds: Sequence[RoundManifest]) -> str | None:
     """Why the run stops after its last round in ``rounds`` (None: it goes on).
