@@ -21,6 +21,7 @@ it so that each step runs as a Prefect task. Nothing here imports Prefect.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from fedchem.trust.signing import SignatureRejected
 
 if TYPE_CHECKING:
     from fedchem.trust.coordinator import CoordinatorTrust
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "CoordinatorSteps",
@@ -325,7 +328,10 @@ class InProcessSites:
             opened = await_round_open(self.hub, config.run_id, rnd, ticket, timeout_s=0)
             try:
                 reply = take_part(site, self.hub, opened, config.chem, config.model, config.train)
-            except Exception:  # a site that fails is counted missing; the round goes on
+            except Exception as exc:  # a site that fails is counted missing; the round goes on
+                # the exception's type only: its text could quote a site's data
+                _log.warning("round %d: site %s failed (%s)", rnd, site.name, type(exc).__name__)
+                _log.debug("site %s's failure", site.name, exc_info=True)
                 self.ended[site.name] = RunState("Failed", True)
                 continue
             done = "Failed" if isinstance(reply, SiteRefusal) else "Completed"
