@@ -215,8 +215,12 @@ def stack_up(
         split = split_into_sites(dataset, smiles_col, n_sites, directory / "sites", seed)
         stack.sites = [s.name for s in split.sites]
         _provision_hub(stack, directory)
-        for s in split.sites:  # each site's own config, read by its worker only
-            cfg = PrepareConfig(site=s, chem=chem, tasks=split.tasks)
+        for s in split.sites:  # each site's own config, read by its worker only: its hub and
+            # the registry it loads models from are the only ones its flows may name
+            own = s.model_copy(
+                update={"hub_url": stack.hub_url, "registries": [stack.registry_url]}
+            )
+            cfg = PrepareConfig(site=own, chem=chem, tasks=split.tasks)
             path = directory / "sites" / s.name / "site.yaml"
             path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         fed = federation_defaults(

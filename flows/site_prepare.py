@@ -21,6 +21,6 @@ def site_prepare(
     ``site`` by name only (deployed mode) reads the site's config from its worker's
     ``$FEDCHEM_SITE_CONFIG``; ``tasks`` left out derives the catalogue from the assay table.
     """
-    report = prepare(site, chem, tasks)
+    report = prepare(site, chem, tasks, hub_url)
     publish_prepare_report(hub_url, report, site)
     return report

@@ -31,7 +31,7 @@ def site_round(
     own policy does not allow ends Failed, the clause named (and on the hub, for the
     coordinator).
     """
-    opened = await_round(hub_url, run_id, round, ticket, open_timeout_s)
+    opened = await_round(site, hub_url, run_id, round, ticket, open_timeout_s)
     if isinstance(opened, str):
         return Cancelled(message=opened)
     result = train_round(site, hub_url, run_id, round, chem, model, train, opened)

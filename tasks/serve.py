@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fedchem.config import SiteConfig, SiteRef, resolve_site
+from fedchem.config import SiteConfig, SiteRef
 from fedchem.data.prepare import read_key
 from fedchem.federation.finetune import FinetuneConfig
 from fedchem.messages import EvalReport
@@ -16,6 +16,7 @@ from fedchem.registry.store import Registry
 from fedchem.serve.batch import ScoredFile, predict_file
 from fedchem.serve.predictor import Predictor, check_consistency
 from fedchem.tasks.progress import ArtifactProgress
+from fedchem.trust.sovereign import check_featurizer, own_site
 
 __all__ = ["finetune_at_site", "score_file", "validate_registered"]
 
@@ -33,7 +34,9 @@ def score_file(
     use_site_part: bool,
     chunk_rows: int,
 ) -> ScoredFile:
-    site = resolve_site(site)  # the site's key and own registry, from its own config
+    # the site's key and own registry from its own config; the model's registry and the
+    # files must be ones its config names
+    site = own_site(site, registries=[registry], paths=[input_path, output_path])
     site_registry = Registry(site.registry_url()) if use_site_part else None
     predictor = Predictor.load(Registry(registry), model, read_key(site), site_registry)
     key = f"batch-predict-{site.name}"
@@ -73,10 +76,11 @@ def finetune_at_site(
     from fedchem.federation.finetune import finetune, register_finetuned
     from fedchem.federation.site import load_site_dataset
 
-    site = resolve_site(site)
+    site = own_site(site, registries=[registry])
     reg = Registry(registry)
     ref_name, version = reg.resolve(model)
     spec = ModelSpec.model_validate(reg.read_json(ref_name, version, "spec.json"))
+    check_featurizer(site, spec.chem)  # the model's featurizer runs on the site's molecules
     check_consistency(spec, read_key(site))  # the site featurizes as the model was trained
     arrays = load_weights(reg.read(ref_name, version, "model.safetensors"))
     report = prepare_site(site, spec.chem, None)  # its own tasks, the model's featurizer
@@ -107,7 +111,7 @@ def validate_registered(
     from fedchem.federation.continual import evaluate_registered
     from fedchem.federation.site import load_site_dataset
 
-    site = resolve_site(site)
+    site = own_site(site, registries=[registry])
     reg, mine = Registry(registry), Registry(site.registry_url())
     ds = load_site_dataset(site)
     out = {}

@@ -15,7 +15,6 @@ from fedchem.config import (
     SiteRef,
     TaskSpec,
     TrainConfig,
-    resolve_site,
 )
 from fedchem.federation import baselines
 from fedchem.federation import site as site_lib
@@ -30,7 +29,8 @@ from fedchem.messages import (
 from fedchem.storage.hub import HubLayout, HubStore, json_bytes
 from fedchem.tasks.progress import ArtifactProgress
 from fedchem.trust.ledger import SITE_SCOPE, Ledger
-from fedchem.trust.site import SiteGuard, site_signer
+from fedchem.trust.site import PolicyRefused, SiteGuard, site_signer
+from fedchem.trust.sovereign import check_featurizer, own_site
 
 if TYPE_CHECKING:
     from fedchem.messages import PrepareReport
@@ -47,15 +47,32 @@ __all__ = [
 ]
 
 
+def _not_refused(task: object, run: object, state: object) -> bool:
+    """Retry a transient failure, never a refusal (it would only be refused again)."""
+    try:
+        state.result()  # type: ignore[attr-defined]
+    except PolicyRefused:
+        return False
+    except Exception:
+        return True
+    return True
+
+
 @task(cache_policy=NO_CACHE)
 def prepare(
-    site: SiteConfig | SiteRef, chem: ChemConfig, tasks: list[TaskSpec] | None
+    site: SiteConfig | SiteRef,
+    chem: ChemConfig,
+    tasks: list[TaskSpec] | None,
+    hub_url: str | None = None,
 ) -> PrepareReport:
+    """Prepare the site's own data; the site's config, not the caller's (``hub_url``: the
+    hub the report will go to, checked before anything runs)."""
     from fedchem.data.prepare import (
         prepare_site,  # RDKit + Dask: only the preparing step needs them
     )
 
-    site = resolve_site(site)  # deployed: the site's own config, from its worker's environment
+    site = own_site(site, hub_url=hub_url)  # on its worker: its own config file only
+    check_featurizer(site, chem)
     report = prepare_site(
         site,
         chem,
@@ -95,7 +112,12 @@ def _record_reports(site: SiteConfig, hub_url: str, run_id: str, reports: list[E
         ledger.append("eval-report", data=data, note=f"{r.model} on {r.fold}")
 
 
-@task(retries=3, retry_delay_seconds=[1, 4, 10], cache_policy=NO_CACHE)
+@task(
+    retries=3,
+    retry_delay_seconds=[1, 4, 10],
+    retry_condition_fn=_not_refused,
+    cache_policy=NO_CACHE,
+)
 def publish_prepare_report(
     hub_url: str, report: PrepareReport, site: SiteConfig | SiteRef | None = None
 ) -> str:
@@ -103,7 +125,7 @@ def publish_prepare_report(
     and recorded in the site's ledger when ``site`` (its own config) has a signing key."""
     path = HubLayout.site_prepared(report.site)
     hub = HubStore(hub_url)
-    own = resolve_site(site) if site is not None else None
+    own = own_site(site, hub_url=hub_url) if site is not None else None
     signer = site_signer(own) if own is not None else None
     if own is None or signer is None:
         hub.put_json(path, report.model_dump(mode="json"))
@@ -119,11 +141,13 @@ def publish_prepare_report(
 
 @task(cache_policy=NO_CACHE)
 def await_round(
-    hub_url: str, run_id: str, rnd: int, ticket: str, timeout_s: float
+    site: SiteConfig | SiteRef, hub_url: str, run_id: str, rnd: int, ticket: str, timeout_s: float
 ) -> RoundOpen | str:
     """Wait until the coordinator opens round ``rnd`` under ``ticket``: its opening (fit
     instructions and plan), or why the run ends without training (a newer coordinator
-    attempt opened the round, or the round was withdrawn)."""
+    attempt opened the round, or the round was withdrawn). A hub the site's config does not
+    name is refused before it is read."""
+    own_site(site, hub_url=hub_url)
     try:
         return await_round_open(HubStore(hub_url), run_id, rnd, ticket, timeout_s)
     except (RoundSuperseded, RoundWithdrawn) as exc:
@@ -145,7 +169,7 @@ def train_round(
     """Train the round under the site's own policy (from its own config: fail-closed without
     one). A round the policy does not allow is refused: the refusal, with its clause, goes to
     the hub and is returned, and nothing is trained."""
-    site = resolve_site(site)
+    site = own_site(site, hub_url=hub_url)
     logger = get_run_logger()
     manifest = site_lib.take_part(site, HubStore(hub_url), opened, chem, model, train)
     if isinstance(manifest, SiteRefusal):
@@ -186,7 +210,7 @@ def evaluate_global(
     model: ModelConfig,
     select: Selection = "last",
 ) -> EvalReport:
-    site = resolve_site(site)
+    site = own_site(site, hub_url=hub_url)
     report = site_lib.evaluate_global_at_site(
         site, HubStore(hub_url), run_id, rnd, chem, model, select
     )
@@ -206,6 +230,7 @@ def train_local_baseline(
 ) -> EvalReport:
     """The site's local-only model; ``publish_to=(hub_url, run_id)`` also puts its weights on
     the hub for the cross-site evaluation (shared heads only)."""
+    site = own_site(site, hub_url=publish_to[0] if publish_to is not None else None)
     if publish_to is not None:  # before training: the policy may not let the model leave
         SiteGuard.load(site).check_share_local_models()
     report, arrays = baselines.train_local_only(site, chem, model, train, epochs, label_stats)
@@ -226,6 +251,7 @@ def evaluate_baselines(
     model: ModelConfig,
 ) -> list[EvalReport]:
     """Other sites' published local-only models, scored on this site's test fold."""
+    site = own_site(site, hub_url=hub_url)
     hub = HubStore(hub_url)
     reports = [
         baselines.evaluate_baseline_at_site(site, hub, run_id, owner, chem, model)
@@ -251,7 +277,7 @@ def calibrate_for_serving(
     from fedchem.federation.calibration import calibrate_site, publish_site_part
     from fedchem.registry.store import Registry
 
-    site = resolve_site(site)
+    site = own_site(site, hub_url=hub_url)
     hub = HubStore(hub_url)
     result = calibrate_site(site, hub, run_id, rnd, chem, model, private_tasks)
     signer, path = site_signer(site), HubLayout(run_id).site_calibration(site.name)

@@ -202,6 +202,21 @@ class SiteConfig(StrictModel):
         description="the site's own privacy policy (YAML, its admin's): without one the site "
         "takes part in no federation round (fail-closed)",
     )
+    hub_url: str | None = Field(
+        None,
+        description="the consortium's hub this site takes part through: a flow parameter "
+        "naming another hub is refused (on the site's own worker, one must be named here)",
+    )
+    registries: list[str] = Field(
+        default_factory=list,
+        description="the consortium registries the site loads models from (its own registry "
+        "is always allowed); on its own worker a flow may name no other",
+    )
+    batch_dirs: list[Path] = Field(
+        default_factory=list,
+        description="where batch scoring may read its input and write its output on the "
+        "site's own worker (default: <workdir>/batch)",
+    )
 
     def registry_url(self) -> str:
         return self.registry or str(self.workdir / "registry")

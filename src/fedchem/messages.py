@@ -7,7 +7,7 @@ and anything that only reads the hub never load RDKit, Dask or torch for them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -117,6 +117,11 @@ class RoundPlan(StrictModel):
     rounds: int = Field(ge=1, description="the rounds the run is planned for")
     heads: str = Field(description="shared or private")
     privacy: PrivacyConfig = PrivacyConfig()
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the consortium settings the round trains with (chem, model, train), as "
+        "the coordinator signs them: a site trains only with these, within its policy's limits",
+    )
 
 
 class RoundOpen(StrictModel):

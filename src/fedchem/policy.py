@@ -13,7 +13,14 @@ from pydantic import Field, field_validator, model_validator
 
 from fedchem.strict import StrictModel
 
-__all__ = ["DPPolicy", "PrivacyConfig", "SitePolicy", "TrustConfig", "is_public_key_text"]
+__all__ = [
+    "DPPolicy",
+    "PrivacyConfig",
+    "SitePolicy",
+    "TrainingLimits",
+    "TrustConfig",
+    "is_public_key_text",
+]
 
 #: strategies whose aggregate is a (weighted) sum: site-level DP noise calibrated to one
 #: site's clipped delta bounds them; order statistics (median, trimmed mean) and selection
@@ -103,6 +110,26 @@ class DPPolicy(StrictModel):
     min_noise_multiplier: float = Field(0.0, ge=0)
 
 
+class TrainingLimits(StrictModel):
+    """What a round may ask a site to train: the settings that change what is computed on its
+    data, each within the site's limits (a round asking more is refused, the limit named)."""
+
+    max_local_epochs: int = Field(10, ge=1, description="epochs over the site's data a round")
+    lr: tuple[float, float] = Field(
+        (1e-6, 0.1), description="the learning rate's allowed range (inclusive)"
+    )
+    min_batch_size: int = Field(
+        16, ge=1, description="smaller batches give single molecules more weight in an update"
+    )
+    max_hidden: int = Field(8192, ge=8, description="the widest layer the site trains")
+    max_depth: int = Field(4, ge=1, description="dense layers after the input layer")
+    featurizers: list[str] = Field(
+        default_factory=lambda: ["morgan", "morgan_counts", "fcfp", "atom_pair"],
+        description="featurizers the site runs on its molecules: the built-in ones by default; "
+        "a plug-in (package.module:function) runs only when named here",
+    )
+
+
 class SitePolicy(StrictModel):
     """A site's own rules, owned by its admin; read from its disk, never from the hub or a
     flow parameter. A round that would break a clause is refused, with the clause named."""
@@ -131,6 +158,12 @@ class SitePolicy(StrictModel):
         "that keep every one of its tasks' heads private",
     )
     dp: DPPolicy = DPPolicy()
+    runs: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="the run ids the site takes part in (shell patterns, e.g. tox21-weekly-*); "
+        "an opening of any other run is refused",
+    )
+    training: TrainingLimits = TrainingLimits()
 
     @model_validator(mode="after")
     def _pinned(self) -> SitePolicy:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from fedchem.config import FaultConfig, FederationConfig, ModelConfig
+from fedchem.config import ChemConfig, FaultConfig, FederationConfig, ModelConfig, TrainConfig
 from fedchem.federation.commits import commit_failed_round, commit_round, read_round
 from fedchem.federation.strategies import FedAvg, SiteLevelDP, Strategy, build_strategy
 from fedchem.federation.validation import check_arrays, screen_updates
@@ -33,6 +33,7 @@ __all__ = [
     "initial_model",
     "pooled_label_stats",
     "round_plan",
+    "round_settings",
     "start_run",
     "strategy_for",
 ]
@@ -59,7 +60,17 @@ def round_plan(config: FederationConfig) -> RoundPlan:
         rounds=config.rounds,
         heads=config.heads,
         privacy=resolve_privacy(config.privacy, config.rounds),
+        settings=round_settings(config.chem, config.model, config.train),
     )
+
+
+def round_settings(chem: ChemConfig, model: ModelConfig, train: TrainConfig) -> dict[str, Any]:
+    """The consortium settings a round trains with, as its plan carries them (signed)."""
+    return {
+        "chem": chem.model_dump(mode="json"),
+        "model": model.model_dump(mode="json"),
+        "train": train.model_dump(mode="json"),
+    }
 
 
 def strategy_for(config: FederationConfig) -> Strategy:

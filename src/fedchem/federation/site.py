@@ -191,6 +191,7 @@ def run_site_round(
         if opened is None:
             raise ValueError("a guarded round needs the coordinator's opening")
         plan = guard.check_round(opened, list(ds.task_names))
+        guard.check_settings(opened, chem, model_cfg, train_cfg)
     verify = None
     if guard is not None:
         g = guard

@@ -18,7 +18,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fedchem.config import SiteConfig
+from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.messages import DPReport, RoundManifest, RoundOpen, RoundPlan
 from fedchem.policy import SitePolicy
 from fedchem.storage.hub import HubStore
@@ -187,6 +187,70 @@ class SiteGuard:
                 f"allows {p.dp.max_epsilon:g}",
             )
         return plan
+
+    def check_settings(
+        self,
+        opened: RoundOpen,
+        chem: ChemConfig,
+        model: ModelConfig,
+        train: TrainConfig,
+    ) -> None:
+        """The settings the site is asked to train with must be the ones the coordinator
+        signed into the round's plan (a flow parameter cannot change them), and within the
+        policy's training limits."""
+        plan = opened.plan
+        asked = {
+            "chem": chem.model_dump(mode="json"),
+            "model": model.model_dump(mode="json"),
+            "train": train.model_dump(mode="json"),
+        }
+        if plan is None or not plan.settings:
+            raise PolicyRefused("settings", "the round's plan carries no signed settings")
+        differ = sorted(k for k, v in asked.items() if plan.settings.get(k) != v)
+        if differ:
+            raise PolicyRefused(
+                "settings",
+                f"{', '.join(differ)} differ from the round's signed plan: a flow parameter "
+                "does not decide what the site trains",
+            )
+        limits = self.policy.training
+        lr = train.lr * opened.fit.lr_factor
+        checks = [
+            (
+                "training.max_local_epochs",
+                train.local_epochs <= limits.max_local_epochs,
+                f"{train.local_epochs} local epochs, the policy allows {limits.max_local_epochs}",
+            ),
+            (
+                "training.lr",
+                limits.lr[0] <= lr <= limits.lr[1],
+                f"learning rate {lr:g} (lr x this round's factor) outside the policy's "
+                f"{limits.lr[0]:g}..{limits.lr[1]:g}",
+            ),
+            (
+                "training.min_batch_size",
+                train.batch_size >= limits.min_batch_size,
+                f"batch size {train.batch_size} below the policy's {limits.min_batch_size}",
+            ),
+            (
+                "training.max_hidden",
+                model.hidden <= limits.max_hidden,
+                f"hidden width {model.hidden} above the policy's {limits.max_hidden}",
+            ),
+            (
+                "training.max_depth",
+                model.depth <= limits.max_depth,
+                f"depth {model.depth} above the policy's {limits.max_depth}",
+            ),
+            (
+                "training.featurizers",
+                chem.featurizer in limits.featurizers,
+                f"featurizer {chem.featurizer!r} is not one the policy allows",
+            ),
+        ]
+        for clause, ok, why in checks:
+            if not ok:
+                raise PolicyRefused(clause, why)
 
     # ----------------------------------------------------------------------------- privacy
 
