@@ -286,7 +286,7 @@ def policy_clauses(root: Path) -> list[Outcome]:
             try:
                 p = guard.check_round(opened, ["t"])
                 if at_budget:
-                    guard.privacy("r", opened.round, p, 1000, 64, 1)
+                    guard.privacy("r", p, 1000, 64, 1)
             except PolicyRefused as exc:
                 return exc.clause if exc.clause == clause else None
             return None

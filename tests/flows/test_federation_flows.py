@@ -348,8 +348,27 @@ def test_a_failing_site_is_missing_and_the_round_goes_on_with_the_quorum(
     assert failed["outcome"] == "failed" and failed["missing"] == ["site-c"]
 
 
+def _worker_of(site: str, hub_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process as ``site``'s own worker: its config (its hub; data never read here)."""
+    import yaml
+
+    from fedchem.config import SITE_CONFIG_ENV, PrepareConfig, SiteConfig
+
+    own = SiteConfig(
+        name=site,
+        measurements=tmp_path / "absent.csv",
+        assays=tmp_path / "absent-assays.csv",
+        workdir=tmp_path / "work",
+        key_file=tmp_path / "absent.key",
+        hub_url=hub_url,
+    )
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(PrepareConfig(site=own).model_dump(mode="json")))
+    monkeypatch.setenv(SITE_CONFIG_ENV, str(path))
+
+
 def test_a_booked_site_run_of_a_replaced_coordinator_ends_cancelled(
-    prefect_api: None, tmp_path: Path
+    prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run booked ahead waits for its round's opening; when a newer coordinator attempt
     opened the round instead, the run ends Cancelled without touching the site's data."""
@@ -359,6 +378,7 @@ def test_a_booked_site_run_of_a_replaced_coordinator_ends_cancelled(
     from fedchem.messages import FitInstructions
 
     hub_url = str(tmp_path / "hub")
+    _worker_of("nowhere", hub_url, tmp_path, monkeypatch)
     old, new = new_ticket(1_000.0), new_ticket(2_000.0)
     open_round(HubStore(hub_url), "booked", 2, new, FitInstructions())
     state = site_round(
@@ -377,7 +397,7 @@ def test_a_booked_site_run_of_a_replaced_coordinator_ends_cancelled(
 
 
 def test_a_booked_site_run_of_a_withdrawn_round_ends_cancelled(
-    prefect_api: None, tmp_path: Path
+    prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The federation stopped before the round a run was booked for: the coordinator withdrew
     the round under its own ticket, and the waiting run ends at once, Cancelled, untrained."""
@@ -386,6 +406,7 @@ def test_a_booked_site_run_of_a_withdrawn_round_ends_cancelled(
     from fedchem.flows.site_round import site_round
 
     hub_url = str(tmp_path / "hub")
+    _worker_of("nowhere", hub_url, tmp_path, monkeypatch)
     ticket = new_ticket()
     withdraw_round(HubStore(hub_url), "stopped", 3, ticket)
     state = site_round(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedchem.trust.budget import PrivacyBudget
+from fedchem.trust.budget import PrivacyBudget, Release
 from fedchem.trust.dp import (
     Steps,
     add_noise,
@@ -69,17 +69,21 @@ def test_the_noise_has_the_stated_spread():
     assert abs(noisy.mean()) < 0.01
 
 
-def test_a_sites_budget_composes_its_rounds_and_a_resumed_round_counts_once(tmp_path: Path):
+def test_a_sites_budget_composes_every_release_and_a_resend_counts_once(tmp_path: Path):
     budget = PrivacyBudget.of_site(tmp_path)
     step = [Steps(0.05, 1.0, 20)]
-    assert budget.projected("run1", 1, step, 1e-5)[1] == pytest.approx(epsilon(step, 1e-5))
-    budget.record("run1", 1, "record", step)
-    budget.record("run1", 1, "record", step)  # the same round again: no new release
+    assert budget.projected("run1", step, 1e-5)[1] == pytest.approx(epsilon(step, 1e-5))
+    budget.record(Release("run1", 1, "base-a", "record", tuple(step)))
+    budget.record(Release("run1", 1, "base-a", "record", tuple(step)))  # sent again: no release
     again = PrivacyBudget.of_site(tmp_path)
     assert again.spent(1e-5) == pytest.approx(epsilon(step, 1e-5))
-    run_eps, total = again.projected("run2", 1, step, 1e-5)
+    # round 1 trained again from another base model (a re-commit): a release of its own
+    again.record(Release("run1", 1, "base-b", "record", tuple(step)))
+    assert PrivacyBudget.of_site(tmp_path).spent(1e-5) == pytest.approx(epsilon(step * 2, 1e-5))
+    assert again.rounds("run1") == [1]
+    run_eps, total = again.projected("run2", step, 1e-5)
     assert run_eps == pytest.approx(epsilon(step, 1e-5))
-    assert total == pytest.approx(epsilon(step * 2, 1e-5))
+    assert total == pytest.approx(epsilon(step * 3, 1e-5))
 
 
 def test_a_tiny_noise_multiplier_is_accounted_without_exhausting_memory():

@@ -141,20 +141,42 @@ def _save_optimizer(state: dict[str, object], state_dir: Path, rnd: int) -> None
             old.unlink(missing_ok=True)
 
 
-def _published_update(
-    hub: HubStore, run_id: str, rnd: int, site: str, base_sha: str
+def _sent_copy(state_dir: Path, rnd: int, base_sha: str) -> tuple[Path, Path]:
+    """Where the site keeps its own copy of the update (and manifest) it sent for round
+    ``rnd`` from ``base_sha``."""
+    stem = f"sent-{rnd:04d}-{base_sha[:16]}"
+    return state_dir / f"{stem}.npz", state_dir / f"{stem}.json"
+
+
+def _keep_sent(state_dir: Path, rnd: int, base_sha: str, data: bytes, manifest: bytes) -> None:
+    """Keep the site's copy of what it sent (only the last round's: rounds only go up)."""
+    update_path, manifest_path = _sent_copy(state_dir, rnd, base_sha)
+    for old in state_dir.glob("sent-*"):
+        old.unlink(missing_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for path, blob in ((update_path, data), (manifest_path, manifest)):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+
+
+def _send_again(
+    hub: HubStore, state_dir: Path, run_id: str, rnd: int, site: str, base_sha: str
 ) -> SiteUpdateManifest | None:
-    """This site's committed update of round ``rnd`` if it exists, intact, from ``base_sha``."""
-    layout = HubLayout(run_id)
-    path = layout.site_manifest(rnd, site)
-    if not hub.exists(path):
+    """The update this site already sent for round ``rnd`` from ``base_sha``, sent again from
+    its own copy (a resumed coordinator asks twice): the same bytes, no training, no new
+    release. None: the site has not sent one (what the hub holds is not its word)."""
+    update_path, manifest_path = _sent_copy(state_dir, rnd, base_sha)
+    if not (update_path.exists() and manifest_path.exists()):
         return None
-    try:
-        m = SiteUpdateManifest.model_validate(hub.get_json(path))
-        hub.get_verified(m.update_path, m.update_sha256, "update")
-    except (ValueError, OSError):
-        return None  # damaged: train again and overwrite
-    return m if m.base_sha256 == base_sha and m.site == site and m.round == rnd else None
+    written = manifest_path.read_bytes()
+    manifest = SiteUpdateManifest.model_validate_json(written)
+    layout = HubLayout(run_id)
+    if hub.get_bytes_or_none(manifest.update_path) != (data := update_path.read_bytes()):
+        hub.put_bytes(layout.site_update(rnd, site), data)
+    if hub.get_bytes_or_none(layout.site_manifest(rnd, site)) != written:
+        hub.put_bytes(layout.site_manifest(rnd, site), written)
+    return manifest
 
 
 def run_site_round(
@@ -200,19 +222,19 @@ def run_site_round(
             g.verify_coordinator("round-commit", m)
 
     arrays, base_sha = fetch_global(hub, run_id, rnd - 1, verify)
-    done = _published_update(hub, run_id, rnd, site.name, base_sha)
+    state_dir = site.workdir / "runs" / run_id
+    done = _send_again(hub, state_dir, run_id, rnd, site.name, base_sha)
     if done is not None:  # a resumed coordinator asks again: the same answer, not a new one
         return done
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
     valid = ds.folds([chem.valid_fold])
     privacy = (
-        guard.privacy(run_id, rnd, plan, len(train), train_cfg.batch_size, train_cfg.local_epochs)
+        guard.privacy(run_id, plan, len(train), train_cfg.batch_size, train_cfg.local_epochs)
         if guard is not None and plan is not None
         else None
     )
     model = model_for(ds, model_cfg, arrays)
     private = private_rows(ds, fit.private_tasks)
-    state_dir = site.workdir / "runs" / run_id
     if private.size:
         _load_private_head(model, private_head_path(state_dir, rnd - 1), private)
     # Adam's moments stay at the site between rounds (private state, never uploaded); kept per
@@ -262,8 +284,8 @@ def run_site_round(
         norm = delta_norm(upload, arrays)
     data = dump_arrays(upload)
     layout = HubLayout(run_id)
-    if guard is not None and privacy is not None:
-        guard.spend(run_id, rnd, privacy)  # before anything leaves: never under-counted
+    if guard is not None:  # before anything leaves: a release is never under-counted
+        guard.spend(run_id, rnd, base_sha, privacy)
     ledger = guard.ledger(hub, run_id) if guard is not None else None
     hub.put_bytes(layout.site_update(rnd, site.name), data)
     entry = (
@@ -298,6 +320,7 @@ def run_site_round(
         ledger.append(
             "manifest", round=rnd, path=layout.site_manifest(rnd, site.name), data=written
         )
+    _keep_sent(state_dir, rnd, base_sha, data, written)
     hub.put_bytes(layout.site_manifest(rnd, site.name), written)  # the reply: written last
     return manifest
 

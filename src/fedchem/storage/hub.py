@@ -252,6 +252,13 @@ class HubStore:
     def get_bytes(self, rel: str) -> bytes:
         return self.retry.call(lambda: bytes(self.fs.cat_file(self._path(rel))), f"get {rel}")
 
+    def get_bytes_or_none(self, rel: str) -> bytes | None:
+        """``rel``'s bytes, or None when there is no such object."""
+        try:
+            return self.get_bytes(rel)
+        except FileNotFoundError:
+            return None
+
     def map(self, fn: Callable[[str], _T], rels: Sequence[str]) -> list[_T]:
         """``fn`` over ``rels`` concurrently, results in order: an object store's round trips
         overlap instead of adding up (the first error is raised)."""

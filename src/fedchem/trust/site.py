@@ -9,6 +9,7 @@ projected; any failure is a :class:`PolicyRefused` naming the clause.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import math
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.messages import DPReport, RoundManifest, RoundOpen, RoundPlan
 from fedchem.policy import SitePolicy
 from fedchem.storage.hub import HubStore
-from fedchem.trust.budget import PrivacyBudget
+from fedchem.trust.budget import PrivacyBudget, Release
 from fedchem.trust.dp import Steps, noise_for_epsilon
 from fedchem.trust.ledger import Ledger
 from fedchem.trust.signing import COORDINATOR, KeyRing, SignatureRejected, Signer
@@ -159,9 +160,24 @@ class SiteGuard:
                 f"the round commits with {plan.quorum} site(s); the policy needs at least "
                 f"{p.min_sites_per_round}",
             )
-        if opened.round > p.max_rounds:
+        if not any(fnmatch.fnmatchcase(opened.run_id, pattern) for pattern in p.runs):
             raise PolicyRefused(
-                "max_rounds", f"round {opened.round} is past the policy's {p.max_rounds}"
+                "runs", f"run {opened.run_id!r} is not one the policy takes part in ({p.runs})"
+            )
+        # the site's own history, not the coordinator's word: what it trained in this run
+        trained = PrivacyBudget.of_site(self.workdir).rounds(opened.run_id)
+        if trained and opened.round < trained[-1]:
+            raise PolicyRefused(
+                "rounds",
+                f"round {opened.round} of run {opened.run_id!r}: the site already trained "
+                f"round {trained[-1]} of it (round numbers only go up)",
+            )
+        count = len({*trained, opened.round})
+        if opened.round > p.max_rounds or count > p.max_rounds:
+            raise PolicyRefused(
+                "max_rounds",
+                f"round {opened.round} would be the site's round {count} of run "
+                f"{opened.run_id!r}; the policy allows {p.max_rounds}",
             )
         if not p.share_heads:
             shared = sorted(set(site_tasks) - set(opened.fit.private_tasks))
@@ -255,10 +271,12 @@ class SiteGuard:
     # ----------------------------------------------------------------------------- privacy
 
     def privacy(
-        self, run_id: str, rnd: int, plan: RoundPlan, n_train: int, batch_size: int, epochs: int
+        self, run_id: str, plan: RoundPlan, n_train: int, batch_size: int, epochs: int
     ) -> RoundPrivacy | None:
-        """This round's releases of the site's data and the budget after them; refuses when
-        the noise is below the policy's floor or the projected epsilon above its ceiling."""
+        """The releases one more update of run ``run_id`` makes of the site's data, and the
+        budget after them (every earlier release counted, a retrained round's included);
+        refuses when the noise is below the policy's floor or the projected epsilon above its
+        ceiling."""
         cfg = plan.privacy
         if cfg.level == "none":
             return None
@@ -280,7 +298,7 @@ class SiteGuard:
             )
         budget = PrivacyBudget.of_site(self.workdir)
         delta = self.policy.dp.delta
-        eps_run, eps_total = budget.projected(run_id, rnd, [Steps(q, z, steps)], delta)
+        eps_run, eps_total = budget.projected(run_id, [Steps(q, z, steps)], delta)
         cap = self.policy.dp.max_epsilon
         if cap is not None and eps_total > cap:
             raise PolicyRefused(
@@ -290,9 +308,13 @@ class SiteGuard:
             )
         return RoundPrivacy(cfg.level, z, cfg.clip, delta, q, steps, eps_run, eps_total)
 
-    def spend(self, run_id: str, rnd: int, spent: RoundPrivacy) -> None:
-        """Record the round's releases (once the update leaves the site)."""
-        PrivacyBudget.of_site(self.workdir).record(run_id, rnd, spent.level, spent.as_steps())
+    def spend(self, run_id: str, rnd: int, base_sha256: str, spent: RoundPrivacy | None) -> None:
+        """Record the update of round ``rnd`` trained from ``base_sha256`` as released, with
+        its DP releases (``None``: without DP): before it leaves the site, so never
+        under-counted."""
+        level, steps = ("none", ()) if spent is None else (spent.level, tuple(spent.as_steps()))
+        release = Release(run_id, rnd, base_sha256, level, steps)
+        PrivacyBudget.of_site(self.workdir).record(release)
 
     # ------------------------------------------------------------------------ publishing
 
