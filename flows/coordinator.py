@@ -228,7 +228,7 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
         outcome = run_rounds(config, steps, sites, committed)
     finally:
         wait(steps.reported)
-    best = record_best(config.hub_url, config.run_id, outcome.rounds)
+    best = record_best(config, outcome.rounds)
     create_markdown_artifact(
         key=artifact_key(config.run_id, "summary"),
         markdown=_summary(config, outcome.rounds, outcome.stopped)

@@ -82,7 +82,8 @@ def start(config: FederationConfig, reports: list[PrepareReport]) -> list[RoundM
         get_run_logger().info("run %s starts from %s:%d", config.run_id, name, version)
     trust = coord.coordinator_trust(config)
     coord.start_run(hub, config, [r.label_stats for r in reports], init, trust)
-    write_domain_support(hub, config.run_id, reports)  # the sites' supported columns, united
+    # the sites' supported columns, united
+    write_domain_support(hub, config.run_id, reports, trust)
     committed = committed_rounds(hub, config.run_id)
     if len(committed) > 1:
         get_run_logger().warning(
@@ -133,9 +134,11 @@ def aggregate(
 
 
 @task(cache_policy=NO_CACHE)
-def record_best(hub_url: str, run_id: str, committed: list[RoundManifest]) -> dict[str, Any]:
-    """Keep the best round by the sites' validation scores (``runs/<run>/best.json``)."""
-    doc = record_best_round(HubStore(hub_url), run_id, committed)
+def record_best(config: FederationConfig, committed: list[RoundManifest]) -> dict[str, Any]:
+    """Keep the best round by the sites' validation scores (``runs/<run>/best.json``), in the
+    coordinator's ledger in a signed federation."""
+    hub, trust = HubStore(config.hub_url), coord.coordinator_trust(config)
+    doc = record_best_round(hub, config.run_id, committed, trust)
     get_run_logger().info("best round by validation: %s", doc)
     return doc
 

@@ -26,6 +26,8 @@ __all__ = [
 #: site's clipped delta bounds them; order statistics (median, trimmed mean) and selection
 #: (Krum) are not sums, and the noise would not bound what they release
 SUM_STRATEGIES = frozenset({"fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi"})
+#: party names that are not sites: the coordinator's key and the stack's operator credentials
+RESERVED_PARTIES = frozenset({"coordinator", "operator"})
 
 
 def is_public_key_text(text: str) -> bool:
@@ -61,7 +63,18 @@ class TrustConfig(StrictModel):
             raise ValueError(f"not ed25519:<base64> public keys for: {bad}")
         if len(set(v.values())) != len(v):
             raise ValueError("two sites share one public key: every site needs its own")
+        reserved = sorted(set(v) & RESERVED_PARTIES)
+        if reserved:
+            raise ValueError(
+                f"{reserved}: reserved party names (a site so named would stand for that "
+                "party in every check and audit)"
+            )
         return v
+
+    def keyring_entries(self) -> dict[str, str]:
+        """Owner -> pinned public key: the coordinator and every site (no site can take the
+        coordinator's place: the names are reserved)."""
+        return {**self.sites, "coordinator": self.coordinator}
 
 
 class PrivacyConfig(StrictModel):

@@ -33,7 +33,7 @@ def _keys_new(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from fedchem.trust.ledger import verify_run
-    from fedchem.trust.signing import COORDINATOR, KeyRing
+    from fedchem.trust.signing import KeyRing
 
     try:
         cfg = load_federation_config(Path(args.config))
@@ -43,9 +43,16 @@ def _audit_verify(args: argparse.Namespace) -> int:
     if cfg.trust is None:
         print(f"error: {args.config} pins no keys (its trust: section)", file=sys.stderr)
         return 2
-    keys = KeyRing({COORDINATOR: cfg.trust.coordinator, **cfg.trust.sites})
+    keys = KeyRing(cfg.trust.keyring_entries())
     run_id = args.run_id or cfg.run_id
-    report = verify_run(HubStore(args.hub or cfg.hub_url), run_id, keys)
+    copies = {}
+    for item in args.site_copy or []:
+        site, _, directory = item.partition("=")
+        if site not in cfg.trust.sites or not directory:
+            print(f"error: --site-copy {item!r}: expected SITE=DIR, SITE one of the federation's")
+            return 2
+        copies[site] = Path(directory)
+    report = verify_run(HubStore(args.hub or cfg.hub_url), run_id, keys, copies)
     chains = ", ".join(f"{a} {n}" for a, n in sorted(report.chains.items())) or "none"
     print(f"run {run_id}: chains {chains}; {report.objects_checked} objects checked")
     if report.ok:
@@ -119,6 +126,13 @@ def add_trust_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     a.add_argument("--hub", help="the hub URL (verify: instead of the config's)")
     a.add_argument("--site-config", help="list: the site's YAML (its workdir holds the ledger)")
     a.add_argument("--scope", help="list: one run id (or _site) only")
+    a.add_argument(
+        "--site-copy",
+        action="append",
+        metavar="SITE=DIR",
+        help="verify: a site's own copy of its ledger (its <workdir>/ledger), compared entry by "
+        "entry with the hub's: what was deleted or rolled back there shows (repeatable)",
+    )
     a.set_defaults(func=_audit)
 
 

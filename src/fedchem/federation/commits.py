@@ -98,6 +98,8 @@ def commit_round(
     manifest = trust.sign("round-commit", manifest)
     ledger = trust.ledger(hub, run_id)
     ledger.append("global", round=rnd, path=layout.global_model(rnd), data=data)
+    if state_path is not None and state_sha is not None:
+        ledger.append("server-state", round=rnd, path=state_path, sha256=state_sha)
     written = json_bytes(manifest.model_dump(mode="json"))
     # recorded before it is written: a commit on the hub is always in the ledger
     ledger.append(
@@ -203,10 +205,14 @@ def best_round(manifests: Sequence[RoundManifest]) -> tuple[int, str, float] | N
 
 
 def record_best_round(
-    hub: HubStore, run_id: str, manifests: Sequence[RoundManifest]
+    hub: HubStore,
+    run_id: str,
+    manifests: Sequence[RoundManifest],
+    trust: CoordinatorTrust | None = None,
 ) -> dict[str, object]:
     """Write ``runs/<run>/best.json`` (round, metric, value, global model hash): what a registry
-    would publish. Nothing but aggregates and hashes."""
+    would publish. Nothing but aggregates and hashes; in the coordinator's ledger with
+    ``trust``."""
     best = best_round(manifests)
     doc: dict[str, object] = {"run_id": run_id, "round": None}
     if best is not None:
@@ -220,5 +226,8 @@ def record_best_round(
             "global_path": chosen.global_path,
             "global_sha256": chosen.global_sha256,
         }
-    hub.put_json(HubLayout(run_id).best(), doc)
+    written = json_bytes(doc)
+    if trust is not None:
+        trust.ledger(hub, run_id).append("best", path=HubLayout(run_id).best(), data=written)
+    hub.put_bytes(HubLayout(run_id).best(), written)
     return doc

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,7 +20,10 @@ from fedchem.messages import EvalReport, PrepareReport, SiteCalibration
 from fedchem.model.domain import domain_thresholds
 from fedchem.registry.model import Lineage, ModelSpec, TaskEntry, dumps, save_weights
 from fedchem.registry.store import Registry
-from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.storage.hub import HubLayout, HubStore, json_bytes
+
+if TYPE_CHECKING:
+    from fedchem.trust.coordinator import CoordinatorTrust
 
 __all__ = [
     "hosted_calibration",
@@ -37,12 +40,20 @@ def union_support(reports: Sequence[PrepareReport]) -> list[int]:
     return sorted({c for r in reports for c in r.supported_columns})
 
 
-def write_domain_support(hub: HubStore, run_id: str, reports: Sequence[PrepareReport]) -> None:
-    """Publish the union of the sites' supported columns for the run (sites score against it)."""
-    hub.put_json(
-        HubLayout(run_id).domain_support(),
-        {"supported_columns": union_support(reports), "sites": [r.site for r in reports]},
-    )
+def write_domain_support(
+    hub: HubStore,
+    run_id: str,
+    reports: Sequence[PrepareReport],
+    trust: CoordinatorTrust | None = None,
+) -> None:
+    """Publish the union of the sites' supported columns for the run (sites score against it);
+    in the coordinator's ledger with ``trust``."""
+    path = HubLayout(run_id).domain_support()
+    doc = {"supported_columns": union_support(reports), "sites": [r.site for r in reports]}
+    written = json_bytes(doc)
+    if trust is not None:
+        trust.ledger(hub, run_id).append("domain-support", path=path, data=written)
+    hub.put_bytes(path, written)
 
 
 def hosted_calibration(

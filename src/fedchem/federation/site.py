@@ -288,8 +288,17 @@ def run_site_round(
         guard.spend(run_id, rnd, base_sha, privacy)
     ledger = guard.ledger(hub, run_id) if guard is not None else None
     hub.put_bytes(layout.site_update(rnd, site.name), data)
+    # anchors in the site's own chain: the coordinator's opening and the global model it
+    # trained from; an audit finds them in the coordinator's chain, or names a rollback
+    anchors = {"global": base_sha}
+    if opened is not None:
+        anchors["round-open"] = hashlib.sha256(
+            json_bytes(opened.model_dump(mode="json"))
+        ).hexdigest()
     entry = (
-        ledger.append("update", round=rnd, path=layout.site_update(rnd, site.name), data=data)
+        ledger.append(
+            "update", round=rnd, path=layout.site_update(rnd, site.name), data=data, refs=anchors
+        )
         if ledger is not None
         else None
     )

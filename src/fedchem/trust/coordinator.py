@@ -47,7 +47,7 @@ class CoordinatorTrust:
 
     @classmethod
     def from_config(cls, trust: TrustConfig, need_key: bool = True) -> CoordinatorTrust:
-        keys = KeyRing({**trust.sites, COORDINATOR: trust.coordinator})
+        keys = KeyRing(trust.keyring_entries())
         signer = None
         if trust.coordinator_key_file is not None:
             signer = Signer.from_file(COORDINATOR, trust.coordinator_key_file)

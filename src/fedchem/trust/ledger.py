@@ -239,27 +239,98 @@ def _check_chain(
 
 def _check_objects(
     hub: HubStore, actor: str, chain: list[LedgerEntry], report: AuditReport
-) -> None:
+) -> dict[str, LedgerEntry]:
+    """Every object the chain recorded is on the hub as last recorded; returns path -> its
+    last record."""
     latest: dict[str, LedgerEntry] = {}
     for e in chain:
         if e.path is not None and e.sha256 is not None:
             latest[e.path] = e  # an object written again (a resumed step): its last record
+    present = set(hub.map(lambda p: p if hub.exists(p) else "", sorted(latest))) - {""}
     for path, e in latest.items():
-        if not hub.exists(path):
-            continue  # removed since (e.g. retention): the record stays, nothing to compare
+        if path not in present:
+            report.problems.append(
+                f"ledger {e.scope}/{actor} entry {e.seq}: {path} ({e.kind}) is gone from the hub"
+            )
+            continue
         report.objects_checked += 1
         if hashlib.sha256(hub.get_bytes(path)).hexdigest() != e.sha256:
             report.problems.append(
                 f"ledger {e.scope}/{actor} entry {e.seq}: {path} on the hub is not what was "
                 "recorded (altered after it was sent)"
             )
+    return latest
 
 
-def verify_run(hub: HubStore, run_id: str, keys: KeyRing) -> AuditReport:
-    """Check every chain of run ``run_id``: sequence, links, signatures by each actor's pinned
-    key, the objects still on the hub against their recorded hashes; that every committed
-    round's updates are the sites' recorded ones; and that every site update manifest on the
-    hub is in its site's chain."""
+def _check_copy(
+    scope: str, actor: str, chain: list[LedgerEntry], copy: Path, report: AuditReport
+) -> None:
+    """A party's own copy of its chain (what it wrote, on its own disk) against the hub's."""
+    path = copy / f"{scope}.jsonl"
+    if not path.exists():
+        return
+    mine = [LedgerEntry.model_validate_json(x) for x in path.read_text().splitlines() if x]
+    for i, e in enumerate(mine):
+        if i >= len(chain):
+            report.problems.append(
+                f"ledger {scope}/{actor}: entries {i} to {len(mine) - 1} of {actor}'s own copy "
+                "are gone from the hub (deleted or rolled back)"
+            )
+            return
+        if entry_sha256(chain[i]) != entry_sha256(e):
+            report.problems.append(
+                f"ledger {scope}/{actor} entry {i}: not the entry in {actor}'s own copy "
+                "(replaced on the hub)"
+            )
+            return
+
+
+def _owner(run_id: str, path: str) -> str:
+    """The party that writes ``path`` of run ``run_id``: a site's replies, local-only model
+    and calibration are its own; everything else under the run is the coordinator's."""
+    parts = path.split("/")[2:]  # after runs/<run>
+    if len(parts) >= 4 and parts[0] == "rounds" and parts[2] == "sites":
+        return parts[3]
+    if len(parts) >= 2 and parts[0] == "baselines":
+        return parts[1]
+    if len(parts) == 2 and parts[0] == "calibration":
+        return parts[1].removesuffix(".json")
+    return COORDINATOR
+
+
+def _unrecorded(
+    path: str, owner: str, latest: Mapping[str, Mapping[str, LedgerEntry]]
+) -> str | None:
+    if path in latest.get(owner, {}):
+        return None  # recorded (its content was compared with the record)
+    name = path.rsplit("/", 1)[-1]
+    if owner != COORDINATOR and name == "update.json":
+        return f"{path}: a site manifest not in {owner}'s ledger"
+    if owner == COORDINATOR and name == "manifest.json" and path.count("/") == 4:
+        return f"{path}: a committed round not in the coordinator's ledger"
+    return f"{path}: not in {owner}'s ledger (written outside the audit trail)"
+
+
+def verify_run(
+    hub: HubStore,
+    run_id: str,
+    keys: KeyRing,
+    copies: Mapping[str, Path] | None = None,
+) -> AuditReport:
+    """Check run ``run_id`` on the hub, naming the first broken link first:
+
+    - every chain of the run (and the preparation chains of its sites): sequence, links, each
+      entry signed by its actor's pinned key;
+    - ``copies`` (party -> the directory of its own ledger copy, e.g. a site's
+      ``<workdir>/ledger``): the hub holds every entry the party wrote, unchanged; entries
+      deleted or rolled back on the hub show here even when the rest of the chain still links;
+    - every object a chain recorded is still on the hub, unchanged (a deleted update, global
+      model or side file is named), and every object of the run on the hub was recorded by
+      the party that writes it (a file written outside the trail is named);
+    - the coordinator's records name the sites' entries of the updates it took, and the
+      sites' update entries name the coordinator's opening and the global model they trained
+      from: a coordinator that rolls its chain back below what a site saw is named.
+    """
     report = AuditReport(run_id)
     actors = sorted(
         {p.split("/")[2] for p in hub.list_files(f"ledger/{run_id}") if p.count("/") >= 3}
@@ -270,8 +341,22 @@ def verify_run(hub: HubStore, run_id: str, keys: KeyRing) -> AuditReport:
             report.problems.append(f"ledger {run_id}/{actor}: an actor with no pinned key")
             continue
         chains[actor] = _check_chain(hub, run_id, actor, keys, report)
-    for actor, chain in chains.items():
-        _check_objects(hub, actor, chain, report)
+    sites = [a for a in chains if a != COORDINATOR]
+    prepared: dict[str, list[LedgerEntry]] = {}
+    for site in sites:
+        if hub.list_files(ledger_dir(SITE_SCOPE, site)):
+            prepared[site] = _check_chain(hub, SITE_SCOPE, site, keys, report)
+    for actor, directory in sorted((copies or {}).items()):
+        _check_copy(run_id, actor, chains.get(actor, []), directory, report)
+        _check_copy(SITE_SCOPE, actor, prepared.get(actor, []), directory, report)
+    latest = {actor: _check_objects(hub, actor, chain, report) for actor, chain in chains.items()}
+    for site, chain in prepared.items():
+        _check_objects(hub, site, chain, report)
+        for path in hub.list_files(f"sites/{site}"):
+            if not any(e.path == path for e in chain):
+                report.problems.append(
+                    f"{path}: not in {site}'s ledger (written outside the audit trail)"
+                )
     by_sha = {entry_sha256(e): (actor, e) for actor, chain in chains.items() for e in chain}
     for e in chains.get(COORDINATOR, []):
         for site, ref in e.refs.items():
@@ -281,18 +366,21 @@ def verify_run(hub: HubStore, run_id: str, keys: KeyRing) -> AuditReport:
                     f"ledger {run_id}/{COORDINATOR} entry {e.seq}: refers to an entry of "
                     f"{site} that is not in {site}'s chain"
                 )
-    recorded = {
-        (actor, e.path, e.sha256) for actor, chain in chains.items() for e in chain if e.path
+    seen = {
+        kind: {e.sha256 for e in chains.get(COORDINATOR, []) if e.kind == kind}
+        for kind in ("round-open", "global")
     }
-    for path in hub.list_files(f"runs/{run_id}/rounds"):
-        parts = path.split("/")
-        if len(parts) == 7 and parts[4] == "sites" and parts[6] == "update.json":
-            site = parts[5]
-            sha = hashlib.sha256(hub.get_bytes(path)).hexdigest()
-            if (site, path, sha) not in recorded:
-                report.problems.append(f"{path}: a site manifest not in {site}'s ledger")
-        elif len(parts) == 5 and parts[4] == "manifest.json":
-            sha = hashlib.sha256(hub.get_bytes(path)).hexdigest()
-            if (COORDINATOR, path, sha) not in recorded:
-                report.problems.append(f"{path}: a committed round not in the coordinator's ledger")
+    for site in sites:
+        for e in chains[site]:
+            for kind, sha in sorted(e.refs.items()):
+                if kind in seen and sha not in seen[kind]:
+                    report.problems.append(
+                        f"ledger {run_id}/{site} entry {e.seq}: the coordinator's {kind} it "
+                        f"trained from ({sha[:12]}) is not in the coordinator's chain (rolled "
+                        "back or removed)"
+                    )
+    for path in hub.list_files(f"runs/{run_id}"):
+        why = _unrecorded(path, _owner(run_id, path), latest)
+        if why is not None:
+            report.problems.append(why)
     return report
