@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from prefect import flow
 
 from fedchem.config import (
@@ -86,6 +87,10 @@ def demo(
         heads=heads,
         trust=split.trust,  # every update, opening and commit signed; every party's ledger
         privacy=privacy,
+    )
+    # the run's federation YAML (its pinned keys, its hub): what `fedchem audit verify` checks
+    (out / "federation.yaml").write_text(
+        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     )
     committed = coordinator(config)
     budget = rounds * train.local_epochs

@@ -11,16 +11,14 @@ import pytest
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig
 from fedchem.data.prepare import prepare_site
 from fedchem.demo.sites import bundled_dataset, split_into_sites
-from fedchem.federation.coordinator import aggregate_round, start_run
+from fedchem.federation.coordinator import start_run
+from fedchem.federation.driver import CoordinatorSteps, InProcessSites, run_rounds
 from fedchem.federation.site import (
     _load_private_head,
     evaluate_global_at_site,
     fetch_global,
     load_site_dataset,
-    run_site_round,
 )
-from fedchem.federation.strategies import build_strategy
-from fedchem.messages import FitInstructions
 from fedchem.model.evaluate import evaluate_at_site
 from fedchem.model.network import build_model
 from fedchem.model.state import arrays_to_model, load_arrays
@@ -46,19 +44,15 @@ def test_private_heads_never_leave_the_site(tmp_path: Path):
         train=TrainConfig(batch_size=32),
         heads="private",
         shared_tasks=[shared],
+        trust=split.trust,
     )
     private = config.private_tasks()
     assert shared not in private and len(private) == len(split.tasks) - 1
     hub = HubStore(config.hub_url)
-    start_run(hub, config, [r.label_stats for r in reports])
-    strategy = build_strategy(config.strategy)
-    fit = FitInstructions(private_tasks=private)
-    for rnd in (1, 2):
-        replies = [
-            run_site_round(s, hub, "ph", rnd, chem, config.model, config.train, fit)
-            for s in split.sites
-        ]
-        aggregate_round(hub, "ph", rnd, replies, strategy)
+    steps = CoordinatorSteps(config, hub)
+    first = start_run(hub, config, [r.label_stats for r in reports], trust=steps.trust)
+    outcome = run_rounds(config, steps, InProcessSites(config, hub), [first])
+    assert outcome.failed == []
     rows = np.arange(1, len(split.tasks))
     heads = []
     for s in split.sites:

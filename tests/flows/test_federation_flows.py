@@ -158,6 +158,15 @@ def test_demo_flow_writes_the_comparison(prefect_api: None, tiny_dataset: Path, 
     )
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved == json.loads(json.dumps(rep))
+    # the demo's trust can be checked: its federation YAML, its sites' own ledger copies
+    from fedchem.cli import main as cli_main
+
+    copies = [
+        f"--site-copy={s}={tmp_path / 'out' / 'sites' / s / 'work' / 'ledger'}"
+        for s in ("site-a", "site-b")
+    ]
+    fed_yaml = str(tmp_path / "out" / "federation.yaml")
+    assert cli_main(["audit", "verify", "--config", fed_yaml, *copies]) == 0
     for model in ("federated", "local", "pooled"):
         per_site = saved[model]["per_site"]
         assert set(per_site) == {"site-a", "site-b"}
@@ -175,6 +184,8 @@ def test_demo_flow_writes_the_comparison(prefect_api: None, tiny_dataset: Path, 
             assays=d / "assays.csv",
             workdir=d / "work",
             key_file=d / "consortium.key",
+            signing_key_file=d / "site.key",
+            policy_file=d / "policy.yaml",
         )
         again = evaluate_global_at_site(
             site,

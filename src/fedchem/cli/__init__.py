@@ -128,6 +128,15 @@ def _demo(args: argparse.Namespace) -> int:
     print(
         f"wrote {out / 'report.json'} and {out / 'report.md'} in {time.perf_counter() - start:.0f}s"
     )
+    copies = " ".join(
+        f"--site-copy {p.name}={p / 'work' / 'ledger'}"
+        for p in sorted((out / "sites").iterdir())
+        if (p / "work" / "ledger").is_dir()
+    )
+    print(
+        "check the run's trust (every chain, signature and object; the sites' own copies):\n"
+        f"  fedchem audit verify --config {out / 'federation.yaml'} {copies}"
+    )
     return 0
 
 

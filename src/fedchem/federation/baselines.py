@@ -68,12 +68,16 @@ def publish_baseline(
 ) -> str:
     """Put a site's local-only model on the hub for the cross-site evaluation (opt-in, by the
     site's policy; the demo does it only with shared heads, so no private head ever leaves
-    its site). ``ledger``: the site's, which records both objects."""
+    its site). ``ledger``: the site's, which records both objects and signs the manifest."""
     layout = HubLayout(run_id)
     data = dump_arrays(arrays)
     hub.put_bytes(layout.baseline_model(site), data)
     sha = hashlib.sha256(data).hexdigest()
-    manifest = json_bytes({"site": site, "sha256": sha})
+    doc: dict[str, object] = {"run_id": run_id, "site": site, "sha256": sha}
+    if ledger is not None:  # signed like every message that leaves the site
+        signature = ledger.signer.signature("local-model", doc)
+        doc["signature"] = signature.model_dump(mode="json")
+    manifest = json_bytes(doc)
     if ledger is not None:
         ledger.append("local-model", path=layout.baseline_model(site), data=data)
         ledger.append("local-model-manifest", path=layout.baseline_manifest(site), data=manifest)

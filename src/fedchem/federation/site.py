@@ -36,8 +36,9 @@ from fedchem.model.state import arrays_to_model, dump_arrays, load_arrays, model
 from fedchem.model.train import train_epochs
 from fedchem.storage.hub import HubLayout, HubStore, json_bytes
 from fedchem.trust.dp import clip_delta, delta_norm
-from fedchem.trust.ledger import entry_sha256
-from fedchem.trust.site import PolicyRefused, SiteGuard
+from fedchem.trust.ledger import Ledger, entry_sha256
+from fedchem.trust.signing import Signer
+from fedchem.trust.site import PolicyRefused, SiteGuard, site_signer
 from fedchem.types import StateArrays
 
 __all__ = [
@@ -360,14 +361,29 @@ def take_part(
             guard=guard,
         )
     except PolicyRefused as refused:
-        return refuse_round(hub, opened.run_id, rnd, site.name, refused, guard)
+        signer = None
+        if guard is None:  # no valid policy: the refusal is signed all the same
+            try:
+                signer = site_signer(site)
+            except (OSError, ValueError):
+                signer = None
+        return refuse_round(hub, opened.run_id, rnd, site.name, refused, guard, signer, site)
 
 
 def refuse_round(
-    hub: HubStore, run_id: str, rnd: int, site: str, refused: PolicyRefused, guard: SiteGuard | None
+    hub: HubStore,
+    run_id: str,
+    rnd: int,
+    site: str,
+    refused: PolicyRefused,
+    guard: SiteGuard | None,
+    signer: Signer | None = None,
+    config: SiteConfig | None = None,
 ) -> SiteRefusal:
     """Publish the site's no to round ``rnd`` (the clause and its limit; signed and recorded
-    when the site has a key): the coordinator counts the site missing with that reason."""
+    when the site has a key): the coordinator counts the site missing with that reason.
+    Without a guard (the site's policy did not load: fail-closed), ``signer`` and ``config``
+    (the site's key and its own config) still sign and record it."""
     refusal = SiteRefusal(
         run_id=run_id,
         round=rnd,
@@ -377,11 +393,16 @@ def refuse_round(
         policy_sha256=guard.policy_sha256 if guard is not None else None,
         at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    ledger = None
     if guard is not None:
         refusal = guard.sign("refusal", refusal)
+        ledger = guard.ledger(hub, run_id)
+    elif signer is not None:
+        refusal = signer.sign("refusal", refusal)
+        local = config.workdir / "ledger" if config is not None else None
+        ledger = Ledger(hub, run_id, signer, local)
     path = HubLayout(run_id).site_refusal(rnd, site)
     written = json_bytes(refusal.model_dump(mode="json"))
-    ledger = guard.ledger(hub, run_id) if guard is not None else None
     if ledger is not None:
         ledger.append("refusal", round=rnd, path=path, data=written, note=refused.clause)
     hub.put_bytes(path, written)
@@ -392,8 +413,13 @@ def global_model_at_site(
     site: SiteConfig, hub: HubStore, run_id: str, rnd: int, ds: SiteDataset, model_cfg: ModelConfig
 ) -> tuple[MultitaskNet, str]:
     """The committed global model of round ``rnd`` as this site uses it: with its own private
-    head rows (kept at the site) where it has them. Returns the model and the global hash."""
-    arrays, sha = fetch_global(hub, run_id, rnd)
+    head rows (kept at the site) where it has them; its commit must carry the pinned
+    coordinator's signature where the site's policy requires signatures (a model that does not
+    is refused, whatever it is loaded for). Returns the model and the global hash."""
+    guard = SiteGuard.load(site)  # fail-closed: a model is loaded only under the site's policy
+    arrays, sha = fetch_global(
+        hub, run_id, rnd, lambda m: guard.verify_coordinator("round-commit", m)
+    )
     model = model_for(ds, model_cfg, arrays)
     _load_private_head(model, private_head_path(site.workdir / "runs" / run_id, rnd))
     return model, sha
