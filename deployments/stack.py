@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,9 @@ class Stack:
     #: every party's own S3 credentials (``<dir>/hub-credentials.json``, mode 0600): the
     #: server enforces what each may read and write (:mod:`fedchem.trust.hub_access`)
     credentials_file: str | None = None
+    #: the Prefect API's auth string (``<dir>/prefect-auth``, mode 0600): the server refuses
+    #: every request without it (Prefect's own ``PREFECT_SERVER_API_AUTH_STRING``)
+    auth_file: str | None = None
 
     def save(self) -> None:
         Path(self.dir, "stack.json").write_text(json.dumps(asdict(self), indent=2))
@@ -123,8 +127,17 @@ class Stack:
                 "AWS_DEFAULT_REGION": "us-east-1",
             }
         )
+        if self.auth_file is not None and Path(self.auth_file).exists():
+            base["PREFECT_API_AUTH_STRING"] = Path(self.auth_file).read_text().strip()
         base.update(extra)
         return base
+
+    def server_env(self) -> dict[str, str]:
+        """The Prefect server's environment: its own auth string, which every client needs."""
+        env = self.env()
+        if "PREFECT_API_AUTH_STRING" in env:
+            env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
+        return env
 
 
 def _prefect_exe() -> str:
@@ -188,7 +201,8 @@ def stack_up(
         worker=worker,
     )
     try:
-        server_env = stack.env()
+        stack.auth_file = str(_write_secret(directory / "prefect-auth", _auth_string()))
+        server_env = stack.server_env()
         if postgres is None:
             postgres = database_url is None and postgres_available()
         if postgres:
@@ -246,6 +260,18 @@ def stack_up(
         stack.save()
         stack_down(directory)
         raise
+
+
+def _auth_string() -> str:
+    """Prefect's basic-auth string for the stack's API (user ``fedchem``, a random password)."""
+    return f"fedchem:{secrets.token_urlsafe(24)}"
+
+
+def _write_secret(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    return path
 
 
 def _provision_hub(stack: Stack, directory: Path) -> None:

@@ -16,6 +16,7 @@ from fedchem.registry.store import Registry
 from fedchem.serve.batch import ScoredFile, predict_file
 from fedchem.serve.predictor import Predictor, check_consistency
 from fedchem.tasks.progress import ArtifactProgress
+from fedchem.tasks.site import guard_site_logs
 from fedchem.trust.sovereign import check_featurizer, own_site
 
 __all__ = ["finetune_at_site", "score_file", "validate_registered"]
@@ -37,6 +38,7 @@ def score_file(
     # the site's key and own registry from its own config; the model's registry and the
     # files must be ones its config names
     site = own_site(site, registries=[registry], paths=[input_path, output_path])
+    guard_site_logs(site)
     site_registry = Registry(site.registry_url()) if use_site_part else None
     predictor = Predictor.load(Registry(registry), model, read_key(site), site_registry)
     key = f"batch-predict-{site.name}"
@@ -77,6 +79,7 @@ def finetune_at_site(
     from fedchem.federation.site import load_site_dataset
 
     site = own_site(site, registries=[registry])
+    guard_site_logs(site)
     reg = Registry(registry)
     ref_name, version = reg.resolve(model)
     spec = ModelSpec.model_validate(reg.read_json(ref_name, version, "spec.json"))
@@ -112,6 +115,7 @@ def validate_registered(
     from fedchem.federation.site import load_site_dataset
 
     site = own_site(site, registries=[registry])
+    guard_site_logs(site)
     reg, mine = Registry(registry), Registry(site.registry_url())
     ds = load_site_dataset(site)
     out = {}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -29,6 +30,7 @@ from fedchem.messages import (
 from fedchem.storage.hub import HubLayout, HubStore, json_bytes
 from fedchem.tasks.progress import ArtifactProgress
 from fedchem.trust.ledger import SITE_SCOPE, Ledger
+from fedchem.trust.redact import SiteDataFilter, site_strings
 from fedchem.trust.site import PolicyRefused, SiteGuard, site_signer
 from fedchem.trust.sovereign import check_featurizer, own_site
 
@@ -40,11 +42,34 @@ __all__ = [
     "calibrate_for_serving",
     "evaluate_baselines",
     "evaluate_global",
+    "guard_site_logs",
     "prepare",
     "publish_prepare_report",
     "train_local_baseline",
     "train_round",
 ]
+
+
+def guard_site_logs(site: SiteConfig) -> None:
+    """Every log line this process's flow and task runs send to the orchestrator passes the
+    site's filter: its SMILES and compound ids replaced (:mod:`fedchem.trust.redact`)."""
+    private = site_strings(site.measurements)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            mine = [f for f in handler.filters if isinstance(f, SiteDataFilter)]
+            if any(f.site == site.name and f.private == private for f in mine):
+                continue
+            for f in mine:
+                if f.site == site.name:  # the site's data changed: its strings with it
+                    handler.removeFilter(f)
+            handler.addFilter(SiteDataFilter(site.name, private))
+
+
+def _own(site: SiteConfig | SiteRef, **locations: Any) -> SiteConfig:
+    """The site's own config (:func:`~fedchem.trust.sovereign.own_site`), its logs guarded."""
+    own = own_site(site, **locations)
+    guard_site_logs(own)
+    return own
 
 
 def _not_refused(task: object, run: object, state: object) -> bool:
@@ -71,7 +96,7 @@ def prepare(
         prepare_site,  # RDKit + Dask: only the preparing step needs them
     )
 
-    site = own_site(site, hub_url=hub_url)  # on its worker: its own config file only
+    site = _own(site, hub_url=hub_url)  # on its worker: its own config file only
     check_featurizer(site, chem)
     report = prepare_site(
         site,
@@ -125,7 +150,7 @@ def publish_prepare_report(
     and recorded in the site's ledger when ``site`` (its own config) has a signing key."""
     path = HubLayout.site_prepared(report.site)
     hub = HubStore(hub_url)
-    own = own_site(site, hub_url=hub_url) if site is not None else None
+    own = _own(site, hub_url=hub_url) if site is not None else None
     signer = site_signer(own) if own is not None else None
     if own is None or signer is None:
         hub.put_json(path, report.model_dump(mode="json"))
@@ -147,7 +172,7 @@ def await_round(
     instructions and plan), or why the run ends without training (a newer coordinator
     attempt opened the round, or the round was withdrawn). A hub the site's config does not
     name is refused before it is read."""
-    own_site(site, hub_url=hub_url)
+    _own(site, hub_url=hub_url)
     try:
         return await_round_open(HubStore(hub_url), run_id, rnd, ticket, timeout_s)
     except (RoundSuperseded, RoundWithdrawn) as exc:
@@ -169,7 +194,7 @@ def train_round(
     """Train the round under the site's own policy (from its own config: fail-closed without
     one). A round the policy does not allow is refused: the refusal, with its clause, goes to
     the hub and is returned, and nothing is trained."""
-    site = own_site(site, hub_url=hub_url)
+    site = _own(site, hub_url=hub_url)
     logger = get_run_logger()
     manifest = site_lib.take_part(site, HubStore(hub_url), opened, chem, model, train)
     if isinstance(manifest, SiteRefusal):
@@ -210,7 +235,7 @@ def evaluate_global(
     model: ModelConfig,
     select: Selection = "last",
 ) -> EvalReport:
-    site = own_site(site, hub_url=hub_url)
+    site = _own(site, hub_url=hub_url)
     report = site_lib.evaluate_global_at_site(
         site, HubStore(hub_url), run_id, rnd, chem, model, select
     )
@@ -230,7 +255,7 @@ def train_local_baseline(
 ) -> EvalReport:
     """The site's local-only model; ``publish_to=(hub_url, run_id)`` also puts its weights on
     the hub for the cross-site evaluation (shared heads only)."""
-    site = own_site(site, hub_url=publish_to[0] if publish_to is not None else None)
+    site = _own(site, hub_url=publish_to[0] if publish_to is not None else None)
     if publish_to is not None:  # before training: the policy may not let the model leave
         SiteGuard.load(site).check_share_local_models()
     report, arrays = baselines.train_local_only(site, chem, model, train, epochs, label_stats)
@@ -251,7 +276,7 @@ def evaluate_baselines(
     model: ModelConfig,
 ) -> list[EvalReport]:
     """Other sites' published local-only models, scored on this site's test fold."""
-    site = own_site(site, hub_url=hub_url)
+    site = _own(site, hub_url=hub_url)
     hub = HubStore(hub_url)
     reports = [
         baselines.evaluate_baseline_at_site(site, hub, run_id, owner, chem, model)
@@ -277,7 +302,7 @@ def calibrate_for_serving(
     from fedchem.federation.calibration import calibrate_site, publish_site_part
     from fedchem.registry.store import Registry
 
-    site = own_site(site, hub_url=hub_url)
+    site = _own(site, hub_url=hub_url)
     hub = HubStore(hub_url)
     result = calibrate_site(site, hub, run_id, rnd, chem, model, private_tasks)
     signer, path = site_signer(site), HubLayout(run_id).site_calibration(site.name)

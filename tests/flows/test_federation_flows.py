@@ -104,6 +104,16 @@ def test_two_sites_two_rounds_through_prefect(
         assert s.encode() not in blob, "a site's row reached the hub"
         assert s not in returned and s not in logs
 
+    # and nothing of theirs is anywhere in the orchestrator's database: every flow and task
+    # run, parameter, state, log and artifact of the federation, read as stored
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    db = Path(str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value()).split("///", 1)[1])
+    stored = b"".join(p.read_bytes() for p in db.parent.glob(f"{db.name}*"))
+    assert b"round-02/site-b" in stored  # the runs are there
+    leaked = [s for s in private if s.encode() in stored]
+    assert leaked == [], f"site data in the Prefect database: {leaked[:5]}"
+
     # site preparation showed its progress in the UI (counts only)
     artifact = asyncio.run(_artifact("prepare-site-a"))
     assert artifact is not None and artifact["type"] == "progress" and artifact["data"] == 100.0

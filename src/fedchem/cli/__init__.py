@@ -275,6 +275,8 @@ def _stack(args: argparse.Namespace) -> int:
     print(json.dumps({"ui": ui, **{k: v for k, v in vars(stack).items() if k != "dir"}}, indent=2))
     print(f"""
 Prefect UI: {ui}   (everything below runs against it: export PREFECT_API_URL={stack.api_url})
+The API refuses every request without its auth string (the UI asks for it):
+   export PREFECT_API_AUTH_STRING="$(cat {stack.auth_file})"
 1. each site prepares its data on its own worker:
    prefect deployment run 'site-prepare/<site>-prepare' --watch  (sites: {" ".join(stack.sites)})
 2. the federation:
