@@ -33,7 +33,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterFlowRunId,
 )
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, PrepareConfig, load_config
 from fedchem.demo.sites import bundled_dataset
@@ -64,7 +64,12 @@ def _fetch_timeline(stack: Stack, run_id: str) -> dict[str, Any]:
     """The site runs of ``run_id`` with their state histories, and the coordinator's tasks,
     read with Prefect's client (timestamps as ISO strings, the shape ``_phases`` reads)."""
     with (
-        temporary_settings({PREFECT_API_URL: stack.api_url}),
+        temporary_settings(
+            {
+                PREFECT_API_URL: stack.api_url,
+                PREFECT_API_AUTH_STRING: stack.env()["PREFECT_API_AUTH_STRING"],
+            }
+        ),
         get_client(sync_client=True) as client,
     ):
         site_runs = client.read_flow_runs(

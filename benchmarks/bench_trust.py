@@ -10,13 +10,19 @@ signing costs a round.
    refused naming the clause.
 3. Hub permissions: an S3 server (moto on loopback) with IAM authorization on and one user per
    party; each forbidden read or write must be denied.
-4. Cost: the same federation with signatures and ledgers off and on, side by side: seconds and
+4. A hostile coordinator (or anyone who reaches the Prefect API): redirecting a site's flow
+   (its config, hub, registry, batch files, a plug-in featurizer), settings it did not sign or
+   beyond the site's limits, re-committing a round to make the site retrain it, another run
+   id, an earlier round again, and, to the audit, deleted entries, a rolled-back round,
+   deleted objects and a substituted key; each must be refused or named.
+5. Cost: the same federation with signatures and ledgers off and on, side by side: seconds and
    hub bytes per round, and the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import socket
 import subprocess
@@ -42,7 +48,7 @@ from fedchem.model.state import dump_arrays, load_arrays
 from fedchem.policy import PrivacyConfig
 from fedchem.storage.hub import HubLayout, HubStore, json_bytes
 from fedchem.trust.keys import new_key_pair
-from fedchem.trust.ledger import Ledger, ledger_dir, verify_run
+from fedchem.trust.ledger import Ledger, copy_dir, ledger_dir, verify_run
 from fedchem.trust.signing import COORDINATOR, KeyRing, Signer
 from fedchem.trust.site import PolicyRefused, SiteGuard
 
@@ -54,7 +60,7 @@ def _try(what: str, fn: Callable[[], str | None]) -> Outcome:
     try:
         why = fn()
     except (PolicyRefused, PermissionError, ValueError) as exc:
-        why = f"{type(exc).__name__}: {exc}"
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line for the table
     return what, why is not None, (why or "ACCEPTED")[:110]
 
 
@@ -388,6 +394,215 @@ def permissions(root: Path) -> list[Outcome]:
         proc.wait(timeout=20)
 
 
+def hostile(sites: Sites, root: Path) -> list[Outcome]:
+    """A validly signed but hostile coordinator, and callers of the sites' flows."""
+    import os
+
+    from fedchem.config import SITE_CONFIG_ENV, PrepareConfig, SiteRef
+    from fedchem.federation.commits import commit_round
+    from fedchem.federation.coordinator import initial_model, start_run
+    from fedchem.federation.driver import CoordinatorSteps, fit_instructions
+    from fedchem.federation.rounds import await_round_open
+    from fedchem.federation.site import take_part
+    from fedchem.messages import SiteRefusal
+    from fedchem.model.state import model_to_arrays
+    from fedchem.policy import TrustConfig
+    from fedchem.trust.budget import PrivacyBudget
+    from fedchem.trust.sovereign import check_featurizer, own_site
+
+    hub_dir = root / "hub-hostile"
+    a = sites.split.sites[0]
+    assert a.policy_file is not None
+    own = a.model_copy(update={"hub_url": str(hub_dir)})
+    worker_cfg = root / "site-a-worker.yaml"
+    worker_cfg.write_text(
+        yaml.safe_dump(PrepareConfig(site=own, chem=sites.chem).model_dump(mode="json"))
+    )
+    out: list[Outcome] = []
+
+    def as_worker(fn: Callable[[], object]) -> Callable[[], str | None]:
+        def attempt() -> str | None:
+            os.environ[SITE_CONFIG_ENV] = str(worker_cfg)
+            try:
+                fn()
+            except PolicyRefused as exc:
+                return f"{exc.clause}: {exc.reason}"
+            finally:
+                os.environ.pop(SITE_CONFIG_ENV, None)
+            return None
+
+        return attempt
+
+    evil = own.model_copy(update={"workdir": root / "evil", "dask_address": "tcp://10.0.0.9:8786"})
+    ref = SiteRef(name=a.name)
+    out += [
+        _try("redirect: a full site config (Dask, workdir)", as_worker(lambda: own_site(evil))),
+        _try(
+            "redirect: another hub",
+            as_worker(lambda: own_site(ref, hub_url=str(root / "attacker-hub"))),
+        ),
+        _try(
+            "redirect: another registry",
+            as_worker(lambda: own_site(ref, registries=["s3://attacker/registry"])),
+        ),
+        _try(
+            "redirect: batch files outside the site's directories",
+            as_worker(lambda: own_site(ref, paths=["/etc/passwd"])),
+        ),
+        _try(
+            "a plug-in featurizer the policy does not name",
+            as_worker(
+                lambda: check_featurizer(
+                    own, sites.chem.model_copy(update={"featurizer": "os:system"})
+                )
+            ),
+        ),
+    ]
+    # a federation this coordinator runs, signed
+    privacy = PrivacyConfig(level="record", clip=1.0, target_epsilon=3.0)
+    config = config_for(sites, str(hub_dir), "hostile", rounds=1, privacy=privacy)
+    strict = yaml.safe_load(Path(a.policy_file).read_text())
+    strict["dp"] = {"max_epsilon": 4.0, "delta": 1e-5}
+    strict["runs"] = ["hostile", "honest-*"]
+    strict_file = root / "site-a-strict-policy.yaml"
+    strict_file.write_text(yaml.safe_dump(strict))
+    site = a.model_copy(update={"policy_file": strict_file, "workdir": root / "site-a-work"})
+    shutil.copytree(a.workdir, site.workdir)
+    hub = HubStore(config.hub_url)
+    start_run(hub, config, sites.label_stats, trust=coordinator_trust(config))
+
+    def opened(cfg: Any, rnd: int, plan: RoundPlan | None = None) -> RoundOpen:
+        steps = CoordinatorSteps(cfg, HubStore(cfg.hub_url))
+        if plan is not None:
+            steps.plan = plan
+        ticket = new_ticket()
+        steps.open(rnd, ticket, fit_instructions(cfg, steps.strategy, rnd))
+        return await_round_open(HubStore(cfg.hub_url), cfg.run_id, rnd, ticket, timeout_s=0)
+
+    def answer(cfg: Any, op: RoundOpen, **over: Any) -> str | None:
+        settings = {"chem": cfg.chem, "model": cfg.model, "train": cfg.train, **over}
+        reply = take_part(
+            site,
+            HubStore(cfg.hub_url),
+            op,
+            **{
+                "chem": settings["chem"],
+                "model_cfg": settings["model"],
+                "train_cfg": settings["train"],
+            },
+        )
+        return f"{reply.clause}: {reply.reason}" if isinstance(reply, SiteRefusal) else None
+
+    first = answer(config, opened(config, 1))
+    assert first is None, first
+    greedy = config.train.model_copy(update={"local_epochs": 40})
+    out.append(
+        _try(
+            "train settings the coordinator did not sign (a flow parameter)",
+            lambda: answer(config, opened(config, 1), train=greedy),
+        )
+    )
+    signed_greedy = round_plan(config.model_copy(update={"train": greedy}))
+    out.append(
+        _try(
+            "signed settings beyond the site's limits (40 epochs)",
+            lambda: answer(
+                config.model_copy(update={"train": greedy}), opened(config, 1, signed_greedy)
+            ),
+        )
+    )
+
+    def recommit(seed: int) -> str | None:
+        tasks = [(t.name, t.kind) for t in config.tasks]
+        model = initial_model(config.chem.fp_size, tasks, config.model, seed, [])
+        data = dump_arrays(model_to_arrays(model))
+        commit_round(hub, "hostile", 0, data, "init", {}, {}, trust=coordinator_trust(config))
+        return answer(config, opened(config, 1))
+
+    recommit(7)  # the second release: charged (3.0 and 3.0 compose to 3.93)
+    spent = PrivacyBudget.of_site(site.workdir).spent(1e-5)
+    out.append(
+        _try(
+            f"re-commit round 0 again to make the site retrain round 1 (spent {spent:.2f} of 4)",
+            lambda: recommit(8),
+        )
+    )
+    other = config.model_copy(update={"run_id": "another-run"})
+    start_run(HubStore(other.hub_url), other, sites.label_stats, trust=coordinator_trust(other))
+    out.append(_try("a run id the site did not agree to", lambda: answer(other, opened(other, 1))))
+    # the audit: a signed 2-round run, then the coordinator hides what happened
+    audited = config_for(sites, str(root / "hub-audited"), "audited", rounds=2)
+    federate(sites, audited, score=False)
+    keys = KeyRing(audited.trust.keyring_entries()) if audited.trust else None
+    assert keys is not None
+    url = HubStore(audited.hub_url).url
+    copies = {s.name: copy_dir(s.workdir / "ledger", url) for s in sites.split.sites}
+    tries = itertools.count()
+
+    def tampered(change: Callable[[Path], None], with_copies: bool = True) -> str | None:
+        target = root / f"audit-{next(tries)}"
+        shutil.copytree(root / "hub-audited", target)
+        change(target)
+        problems = verify_run(
+            HubStore(str(target)), "audited", keys, copies if with_copies else None
+        ).problems
+        return problems[0] if problems else None
+
+    def tail(h: Path) -> None:
+        for p in sorted((h / ledger_dir("audited", a.name)).iterdir())[-3:]:
+            p.unlink()
+
+    def rollback(h: Path) -> None:
+        shutil.rmtree(h / "runs" / "audited" / "rounds" / "0002")
+        for actor in (COORDINATOR, *audited.site_names):
+            for p in sorted((h / ledger_dir("audited", actor)).iterdir()):
+                if (yaml.safe_load(p.read_text()).get("round") or 0) >= 2:
+                    p.unlink()
+
+    def coordinator_rollback(h: Path) -> None:
+        (h / "runs" / "audited" / "rounds" / "0002" / "manifest.json").unlink()
+        for p in sorted((h / ledger_dir("audited", COORDINATOR)).iterdir()):
+            if (yaml.safe_load(p.read_text()).get("round") or 0) >= 2:
+                p.unlink()
+
+    out += [
+        _try("audit: a site's last ledger entries deleted", lambda: tampered(tail)),
+        _try(
+            "audit: round 2 rolled back, every party's entries with it", lambda: tampered(rollback)
+        ),
+        _try(
+            "audit: the coordinator's chain rolled back (no site copies given)",
+            lambda: tampered(coordinator_rollback, with_copies=False),
+        ),
+        _try(
+            "audit: an update deleted",
+            lambda: tampered(
+                lambda h: (h / "runs/audited/rounds/0001/sites/site-b/update.npz").unlink()
+            ),
+        ),
+        _try(
+            "audit: a global model deleted",
+            lambda: tampered(lambda h: (h / "runs/audited/rounds/0001/global.npz").unlink()),
+        ),
+        _try(
+            "audit: the server state edited",
+            lambda: tampered(
+                lambda h: (h / "runs/audited/rounds/0001/server_state.npz").write_bytes(b"x")
+            ),
+        ),
+    ]
+    rogue = new_key_pair(root / "rogue", "rogue").public
+
+    def substitute() -> str | None:
+        assert audited.trust is not None
+        doc = audited.trust.model_dump(mode="json")
+        TrustConfig.model_validate({**doc, "sites": {**doc["sites"], "coordinator": rogue}})
+        return None
+
+    out.append(_try("a trust.sites member named coordinator (key substitution)", substitute))
+    return out
+
+
 def _hub_bytes(root: Path, run_id: str) -> int:
     total = 0
     for sub in (f"runs/{run_id}", f"ledger/{run_id}"):
@@ -445,6 +660,7 @@ def main() -> None:
         failed = _table("tampering", tampering(sites, root))
         failed += _table("policy clauses", policy_clauses(root))
         failed += _table("hub permissions", permissions(root))
+        failed += _table("a hostile coordinator", hostile(sites, root))
         cost(sites, root, args.rounds)
         print(f"\nnot rejected: {failed}")
         sys.exit(1 if failed else 0)

@@ -23,7 +23,7 @@ import s3fs
 import yaml
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from fedchem.config import ChemConfig
 from fedchem.demo.sites import bundled_dataset
@@ -56,7 +56,12 @@ def _site_runs(stack: Stack, run_id: str) -> dict[str, str]:
     """The site runs of a federation (``round-NN/<site>`` -> state name), read with Prefect's
     client."""
     with (
-        temporary_settings({PREFECT_API_URL: stack.api_url}),
+        temporary_settings(
+            {
+                PREFECT_API_URL: stack.api_url,
+                PREFECT_API_AUTH_STRING: stack.env()["PREFECT_API_AUTH_STRING"],
+            }
+        ),
         get_client(sync_client=True) as client,
     ):
         runs = client.read_flow_runs(
@@ -312,3 +317,28 @@ def test_committed_prefect_yaml_is_what_the_renderer_writes():
     assert weekly["parameters"]["target"]["alias"] == "candidate"
     publish = next(d for d in doc["deployments"] if d["name"] == "publish")
     assert publish["parameters"]["config"] == coord["parameters"]["config"]  # one anchor
+
+
+def test_the_control_plane_needs_its_secret_and_a_site_refuses_a_redirect(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Prefect's API answers only with the stack's auth string; and a caller who holds it
+    (an operator, the coordinator's worker) still cannot point a site's run at its own Dask
+    scheduler or workdir: the site's worker refuses, and its ledger says so."""
+    import httpx
+
+    user, _, password = stack.env()["PREFECT_API_AUTH_STRING"].partition(":")
+    assert httpx.post(f"{stack.api_url}/flows/filter", json={}).status_code == 401
+    wrong = httpx.post(f"{stack.api_url}/flows/filter", json={}, auth=(user, "guessed"))
+    assert wrong.status_code == 401
+    assert httpx.post(f"{stack.api_url}/flows/filter", json={}, auth=(user, password)).is_success
+    a = stack.sites[0]
+    own = yaml.safe_load((Path(stack.dir) / "sites" / a / "site.yaml").read_text())["site"]
+    stolen = tmp_path / "attacker"
+    redirect = {**own, "workdir": str(stolen), "dask_address": "tcp://127.0.0.1:9"}
+    res = _run(stack, f"site-prepare/{a}-prepare", "--params", json.dumps({"site": redirect}))
+    assert res.returncode == 1, res.stdout
+    assert not stolen.exists()
+    ledger = _hub(stack).find(f"fedchem-hub/hub/ledger/_site/{a}")
+    kinds = [json.loads(_hub(stack).cat(p)) for p in ledger]
+    assert any(e["kind"] == "refused-parameter" and e["subject"] == "site" for e in kinds)

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import yaml
 
-from fedchem.config import SiteConfig
+from fedchem.config import PrepareConfig, SiteConfig
 from tests.serve.conftest import Published
 from tests.serve.test_service import NAME, start_service, stop_service
 
@@ -65,6 +66,13 @@ def test_cli_http_csv_json_oip_and_the_batch_flow_return_one_table(
         key_file=site_dir / "consortium.key",
         registry=str(site_dir / "registry"),
     )
+    # the same, run by the site itself: its key and its registry from its own config
+    site_yaml = tmp_path / "site.yaml"
+    site_yaml.write_text(yaml.safe_dump(PrepareConfig(site=site).model_dump(mode="json")))
+    by_site = tmp_path / "by-site.csv"
+    own = ["predict", "--registry", registry, "--model", NAME, "--in", str(src)]
+    own += ["--out", str(by_site), "--id-col", "id", "--site-config", str(site_yaml)]
+    assert main(own) == 0 and by_site.read_text() == text
     flow_out = tmp_path / "flow.csv"
     batch_predict(
         site=site,

@@ -25,7 +25,7 @@ from fedchem.federation.publish import write_domain_support
 from fedchem.policy import TrustConfig
 from fedchem.storage.hub import HubLayout, HubStore, json_bytes
 from fedchem.trust.keys import new_key_pair
-from fedchem.trust.ledger import SITE_SCOPE, Ledger, ledger_dir, verify_run
+from fedchem.trust.ledger import SITE_SCOPE, Ledger, copy_dir, ledger_dir, verify_run
 from fedchem.trust.signing import COORDINATOR, KeyRing
 from fedchem.trust.site import site_signer
 
@@ -44,8 +44,9 @@ class Run:
         return Path(self.config.hub_url)
 
     def copies(self) -> dict[str, Path]:
-        """Every site's own copy of its ledger (its workdir)."""
-        return {s.name: s.workdir / "ledger" for s in self.split.sites}
+        """Every site's own copy of what it wrote to the run's hub (under its workdir)."""
+        url = HubStore(self.config.hub_url).url
+        return {s.name: copy_dir(s.workdir / "ledger", url) for s in self.split.sites}
 
     def tampered(self, name: str) -> Path:
         target = self.root / "tampered" / name
@@ -199,6 +200,10 @@ def test_the_cli_compares_the_sites_copies(run: Run, capsys: pytest.CaptureFixtu
         p.unlink()
     cfg = run.root / "federation.yaml"
     cfg.write_text(yaml.safe_dump({**run.config.model_dump(mode="json"), "hub_url": str(hub)}))
-    copies = [f"--site-copy={s}={d}" for s, d in run.copies().items()]
+    # the copies the sites keep of what they wrote to the original hub, against the copy
+    copies = []
+    for s in run.split.sites:
+        url = HubStore(run.config.hub_url).url
+        copies.append(f"--site-copy={s.name}={copy_dir(s.workdir / 'ledger', url)}")
     assert cli_main(["audit", "verify", "--config", str(cfg), *copies]) == 1
     assert "of site-b's own copy are gone from the hub" in capsys.readouterr().out

@@ -26,6 +26,8 @@ from fedchem.config import (
 from fedchem.demo.sites import DemoSplit, bundled_dataset, split_into_sites
 from fedchem.federation.coordinator import round_settings
 from fedchem.messages import FitInstructions, RoundOpen, RoundPlan
+from fedchem.storage.hub import HubStore
+from fedchem.trust.ledger import copy_dir
 from fedchem.trust.signing import COORDINATOR, Signer
 from fedchem.trust.site import PolicyRefused, SiteGuard
 from fedchem.trust.sovereign import check_featurizer, own_site
@@ -43,7 +45,8 @@ class Worker:
 
     @property
     def ledger(self) -> list[dict[str, Any]]:
-        path = self.own.workdir / "ledger" / "_site.jsonl"
+        mine = copy_dir(self.own.workdir / "ledger", HubStore(str(self.hub)).url)
+        path = mine / "_site.jsonl"
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 

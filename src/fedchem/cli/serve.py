@@ -72,14 +72,31 @@ def _registry_cmd(args: argparse.Namespace) -> int:
         return 2
 
 
+def _site_key(args: argparse.Namespace) -> tuple[bytes, dict[str, Registry]]:
+    """The consortium key and the site registries: from a site's own config
+    (``--site-config``: the site runs the command, nothing is handed over) or given
+    (``--key-file``, ``--site-registry``)."""
+    if (args.site_config is None) == (args.key_file is None):
+        raise ValueError("give --site-config (a site's own config) or --key-file, one of them")
+    if args.site_config is not None:
+        from fedchem.config import PrepareConfig, load_config
+        from fedchem.data.prepare import read_key
+
+        site = load_config(Path(args.site_config), PrepareConfig).site
+        return read_key(site), {site.name: Registry(site.registry_url())}
+    return Path(args.key_file).read_bytes().strip(), {}
+
+
 def _predict_cmd(args: argparse.Namespace) -> int:
     from fedchem.federation.consistency import ConsistencyError
     from fedchem.serve.batch import predict_file
     from fedchem.serve.predictor import Predictor
 
     try:
-        key = Path(args.key_file).read_bytes().strip()
+        key, own = _site_key(args)
         site_registry = Registry(args.site_registry) if args.site_registry else None
+        if site_registry is None and own:
+            site_registry = next(iter(own.values()))
         predictor = Predictor.load(_registry(args), args.model, key, site_registry)
         scored = predict_file(
             predictor,
@@ -126,7 +143,7 @@ def _serve_cmd(args: argparse.Namespace) -> int:
     from fedchem.serve.app import ServiceConfig, create_app
 
     try:
-        sites = {}
+        key, sites = _site_key(args)
         for item in args.site_registry or []:
             site, _, url = item.partition("=")
             if not url:
@@ -134,7 +151,7 @@ def _serve_cmd(args: argparse.Namespace) -> int:
             sites[site] = Registry(url)
         cfg = ServiceConfig(
             registry=_registry(args),
-            key=Path(args.key_file).read_bytes().strip(),
+            key=key,
             tokens=read_tokens(Path(args.tokens)),
             site_registries=sites,
             max_batch=args.max_batch,
@@ -210,7 +227,11 @@ def add_serving_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="CSV: one row per input row, in input order")
     p.add_argument("--smiles-col", default="smiles")
     p.add_argument("--id-col", help="default: the row number")
-    p.add_argument("--key-file", required=True, help="the consortium key (never leaves you)")
+    p.add_argument("--key-file", help="the consortium key (never leaves you)")
+    p.add_argument(
+        "--site-config",
+        help="a site's own YAML instead: its key and its registry (the site predicts)",
+    )
     p.add_argument("--site-registry", help="a site's registry: its private heads, calibration")
     p.add_argument("--alpha", type=float, help="conformal error rate (default 0.1)")
     p.add_argument("--workers", type=int, default=1, help="featurization processes")
@@ -218,7 +239,12 @@ def add_serving_commands(sub: Any) -> None:
 
     s = sub.add_parser("serve", help="the HTTP prediction service and its page")
     s.add_argument("--registry", required=True)
-    s.add_argument("--key-file", required=True)
+    s.add_argument("--key-file", help="the consortium key (or --site-config)")
+    s.add_argument(
+        "--site-config",
+        help="a site's own YAML: the service runs at the site, with its key and its registry "
+        "(its private heads); the key is not handed to anyone",
+    )
     s.add_argument("--tokens", required=True, help="YAML of bearer tokens (fedchem token new)")
     s.add_argument("--site-registry", action="append", help="SITE=URL (repeatable)")
     s.add_argument("--host", default="127.0.0.1")

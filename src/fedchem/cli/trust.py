@@ -32,7 +32,7 @@ def _keys_new(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from fedchem.trust.ledger import verify_run
+    from fedchem.trust.ledger import copy_dir, verify_run
     from fedchem.trust.signing import KeyRing
 
     try:
@@ -45,14 +45,18 @@ def _audit_verify(args: argparse.Namespace) -> int:
         return 2
     keys = KeyRing(cfg.trust.keyring_entries())
     run_id = args.run_id or cfg.run_id
+    hub = HubStore(args.hub or cfg.hub_url)
     copies = {}
     for item in args.site_copy or []:
         site, _, directory = item.partition("=")
         if site not in cfg.trust.sites or not directory:
             print(f"error: --site-copy {item!r}: expected SITE=DIR, SITE one of the federation's")
             return 2
-        copies[site] = Path(directory)
-    report = verify_run(HubStore(args.hub or cfg.hub_url), run_id, keys, copies)
+        # a site's <workdir>/ledger holds a copy per hub: the one of the hub audited (or the
+        # folder given, when it is one such copy already)
+        per_hub = copy_dir(Path(directory), hub.url)
+        copies[site] = per_hub if per_hub.is_dir() else Path(directory)
+    report = verify_run(hub, run_id, keys, copies)
     chains = ", ".join(f"{a} {n}" for a, n in sorted(report.chains.items())) or "none"
     print(f"run {run_id}: chains {chains}; {report.objects_checked} objects checked")
     if report.ok:
@@ -66,7 +70,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 def _audit_list(args: argparse.Namespace) -> int:
     from fedchem.messages import LedgerEntry
-    from fedchem.trust.ledger import entry_sha256, read_chain
+    from fedchem.trust.ledger import copy_dir, entry_sha256, read_chain
 
     try:
         cfg = load_config(Path(args.site_config), PrepareConfig)
@@ -74,7 +78,19 @@ def _audit_list(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     site = cfg.site
+    hub_url = args.hub or site.hub_url
     local_dir = site.workdir / "ledger"
+    kept = sorted(p for p in local_dir.glob("hub-*") if p.is_dir()) if local_dir.is_dir() else []
+    if hub_url and copy_dir(local_dir, HubStore(hub_url).url).is_dir():
+        local_dir = copy_dir(local_dir, HubStore(hub_url).url)  # what it sent to that hub
+    elif len(kept) == 1:
+        local_dir = kept[0]  # the one hub it sent to (compared with --hub, wherever it is now)
+    elif kept:
+        print(
+            f"error: {site.name} sent to {len(kept)} hubs; name the one to list with --hub",
+            file=sys.stderr,
+        )
+        return 2
     files = sorted(local_dir.glob("*.jsonl")) if local_dir.is_dir() else []
     if args.scope:
         files = [f for f in files if f.stem == args.scope]

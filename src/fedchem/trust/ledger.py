@@ -35,6 +35,7 @@ __all__ = [
     "SITE_SCOPE",
     "AuditReport",
     "Ledger",
+    "copy_dir",
     "entry_sha256",
     "ledger_dir",
     "read_chain",
@@ -49,6 +50,12 @@ _locks_guard = threading.Lock()
 
 def ledger_dir(scope: str, actor: str) -> str:
     return f"ledger/{scope}/{actor}"
+
+
+def copy_dir(local_dir: Path, hub_url: str) -> Path:
+    """Where a party keeps its own copy of the chains it writes to the hub at ``hub_url``
+    (one folder per hub: a site may take part through several)."""
+    return local_dir / f"hub-{hashlib.sha256(hub_url.rstrip('/').encode()).hexdigest()[:16]}"
 
 
 def entry_sha256(entry: LedgerEntry) -> str:
@@ -119,7 +126,9 @@ class Ledger:
         self, hub: HubStore, scope: str, signer: Signer, local_dir: Path | None = None
     ) -> None:
         self.hub, self.scope, self.signer, self.actor = hub, scope, signer, signer.owner
-        self.local = local_dir / f"{scope}.jsonl" if local_dir is not None else None
+        self.local = (
+            copy_dir(local_dir, hub.url) / f"{scope}.jsonl" if local_dir is not None else None
+        )
         self.lock_path = local_dir / ".lock" if local_dir is not None else None
         self._chain: list[LedgerEntry] | None = None
 
@@ -321,9 +330,10 @@ def verify_run(
 
     - every chain of the run (and the preparation chains of its sites): sequence, links, each
       entry signed by its actor's pinned key;
-    - ``copies`` (party -> the directory of its own ledger copy, e.g. a site's
-      ``<workdir>/ledger``): the hub holds every entry the party wrote, unchanged; entries
-      deleted or rolled back on the hub show here even when the rest of the chain still links;
+    - ``copies`` (party -> its own copy of what it wrote to this hub: the folder
+      :func:`copy_dir` names under its ``<workdir>/ledger``): the hub holds every entry the
+      party wrote, unchanged; entries deleted or rolled back on the hub show here even when
+      the rest of the chain still links;
     - every object a chain recorded is still on the hub, unchanged (a deleted update, global
       model or side file is named), and every object of the run on the hub was recorded by
       the party that writes it (a file written outside the trail is named);
