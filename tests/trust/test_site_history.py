@@ -17,14 +17,17 @@ from fedchem.data.prepare import prepare_site
 from fedchem.demo.sites import DemoSplit, bundled_dataset, split_into_sites
 from fedchem.federation.commits import commit_round
 from fedchem.federation.coordinator import coordinator_trust, initial_model, start_run
-from fedchem.federation.driver import CoordinatorSteps, fit_instructions
-from fedchem.federation.rounds import SiteReplies, await_round_open, new_ticket
-from fedchem.federation.site import take_part
-from fedchem.messages import RoundOpen, SiteRefusal, SiteUpdateManifest
+from fedchem.federation.driver import CoordinatorSteps, fit_instructions, refusal_verifier
+from fedchem.federation.rounds import SiteReplies, await_round_open, new_ticket, read_replies
+from fedchem.federation.site import evaluate_global_at_site, take_part
+from fedchem.messages import RoundManifest, RoundOpen, SiteRefusal, SiteUpdateManifest
 from fedchem.model.state import dump_arrays, model_to_arrays
 from fedchem.policy import PrivacyConfig
 from fedchem.storage.hub import HubStore
 from fedchem.trust.budget import PrivacyBudget
+from fedchem.trust.keys import new_key_pair
+from fedchem.trust.signing import COORDINATOR, Signer
+from fedchem.trust.site import PolicyRefused
 
 CHEM = ChemConfig(fp_size=256)
 
@@ -160,3 +163,44 @@ def test_rounds_only_go_up_and_max_rounds_counts_what_the_site_trained(
     assert isinstance(refused, SiteRefusal) and refused.clause == "rounds"
     assert "already trained round 2" in refused.reason
     assert PrivacyBudget.of_site(site.workdir).rounds("history") == [1, 2]
+
+
+def test_a_site_without_a_valid_policy_still_signs_its_refusal(
+    split: tuple[DemoSplit, list[Any]], tmp_path: Path
+) -> None:
+    sites, stats = split
+    config = _config(sites, tmp_path / "hub", "no-policy")
+    start_run(HubStore(config.hub_url), config, stats, trust=coordinator_trust(config))
+    opened = _open(config, 1)
+    for broken, clause in (
+        (sites.sites[0].model_copy(update={"policy_file": None}), "policy"),
+        (sites.sites[0].model_copy(update={"policy_file": sites.sites[1].policy_file}), "site"),
+    ):
+        refusal = _answer(broken, config, opened)
+        assert isinstance(refusal, SiteRefusal) and refusal.clause == clause
+        assert refusal.signature is not None  # the site's own key, policy or not
+        # the coordinator reads the clause, not "a refusal not signed by the site"
+        got = read_replies(
+            HubStore(config.hub_url), "no-policy", 1, ["site-a"], refusal_verifier(config)
+        )
+        assert got["site-a"] == f"refused by its policy: {clause} ({refusal.reason})"[:400]
+
+
+def test_a_site_loads_no_global_model_the_coordinator_did_not_sign(
+    split: tuple[DemoSplit, list[Any]], tmp_path: Path
+) -> None:
+    sites, stats = split
+    config = _config(sites, tmp_path / "hub", "forged-global", rounds=1)
+    hub = HubStore(config.hub_url)
+    start_run(hub, config, stats, trust=coordinator_trust(config))
+    site = sites.sites[0]
+    evaluate_global_at_site(site, hub, "forged-global", 0, CHEM, config.model)  # signed: scored
+    # round 0's commit re-signed by a key the site's policy does not pin
+    mallory = new_key_pair(tmp_path / "mallory", "mallory")
+    path = "runs/forged-global/rounds/0000/manifest.json"
+    m = RoundManifest.model_validate(hub.get_json(path))
+    forged = Signer.from_file(COORDINATOR, mallory.private_path).sign("round-commit", m)
+    hub.put_json(path, forged.model_dump(mode="json"))
+    with pytest.raises(PolicyRefused) as caught:
+        evaluate_global_at_site(site, hub, "forged-global", 0, CHEM, config.model)
+    assert caught.value.clause == "coordinator_key"
