@@ -31,8 +31,11 @@ from fedchem.federation.driver import (
     run_rounds,
 )
 from fedchem.federation.rounds import SiteReplies
+from fedchem.federation.secure import MaskedUpdates
 from fedchem.flows.site_round import site_round
-from fedchem.messages import FitInstructions, RoundManifest
+from fedchem.messages import FitInstructions, RoundManifest, SiteUpdateManifest
+from fedchem.secagg.protocol import Reveal
+from fedchem.secagg.rounds import SecureRound
 from fedchem.tasks.coordinator import (
     aggregate,
     artifact_key,
@@ -45,6 +48,7 @@ from fedchem.tasks.rounds import (
     await_replies,
     await_running,
     book_site_runs,
+    ended_runs,
     open_site_round,
     stop_site_runs,
     withdraw_site_rounds,
@@ -61,7 +65,7 @@ class TaskSteps:
 
     def __init__(self, config: FederationConfig, progress: UUID) -> None:
         self.lib = CoordinatorSteps(config)
-        self.strategy = self.lib.strategy
+        self.strategy, self.plan = self.lib.strategy, self.lib.plan
         self.config, self.progress = config, progress
         self.check: PrefectFuture[Any] | None = None
         self.reported: list[PrefectFuture[None]] = []
@@ -96,21 +100,59 @@ class TaskSteps:
         # the round's table and the progress bar: not on the next round's critical path
         self.reported.append(report_round.submit(self.config, manifest, self.progress))
 
+    # secure aggregation: the coordinator's lists and the unmasking, as the library does them
+    def secure(self, rnd: int) -> SecureRound:
+        return self.lib.secure(rnd)
+
+    def screen_masked(
+        self, rnd: int, replies: list[SiteUpdateManifest], secure: SecureRound
+    ) -> MaskedUpdates:
+        return self.lib.screen_masked(rnd, replies, secure)
+
+    def commit_secure(
+        self,
+        rnd: int,
+        taken: MaskedUpdates,
+        secure: SecureRound,
+        reveals: list[Reveal],
+        missing: dict[str, str],
+        started_at: float,
+    ) -> RoundManifest:
+        manifest = self.lib.commit_secure(rnd, taken, secure, reveals, missing, started_at)
+        get_run_logger().info(
+            "round %d committed from the secure sum of %d sites (%s)",
+            rnd,
+            len(manifest.sites),
+            ", ".join(manifest.sites),
+        )
+        return manifest
+
+    def fail(
+        self,
+        rnd: int,
+        reason: str,
+        missing: dict[str, str],
+        rejected: dict[str, str],
+        started_at: float,
+    ) -> RoundManifest:
+        get_run_logger().error("round %d failed: %s", rnd, reason)
+        return self.lib.fail(rnd, reason, missing, rejected, started_at)
+
 
 class LocalSites:
-    """Simulation: every site's round is a subflow of the coordinator, one after another."""
+    """Simulation: every site's round is a subflow of the coordinator, one after another (a
+    securely aggregated round: one subflow per site and step)."""
 
     def __init__(self, config: FederationConfig) -> None:
         self.config = config
+        self.ticket = ""
 
-    def start(self, rnd: int, ticket: str, open_round: Any) -> RoundStart:
-        config = self.config
-        open_round()
-        opened = time.time()
-        runs = {}
+    def _runs(self, rnd: int, step: str | None) -> dict[str, str]:
+        config, runs = self.config, {}
         for site in config.sites:
             assert isinstance(site, SiteConfig)  # local mode: checked by FederationConfig
-            state = site_round.with_options(flow_run_name=f"round-{rnd:02d}/{site.name}")(
+            name = f"round-{rnd:02d}/{site.name}" + (f"/{step}" if step else "")
+            state = site_round.with_options(flow_run_name=name)(
                 site=site,
                 hub_url=config.hub_url,
                 run_id=config.run_id,
@@ -118,11 +160,25 @@ class LocalSites:
                 chem=config.chem,
                 model=config.model,
                 train=config.train,
-                ticket=ticket,
+                ticket=self.ticket,
+                step=step,
                 return_state=True,
             )
             runs[site.name] = str(state.state_details.flow_run_id)
-        return RoundStart(runs, {}, opened)
+        return runs
+
+    def start(self, rnd: int, ticket: str, open_round: Any) -> RoundStart:
+        open_round()
+        opened = time.time()
+        self.ticket = ticket
+        secure = self.config.secure_aggregation is not None
+        return RoundStart(self._runs(rnd, "keys" if secure else None), {}, opened)
+
+    def step(self, rnd: int, step: str) -> None:
+        self._runs(rnd, step)
+
+    def ended(self, rnd: int, started: RoundStart) -> set[str]:
+        return set(started.runs)  # each step's subflows ran to their end
 
     def collect(self, rnd: int, started: RoundStart, deadline: float) -> SiteReplies:
         return await_replies.with_options(task_run_name=f"await-round-{rnd:02d}")(
@@ -183,6 +239,12 @@ class DeployedSites:
         return await_replies.with_options(task_run_name=f"await-round-{rnd:02d}")(
             self.config, rnd, started.runs, deadline
         )
+
+    def step(self, rnd: int, step: str) -> None:
+        return None  # a site's run takes its steps by itself, once the coordinator's list is out
+
+    def ended(self, rnd: int, started: RoundStart) -> set[str]:
+        return ended_runs(started.runs)
 
     def after_replies(self, rnd: int) -> None:
         for r in self.later:

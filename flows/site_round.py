@@ -21,7 +21,8 @@ def site_round(
     train: TrainConfig,
     ticket: str,
     open_timeout_s: float = 1800.0,
-) -> SiteUpdateManifest | State:
+    step: str | None = None,
+) -> SiteUpdateManifest | State | None:
     """Returns the site's manifest (counts, aggregate metrics, hashes); weights stay on the hub.
 
     The run waits until the coordinator attempt named by ``ticket`` opens the round on the hub
@@ -29,12 +30,15 @@ def site_round(
     from the opening. A run whose coordinator attempt was replaced, or whose round was
     withdrawn (the federation stopped), ends Cancelled without training. A round the site's
     own policy does not allow ends Failed, the clause named (and on the hub, for the
-    coordinator).
+    coordinator). A securely aggregated round goes in steps: ``step`` names one (the
+    coordinator drives the steps in one-machine runs), None runs them all in turn.
     """
     opened = await_round(site, hub_url, run_id, round, ticket, open_timeout_s)
     if isinstance(opened, str):
         return Cancelled(message=opened)
-    result = train_round(site, hub_url, run_id, round, chem, model, train, opened)
+    result = train_round(
+        site, hub_url, run_id, round, chem, model, train, opened, step, open_timeout_s
+    )
     if isinstance(result, SiteRefusal):
         return Failed(message=f"refused by the site's policy: {result.clause}")
     return result

@@ -29,6 +29,7 @@ __all__ = [
     "await_replies",
     "await_running",
     "book_site_runs",
+    "ended_runs",
     "open_site_round",
     "stop_site_runs",
     "withdraw_site_rounds",
@@ -40,6 +41,15 @@ def _states(client: SyncPrefectClient, ids: list[UUID]) -> dict[UUID, State | No
         return {}
     runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
     return {r.id: r.state for r in runs}
+
+
+def ended_runs(runs: dict[str, str]) -> set[str]:
+    """The sites of ``runs`` (site -> flow run id) whose runs are in a final state (one API
+    read)."""
+    ids = {site: UUID(run_id) for site, run_id in runs.items()}
+    with get_client(sync_client=True) as client:
+        states = _states(client, list(ids.values()))
+    return {s for s, i in ids.items() if (st := states.get(i)) is not None and st.is_final()}
 
 
 def _run_state(state: State | None) -> RunState:

@@ -190,13 +190,21 @@ def train_round(
     model: ModelConfig,
     train: TrainConfig,
     opened: RoundOpen,
-) -> SiteUpdateManifest | SiteRefusal:
+    step: str | None = None,
+    timeout_s: float = 1800.0,
+) -> SiteUpdateManifest | SiteRefusal | None:
     """Train the round under the site's own policy (from its own config: fail-closed without
     one). A round the policy does not allow is refused: the refusal, with its clause, goes to
-    the hub and is returned, and nothing is trained."""
+    the hub and is returned, and nothing is trained. A securely aggregated round goes in
+    steps (``step``: one of them; None: all, waiting for the coordinator between them)."""
     site = _own(site, hub_url=hub_url)
     logger = get_run_logger()
-    manifest = site_lib.take_part(site, HubStore(hub_url), opened, chem, model, train)
+    manifest = site_lib.take_part(
+        site, HubStore(hub_url), opened, chem, model, train, step, timeout_s
+    )
+    if manifest is None:  # a secure-aggregation step that sends no update
+        logger.info("round %d site %s: secure-aggregation step %s done", rnd, site.name, step)
+        return None
     if isinstance(manifest, SiteRefusal):
         logger.warning(
             "round %d site %s: refused by its policy: %s (%s)",

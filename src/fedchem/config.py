@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from fedchem.policy import SUM_STRATEGIES, PrivacyConfig, TrustConfig
+from fedchem.policy import SUM_STRATEGIES, PrivacyConfig, SecAggPlan, TrustConfig
 from fedchem.strategy_config import FedAvgMConfig, StrategyConfig
 from fedchem.strict import StrictModel
 
@@ -363,6 +363,12 @@ class FederationConfig(StrictModel):
     privacy: PrivacyConfig = Field(
         PrivacyConfig(), description="differential privacy: none, site level or record level"
     )
+    secure_aggregation: SecAggPlan | None = Field(
+        None,
+        description="aggregate the updates securely (fedchem.secagg): the coordinator and the "
+        "hub see masked updates and their sum only; needs trust (signed rounds) and a strategy "
+        "that aggregates a sum",
+    )
 
     @field_validator("sites")
     @classmethod
@@ -397,6 +403,11 @@ class FederationConfig(StrictModel):
                 "delta does not bound what an order statistic or a selection releases. Use "
                 "record-level DP (privacy.level: record) with it instead"
             )
+        secure = self.secure_aggregation
+        if secure is not None:
+            why = secure_aggregation_refusal(self, secure)
+            if why is not None:
+                raise ValueError(f"secure_aggregation: {why}")
         if self.privacy.level == "record" and self.strategy.name == "fedprox":
             raise ValueError(
                 "record-level DP-SGD clips per-example gradients; FedProx's proximal term is "
@@ -419,6 +430,32 @@ class FederationConfig(StrictModel):
         if self.faults.policy == "strict":
             return len(self.sites)
         return self.deployment.min_sites or len(self.sites)
+
+
+def secure_aggregation_refusal(config: FederationConfig, plan: SecAggPlan) -> str | None:
+    """Why ``config`` cannot aggregate securely (None: it can)."""
+    n = len(config.sites)
+    if config.trust is None:
+        return "it needs trust (every party's pinned keys): its messages are signed"
+    if config.strategy.name not in SUM_STRATEGIES:
+        return (
+            f"strategy {config.strategy.name!r} needs every update on its own (an order "
+            f"statistic or a selection); the coordinator sees only the sum: use one of "
+            f"{sorted(SUM_STRATEGIES)}"
+        )
+    if config.privacy.level == "site":
+        return (
+            "site-level DP adds the noise at the coordinator, to the sum it would see "
+            "un-noised; use record-level DP (each site's own noise) with it"
+        )
+    if n < plan.min_cohort:
+        return f"{n} sites, below the minimum cohort of {plan.min_cohort}"
+    if n * plan.clip * (1 << plan.fraction_bits) >= 1 << 31:
+        return (
+            f"{n} sites x clip {plan.clip:g} x 2^{plan.fraction_bits} overflows the 32-bit "
+            "ring: lower fraction_bits or clip"
+        )
+    return None
 
 
 class PrepareConfig(StrictModel):

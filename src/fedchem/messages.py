@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from fedchem.policy import PrivacyConfig
+from fedchem.policy import PrivacyConfig, SecAggPlan
 from fedchem.strict import StrictModel
 
 __all__ = [
@@ -122,6 +122,9 @@ class RoundPlan(StrictModel):
         description="the consortium settings the round trains with (chem, model, train), as "
         "the coordinator signs them: a site trains only with these, within its policy's limits",
     )
+    secure_aggregation: SecAggPlan | None = Field(
+        None, description="the updates are aggregated securely (the coordinator sees the sum)"
+    )
 
 
 class RoundOpen(StrictModel):
@@ -201,6 +204,9 @@ class SiteUpdateManifest(StrictModel):
     )
     policy_sha256: str | None = Field(None, description="the site policy it was made under")
     dp: DPReport | None = None
+    secure: bool = Field(
+        False, description="the update is masked (secure aggregation): only its sum is readable"
+    )
     ledger_seq: int | None = Field(None, description="the site's ledger entry of the update")
     ledger_sha256: str | None = None
     signature: Signature | None = None

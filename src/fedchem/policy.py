@@ -16,6 +16,8 @@ from fedchem.strict import StrictModel
 __all__ = [
     "DPPolicy",
     "PrivacyConfig",
+    "SecAggPlan",
+    "SecAggPolicy",
     "SitePolicy",
     "TrainingLimits",
     "TrustConfig",
@@ -26,8 +28,9 @@ __all__ = [
 #: site's clipped delta bounds them; order statistics (median, trimmed mean) and selection
 #: (Krum) are not sums, and the noise would not bound what they release
 SUM_STRATEGIES = frozenset({"fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi"})
-#: party names that are not sites: the coordinator's key and the stack's operator credentials
-RESERVED_PARTIES = frozenset({"coordinator", "operator"})
+#: party names that are not sites: the coordinator's key, the stack's operator credentials and
+#: the coordinator's secure-aggregation folder (IAM patterns must not match a site so named)
+RESERVED_PARTIES = frozenset({"coordinator", "operator", "secagg"})
 
 
 def is_public_key_text(text: str) -> bool:
@@ -123,6 +126,35 @@ class DPPolicy(StrictModel):
     min_noise_multiplier: float = Field(0.0, ge=0)
 
 
+class SecAggPlan(StrictModel):
+    """How a round's updates are aggregated securely (:mod:`fedchem.secagg`): the coordinator
+    learns only the sum. Every coordinate of a site's weighted update is clipped to
+    ``[-clip, clip]`` and encoded in steps of ``2^-fraction_bits`` in the ring Z/2^32."""
+
+    clip: float = Field(8.0, gt=0, description="each coordinate of a weighted update, clipped")
+    fraction_bits: int = Field(20, ge=4, le=28, description="the fixed-point step is 2^-bits")
+    neighbours: int | None = Field(
+        None, ge=2, description="SecAgg+: each site masks with this many neighbours (None: all)"
+    )
+    threshold: int | None = Field(
+        None, ge=2, description="shares that rebuild a secret (None: a majority of neighbours)"
+    )
+    min_cohort: int = Field(3, ge=2, description="fewest survivors the coordinator unmasks")
+    graph_seed: str = Field("", description="public randomness of the neighbourhood graph")
+
+
+class SecAggPolicy(StrictModel):
+    required: bool = Field(
+        False, description="take part only in rounds whose updates are aggregated securely"
+    )
+    min_cohort: int = Field(
+        3,
+        ge=2,
+        description="reveal nothing for the unmasking of fewer survivors than this (a cohort "
+        "of one is that site's own update; of two, the other's, for either of them)",
+    )
+
+
 class TrainingLimits(StrictModel):
     """What a round may ask a site to train: the settings that change what is computed on its
     data, each within the site's limits (a round asking more is refused, the limit named)."""
@@ -177,6 +209,13 @@ class SitePolicy(StrictModel):
         "an opening of any other run is refused",
     )
     training: TrainingLimits = TrainingLimits()
+    secure_aggregation: SecAggPolicy = SecAggPolicy()
+    members: dict[str, str] = Field(
+        default_factory=dict,
+        description="the consortium's members and their identity keys (ed25519:<base64>): in "
+        "a secure round the site trusts another party's keys and shares only when signed by "
+        "the key pinned here (the coordinator cannot slip in a party of its own)",
+    )
 
     @model_validator(mode="after")
     def _pinned(self) -> SitePolicy:

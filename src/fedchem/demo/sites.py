@@ -104,10 +104,12 @@ class DemoSplit:
     trust: TrustConfig
 
 
-def demo_policy(site: str, coordinator_key: str, n_sites: int) -> dict[str, object]:
+def demo_policy(
+    site: str, coordinator_key: str, n_sites: int, members: dict[str, str] | None = None
+) -> dict[str, object]:
     """The policy a demo site's admin would write: signatures required, every strategy, at
     least two sites per round, the local-only model may leave (the cross-site matrix), no DP
-    required."""
+    required; the consortium's members and their keys (secure aggregation trusts those)."""
     return {
         "site": site,
         "require_signatures": True,
@@ -118,6 +120,7 @@ def demo_policy(site: str, coordinator_key: str, n_sites: int) -> dict[str, obje
         "share_local_models": True,
         "share_heads": True,
         "dp": {"required": False, "delta": 1e-5},
+        "members": {s: k for s, k in (members or {}).items() if s != site},
     }
 
 
@@ -127,7 +130,7 @@ def write_trust(out_dir: Path, names: list[str]) -> TrustConfig:
     coordinator = ensure_key_pair(out_dir / "coordinator", "coordinator")
     sites = {name: ensure_key_pair(out_dir / name, "site").public for name in names}
     for name in names:
-        policy = demo_policy(name, coordinator.public, len(names))
+        policy = demo_policy(name, coordinator.public, len(names), sites)
         (out_dir / name / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     return TrustConfig(
         coordinator=coordinator.public,

@@ -61,6 +61,11 @@ def round_plan(config: FederationConfig) -> RoundPlan:
         heads=config.heads,
         privacy=resolve_privacy(config.privacy, config.rounds),
         settings=round_settings(config.chem, config.model, config.train),
+        secure_aggregation=(
+            None
+            if config.secure_aggregation is None
+            else config.secure_aggregation.model_copy(update={"graph_seed": config.run_id})
+        ),
     )
 
 

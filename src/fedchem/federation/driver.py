@@ -29,6 +29,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from fedchem.config import FederationConfig, SiteConfig
+from fedchem.federation.commits import commit_failed_round, read_round
 from fedchem.federation.coordinator import (
     aggregate_round,
     coordinator_trust,
@@ -43,9 +44,18 @@ from fedchem.federation.rounds import (
     new_ticket,
     open_round,
 )
+from fedchem.federation.secure import MaskedUpdates, commit_secure, screen_masked
 from fedchem.federation.strategies import Strategy
-from fedchem.messages import FitInstructions, RoundManifest, SiteRefusal
+from fedchem.messages import (
+    FitInstructions,
+    RoundManifest,
+    RoundPlan,
+    SiteRefusal,
+    SiteUpdateManifest,
+)
 from fedchem.model.train import lr_factor
+from fedchem.secagg.protocol import Reveal, SecAggError
+from fedchem.secagg.rounds import SecureRound
 from fedchem.storage.hub import HubLayout, HubStore
 from fedchem.trust.signing import SignatureRejected
 
@@ -111,11 +121,22 @@ class SiteLauncher(Protocol):
         """The federation stopped: every run started ends."""
         ...
 
+    def step(self, rnd: int, step: str) -> None:
+        """Secure aggregation: every site takes ``step`` now (one-machine runs; a deployed
+        site's run takes its steps by itself once the coordinator's object is out)."""
+        ...
+
+    def ended(self, rnd: int, started: RoundStart) -> set[str]:
+        """The sites whose runs of round ``rnd`` ended (the coordinator waits no longer for
+        them)."""
+        ...
+
 
 class RoundSteps(Protocol):
     """The coordinator's side of a round, as the driver calls it."""
 
     strategy: Strategy
+    plan: RoundPlan
 
     def begin(self, rnd: int) -> None: ...
 
@@ -126,6 +147,31 @@ class RoundSteps(Protocol):
     ) -> RoundManifest: ...
 
     def committed(self, manifest: RoundManifest) -> None: ...
+
+    def secure(self, rnd: int) -> SecureRound: ...
+
+    def screen_masked(
+        self, rnd: int, replies: list[SiteUpdateManifest], secure: SecureRound
+    ) -> MaskedUpdates: ...
+
+    def commit_secure(
+        self,
+        rnd: int,
+        taken: MaskedUpdates,
+        secure: SecureRound,
+        reveals: list[Reveal],
+        missing: dict[str, str],
+        started_at: float,
+    ) -> RoundManifest: ...
+
+    def fail(
+        self,
+        rnd: int,
+        reason: str,
+        missing: dict[str, str],
+        rejected: dict[str, str],
+        started_at: float,
+    ) -> RoundManifest: ...
 
 
 class FederationStopped(RuntimeError):
@@ -188,6 +234,67 @@ class CoordinatorSteps:
 
     def committed(self, manifest: RoundManifest) -> None:
         """Round ``manifest.round`` is on the hub (the flow reports it to the UI)."""
+
+    def secure(self, rnd: int) -> SecureRound:
+        """The coordinator's side of round ``rnd``'s secure aggregation."""
+        plan = self.plan.secure_aggregation
+        if plan is None or self.trust is None:
+            raise ValueError("secure aggregation needs its plan and the coordinator's key")
+        return SecureRound(
+            self.hub, self.config.run_id, rnd, self.config.site_names, plan, self.trust
+        )
+
+    def screen_masked(
+        self, rnd: int, replies: list[SiteUpdateManifest], secure: SecureRound
+    ) -> MaskedUpdates:
+        assert self.trust is not None and secure.roster is not None
+        return screen_masked(
+            self.hub, self.config.run_id, rnd, replies, secure.roster.names, self.trust
+        )
+
+    def commit_secure(
+        self,
+        rnd: int,
+        taken: MaskedUpdates,
+        secure: SecureRound,
+        reveals: list[Reveal],
+        missing: dict[str, str],
+        started_at: float,
+    ) -> RoundManifest:
+        assert self.trust is not None
+        return commit_secure(
+            self.hub,
+            self.config.run_id,
+            rnd,
+            taken,
+            secure,
+            reveals,
+            self.strategy,
+            missing,
+            started_at,
+            self.trust,
+        )
+
+    def fail(
+        self,
+        rnd: int,
+        reason: str,
+        missing: dict[str, str],
+        rejected: dict[str, str],
+        started_at: float,
+    ) -> RoundManifest:
+        """Record round ``rnd`` as failed (the global model of the round before kept)."""
+        previous = read_round(self.hub, self.config.run_id, rnd - 1)[0]
+        return commit_failed_round(
+            self.hub,
+            previous,
+            rnd,
+            reason,
+            missing=missing,
+            rejected=rejected,
+            started_at=started_at,
+            trust=self.trust,
+        )
 
 
 def refusal_verifier(config: FederationConfig) -> Callable[[SiteRefusal], str | None] | None:
@@ -280,10 +387,13 @@ def run_rounds(
             started = sites.start(rnd, ticket, partial(steps.open, rnd, ticket, fit))
             # the deadline counts from the round's opening
             deadline = started.opened_at + config.deployment.round_deadline_s
-            got = sites.collect(rnd, started, deadline)
-            sites.after_replies(rnd)
-            missing = {**got.missing, **started.failed}
-            manifest = steps.aggregate(rnd, got, missing, t0)
+            if steps.plan.secure_aggregation is not None:
+                manifest = _secure_round(steps, sites, rnd, started, deadline, t0)
+            else:
+                got = sites.collect(rnd, started, deadline)
+                sites.after_replies(rnd)
+                missing = {**got.missing, **started.failed}
+                manifest = steps.aggregate(rnd, got, missing, t0)
             outcome.rounds.append(manifest)
             outcome.round_seconds.append(clock() - t0)
             steps.committed(manifest)
@@ -295,50 +405,117 @@ def run_rounds(
     return outcome
 
 
+def _secure_round(
+    steps: RoundSteps,
+    sites: SiteLauncher,
+    rnd: int,
+    started: RoundStart,
+    deadline: float,
+    t0: float,
+) -> RoundManifest:
+    """One round with secure aggregation (:mod:`fedchem.secagg`): the sites advertised keys
+    as their runs started; the coordinator lists them (roster), relays their sealed shares
+    (cohort), takes their masked updates and lists the survivors, relays the survivors'
+    checks, and unmasks the sum from the survivors' reveals. Between its steps the sites take
+    theirs (:meth:`SiteLauncher.step`: at once in one-machine runs; deployed runs step by
+    themselves). A step that cannot be taken fails the round, recorded with the reason."""
+    secure = steps.secure(rnd)
+
+    def ended() -> set[str]:  # runs that ended, and sites whose run never started
+        return sites.ended(rnd, started) | set(started.failed)
+
+    missing: dict[str, str] = dict(started.failed)
+    rejected: dict[str, str] = {}
+    try:
+        secure.publish_roster(deadline, ended)
+        sites.step(rnd, "shares")
+        secure.publish_cohort(deadline, ended)
+        sites.step(rnd, "upload")
+        got = sites.collect(rnd, started, deadline)
+        missing.update(got.missing)
+        taken = steps.screen_masked(rnd, list(got.replies.values()), secure)
+        rejected = taken.rejected
+        secure.publish_survivors([m.site for m in taken.manifests])
+        sites.step(rnd, "check")
+        secure.publish_consistent(deadline, ended)
+        sites.step(rnd, "reveal")
+        reveals = secure.reveals(deadline, ended)
+        manifest = steps.commit_secure(rnd, taken, secure, reveals, missing, t0)
+    except SecAggError as exc:
+        manifest = steps.fail(rnd, f"secure aggregation: {exc}", missing, rejected, t0)
+    sites.after_replies(rnd)
+    return manifest
+
+
 class InProcessSites:
     """Every site's round in this process, one after another, through the hub protocol a
-    deployed site uses: each waits for the opening under the ticket, trains under its own
-    guard (policy, key, budget; a refusal is published with its clause) and publishes its
-    reply; the replies are then read from the hub. Sites named in ``down`` do not run (a
-    site that is unreachable this round). No Prefect."""
+    deployed site uses: each reads the opening under the ticket, trains under its own guard
+    (policy, key, budget; a refusal is published with its clause) and publishes its reply;
+    the replies are then read from the hub. A securely aggregated round goes step by step,
+    every site taking each step when the coordinator calls for it. Sites named in
+    ``down(rnd)`` do not run in that round; those named in ``drop(rnd, step)`` stop at that
+    secure-aggregation step (a site that goes away mid-protocol). No Prefect."""
 
     def __init__(
         self,
         config: FederationConfig,
         hub: HubStore | None = None,
         down: Callable[[int], Sequence[str]] | None = None,
+        drop: Callable[[int, str], Sequence[str]] | None = None,
     ) -> None:
         self.config = config
         self.hub = hub if hub is not None else HubStore(config.hub_url)
-        self.down = down
-        self.ended: dict[str, RunState] = {}
+        self.down, self.drop = down, drop
+        self.ended_states: dict[str, RunState] = {}
+        self.ticket = ""
+        self.gone: set[str] = set()
 
-    def start(self, rnd: int, ticket: str, open_round: Callable[[], None]) -> RoundStart:
+    def _take(self, rnd: int, step: str | None) -> None:
         from fedchem.federation.site import take_part
 
         config = self.config
-        open_round()
-        opened_at = time.time()
-        gone = set(self.down(rnd)) if self.down is not None else set()
-        self.ended = {}
+        if step is not None and self.drop is not None:
+            self.gone |= set(self.drop(rnd, step))
         for site in config.sites:
             assert isinstance(site, SiteConfig)  # checked by FederationConfig in local mode
-            if site.name in gone:
+            if site.name in self.gone:
+                self.ended_states[site.name] = RunState("Crashed", True)
                 continue
-            opened = await_round_open(self.hub, config.run_id, rnd, ticket, timeout_s=0)
+            opened = await_round_open(self.hub, config.run_id, rnd, self.ticket, timeout_s=0)
             try:
-                reply = take_part(site, self.hub, opened, config.chem, config.model, config.train)
+                reply = take_part(
+                    site, self.hub, opened, config.chem, config.model, config.train, step
+                )
             except Exception as exc:  # a site that fails is counted missing; the round goes on
                 # the exception's type only: its text could quote a site's data
                 _log.warning("round %d: site %s failed (%s)", rnd, site.name, type(exc).__name__)
                 _log.debug("site %s's failure", site.name, exc_info=True)
-                self.ended[site.name] = RunState("Failed", True)
+                self.ended_states[site.name] = RunState("Failed", True)
+                self.gone.add(site.name)
                 continue
-            done = "Failed" if isinstance(reply, SiteRefusal) else "Completed"
-            self.ended[site.name] = RunState(done, True)
-        failed = {s: "site down (not started)" for s in sorted(gone)}
-        runs = {s.name: s.name for s in config.sites if s.name not in gone}
+            if isinstance(reply, SiteRefusal):
+                self.gone.add(site.name)
+                self.ended_states[site.name] = RunState("Failed", True)
+            else:
+                self.ended_states[site.name] = RunState("Completed", True)
+
+    def start(self, rnd: int, ticket: str, open_round: Callable[[], None]) -> RoundStart:
+        open_round()
+        opened_at = time.time()
+        self.ticket, self.ended_states = ticket, {}
+        self.gone = set(self.down(rnd)) if self.down is not None else set()
+        failed = {s: "site down (not started)" for s in sorted(self.gone)}
+        opened = await_round_open(self.hub, self.config.run_id, rnd, ticket, timeout_s=0)
+        secure = opened.plan is not None and opened.plan.secure_aggregation is not None
+        self._take(rnd, "keys" if secure else None)
+        runs = {s.name: s.name for s in self.config.sites if s.name not in failed}
         return RoundStart(runs, failed, opened_at)
+
+    def step(self, rnd: int, step: str) -> None:
+        self._take(rnd, step)
+
+    def ended(self, rnd: int, started: RoundStart) -> set[str]:
+        return set(started.runs)  # every site took the step already (or could not)
 
     def collect(self, rnd: int, started: RoundStart, deadline: float) -> SiteReplies:
         return collect_replies(
@@ -346,7 +523,7 @@ class InProcessSites:
             self.config.run_id,
             rnd,
             list(started.runs),
-            lambda: self.ended,
+            lambda: self.ended_states,
             deadline,
             verify=refusal_verifier(self.config),
         )

@@ -34,6 +34,8 @@ from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.selection import BestSoFar
 from fedchem.model.state import arrays_to_model, dump_arrays, load_arrays, model_to_arrays
 from fedchem.model.train import train_epochs
+from fedchem.secagg.protocol import SecAggError, flatten
+from fedchem.secagg.rounds import STEPS, SiteParty, site_waits
 from fedchem.storage.hub import HubLayout, HubStore, json_bytes
 from fedchem.trust.dp import clip_delta, delta_norm
 from fedchem.trust.ledger import Ledger, entry_sha256
@@ -274,16 +276,24 @@ def run_site_round(
     report = evaluate_at_site(model, valid, site=site.name, model_name=f"round-{rnd}", fold="valid")
     upload = model_to_arrays(model)
     site_dp = privacy is not None and privacy.level == "site"
+    secure = plan is not None and plan.secure_aggregation is not None
     if private.size:  # the site's own heads stay here; the hub gets zeros in their rows
         _save_private_head(model, private_head_path(state_dir, rnd), private)
-        for name in ("head.weight", "head.bias"):  # (site-level DP: the global's rows, so
-            upload[name][private] = arrays[name][private] if site_dp else 0.0  # no delta)
+        for name in ("head.weight", "head.bias"):  # (site-level DP, secure aggregation: the
+            keep = site_dp or secure  # global's rows, so no delta)
+            upload[name][private] = arrays[name][private] if keep else 0.0
     norm = None
     if site_dp:
         assert privacy is not None
         upload, _ = clip_delta(upload, arrays, privacy.clip)
         norm = delta_norm(upload, arrays)
-    data = dump_arrays(upload)
+    if secure:  # only the masked, weighted delta leaves (the coordinator learns the sum)
+        assert guard is not None and opened is not None
+        data = _masked_update(
+            site.name, site.workdir, hub, opened, guard, upload, arrays, len(train)
+        )
+    else:
+        data = dump_arrays(upload)
     layout = HubLayout(run_id)
     if guard is not None:  # before anything leaves: a release is never under-counted
         guard.spend(run_id, rnd, base_sha, privacy)
@@ -320,6 +330,7 @@ def run_site_round(
         shapes={k: list(v.shape) for k, v in sorted(upload.items())},
         policy_sha256=guard.policy_sha256 if guard is not None else None,
         dp=privacy.report(norm) if privacy is not None else None,
+        secure=secure,
         ledger_seq=entry.seq if entry is not None else None,
         ledger_sha256=entry_sha256(entry) if entry is not None else None,
     )
@@ -335,6 +346,29 @@ def run_site_round(
     return manifest
 
 
+def _masked_update(
+    name: str,
+    workdir: Path,
+    hub: HubStore,
+    opened: RoundOpen,
+    guard: SiteGuard,
+    upload: StateArrays,
+    base: StateArrays,
+    n_examples: int,
+) -> bytes:
+    """The site's update as secure aggregation sends it: ``(n / W) * (upload - base)`` and
+    ``n / W`` (``W``: the roster's total weight) in fixed point, masked."""
+    party = SiteParty(name, workdir, hub, opened, guard)
+    roster = party.roster()
+    if roster.advert(name).n_examples != n_examples:
+        raise SecAggError("the roster holds another weight for this site than it advertised")
+    alpha = n_examples / roster.total_weight
+    names = sorted(base)
+    delta: StateArrays = {n: upload[n].astype(np.float64) - base[n] for n in names}
+    masked = party.masked(alpha * flatten(delta, names), alpha)
+    return dump_arrays({"masked": masked})
+
+
 def take_part(
     site: SiteConfig,
     hub: HubStore,
@@ -342,25 +376,42 @@ def take_part(
     chem: ChemConfig,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-) -> SiteUpdateManifest | SiteRefusal:
+    step: str | None = None,
+    timeout_s: float = 1800.0,
+) -> SiteUpdateManifest | SiteRefusal | None:
     """A site's answer to the opening of round ``rnd``: its update, trained under its own guard
     (its policy, key and budget, read from its own disk: fail-closed without a valid policy),
-    or its refusal with the clause, published for the coordinator."""
+    or its refusal with the clause, published for the coordinator.
+
+    A round aggregated securely (:mod:`fedchem.secagg`) goes in steps: ``step`` does one of
+    them (the coordinator drives them, one-machine modes) or, None, all in turn, each once
+    the coordinator's object it needs is on the hub (deployed runs, waiting at most
+    ``timeout_s`` each). The update comes back from the ``upload`` step; the others return
+    None. A step the protocol cannot take (too few parties, a message not its sender's) is
+    refused like a clause of the policy (clause ``secure_aggregation``)."""
     rnd, guard = opened.round, None
     try:
         guard = SiteGuard.load(site)
-        return run_site_round(
-            site,
-            hub,
-            opened.run_id,
-            rnd,
-            chem,
-            model_cfg,
-            train_cfg,
-            opened=opened,
-            guard=guard,
+        plan = opened.plan
+        if plan is None or plan.secure_aggregation is None:
+            return run_site_round(
+                site,
+                hub,
+                opened.run_id,
+                rnd,
+                chem,
+                model_cfg,
+                train_cfg,
+                opened=opened,
+                guard=guard,
+            )
+        return _secure_steps(site, hub, opened, chem, model_cfg, train_cfg, guard, step, timeout_s)
+    except (PolicyRefused, SecAggError) as exc:
+        refused = (
+            exc
+            if isinstance(exc, PolicyRefused)
+            else PolicyRefused("secure_aggregation", str(exc)[:300])
         )
-    except PolicyRefused as refused:
         signer = None
         if guard is None:  # no valid policy: the refusal is signed all the same
             try:
@@ -368,6 +419,43 @@ def take_part(
             except (OSError, ValueError):
                 signer = None
         return refuse_round(hub, opened.run_id, rnd, site.name, refused, guard, signer, site)
+
+
+def _secure_steps(
+    site: SiteConfig,
+    hub: HubStore,
+    opened: RoundOpen,
+    chem: ChemConfig,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    guard: SiteGuard,
+    step: str | None,
+    timeout_s: float,
+) -> SiteUpdateManifest | None:
+    party = SiteParty(site.name, site.workdir, hub, opened, guard)
+    out = None
+    for s in STEPS if step is None else (step,):
+        if step is None:
+            site_waits(hub, opened, s, timeout_s)
+        if s == "keys":  # the policy and the settings first: nothing leaves before them
+            ds = load_site_dataset(site)
+            guard.check_round(opened, list(ds.task_names))
+            guard.check_settings(opened, chem, model_cfg, train_cfg)
+            party.keys(len(ds.without_folds([chem.test_fold, chem.valid_fold])))
+        elif s == "shares":
+            party.shares()
+        elif s == "upload":
+            out = run_site_round(
+                site, hub, opened.run_id, opened.round, chem, model_cfg, train_cfg,
+                opened=opened, guard=guard,
+            )  # fmt: skip
+        elif s == "check":
+            party.check()
+        elif s == "reveal":
+            party.reveal()
+        else:
+            raise ValueError(f"no secure-aggregation step {s!r} (steps: {', '.join(STEPS)})")
+    return out
 
 
 def refuse_round(

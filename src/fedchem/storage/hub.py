@@ -188,6 +188,16 @@ class HubLayout:
         """A site's refusal of round ``rnd``: the clause of its policy (SiteRefusal)."""
         return f"{self.round_dir(rnd)}/sites/{site}/refusal.json"
 
+    def secagg(self, rnd: int, name: str) -> str:
+        """The coordinator's secure-aggregation objects of round ``rnd`` (roster, cohort,
+        survivors, consistent)."""
+        return f"{self.round_dir(rnd)}/secagg/{name}.json"
+
+    def site_secagg(self, rnd: int, site: str, step: str) -> str:
+        """A site's secure-aggregation message of round ``rnd`` (keys, shares, check,
+        reveal): in the site's own area, like its update."""
+        return f"{self.round_dir(rnd)}/sites/{site}/secagg-{step}.json"
+
     def best(self) -> str:
         return f"runs/{self.run_id}/best.json"
 

@@ -69,6 +69,7 @@ def site_policy(bucket: str, hub: str, registry: str, site: str) -> dict[str, An
     ]
     published = [
         f"{hub}/runs/*/rounds/*/open.json",
+        f"{hub}/runs/*/rounds/*/secagg/*",
         f"{hub}/runs/*/rounds/*/manifest.json",
         f"{hub}/runs/*/rounds/*/global.npz",
         f"{hub}/runs/*/domain/*",
@@ -83,6 +84,7 @@ def site_policy(bucket: str, hub: str, registry: str, site: str) -> dict[str, An
 def coordinator_policy(bucket: str, hub: str, registry: str) -> dict[str, Any]:
     publishes = [
         f"{hub}/runs/*/rounds/*/open.json",
+        f"{hub}/runs/*/rounds/*/secagg/*",
         f"{hub}/runs/*/rounds/*/manifest.json",
         f"{hub}/runs/*/rounds/*/global.npz",
         f"{hub}/runs/*/rounds/*/server_state.npz",

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from fedchem.config import ChemConfig, ModelConfig, SiteConfig, TrainConfig
-from fedchem.messages import DPReport, RoundManifest, RoundOpen, RoundPlan
+from fedchem.messages import DPReport, RoundOpen, RoundPlan
 from fedchem.policy import SitePolicy
 from fedchem.storage.hub import HubStore
 from fedchem.trust.budget import PrivacyBudget, Release
@@ -132,8 +132,9 @@ class SiteGuard:
 
     # ------------------------------------------------------------------ coordinator messages
 
-    def verify_coordinator(self, kind: str, message: RoundOpen | RoundManifest) -> None:
-        """A round opening or commit must carry the pinned coordinator's signature."""
+    def verify_coordinator(self, kind: str, message: BaseModel) -> None:
+        """A coordinator's message (a round opening, a commit, a secure-aggregation list)
+        must carry the pinned coordinator's signature."""
         if not self.policy.require_signatures:
             return
         assert self.coordinator is not None  # the policy pins a key when it requires them
@@ -186,6 +187,24 @@ class SiteGuard:
                     "share_heads",
                     f"{len(shared)} of the site's task heads would leave it (heads: "
                     f"{plan.heads}); the policy keeps them",
+                )
+        secure = plan.secure_aggregation
+        if p.secure_aggregation.required and secure is None:
+            raise PolicyRefused(
+                "secure_aggregation.required", "the round's updates are not aggregated securely"
+            )
+        if secure is not None:
+            strangers = sorted(set(plan.sites) - set(p.members) - {self.name})
+            if strangers:
+                raise PolicyRefused(
+                    "members",
+                    f"a secure round with parties whose keys the policy does not pin: {strangers}",
+                )
+            if len(plan.sites) < p.secure_aggregation.min_cohort:
+                raise PolicyRefused(
+                    "secure_aggregation.min_cohort",
+                    f"{len(plan.sites)} sites in the round; the policy unmasks no fewer than "
+                    f"{p.secure_aggregation.min_cohort}",
                 )
         level = plan.privacy.level
         if p.dp.required and level == "none":

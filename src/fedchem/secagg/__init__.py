@@ -1,0 +1,1 @@
+"""Secure aggregation: the coordinator learns the sum of the sites' updates, nothing else."""
