@@ -31,7 +31,7 @@ from fedchem.flows.site_evaluate import site_evaluate
 from fedchem.flows.site_local_baseline import site_local_baseline
 from fedchem.flows.site_prepare import site_prepare
 from fedchem.messages import EvalReport, RoundManifest
-from fedchem.policy import PrivacyConfig
+from fedchem.policy import PrivacyConfig, SecAggPlan
 from fedchem.strategy_config import FedAvgMConfig, StrategyConfig
 from fedchem.tasks.demo import make_sites, pooled_baseline, release_rows, report
 
@@ -55,10 +55,12 @@ def demo(
     cycles: int = 1,
     hold_back: float = 0.3,
     privacy: PrivacyConfig = PrivacyConfig(),  # noqa: B008 (frozen pydantic model)
+    secure_aggregation: bool = False,
 ) -> dict[str, Any]:
     # the cross-site matrix needs local models on the hub: only with shared heads, so that no
-    # private head ever leaves its site
-    cross_site = heads == "shared" and n_sites > 1
+    # private head ever leaves its site, and not with secure aggregation (whose point is that
+    # no single site's model is readable)
+    cross_site = heads == "shared" and n_sites > 1 and not secure_aggregation
     split = make_sites(
         dataset,
         smiles_col,
@@ -87,6 +89,7 @@ def demo(
         heads=heads,
         trust=split.trust,  # every update, opening and commit signed; every party's ledger
         privacy=privacy,
+        secure_aggregation=SecAggPlan() if secure_aggregation else None,
     )
     # the run's federation YAML (its pinned keys, its hub): what `fedchem audit verify` checks
     (out / "federation.yaml").write_text(
@@ -164,6 +167,7 @@ def demo(
         "registry": target.registry,
         "select": train.select,
         "privacy": _privacy_spent(privacy, committed[-1]),
+        "secure_aggregation": secure_aggregation,
     }
     meta["cycles"] = [_cycle_one(version, evals["federated"])]
     for c in range(2, cycles + 1):

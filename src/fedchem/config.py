@@ -511,6 +511,11 @@ class DemoConfig(StrictModel):
         description="differential privacy of the federation (e.g. --privacy.level record "
         "--privacy.target_epsilon 3)",
     )
+    secure_aggregation: bool = Field(
+        False,
+        description="aggregate the updates securely (the coordinator sees masked updates and "
+        "their sum only; the cross-site matrix of local models is then left out)",
+    )
 
 
 class ConfigFileError(ValueError):

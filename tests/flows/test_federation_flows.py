@@ -443,3 +443,35 @@ def test_a_booked_site_run_of_a_withdrawn_round_ends_cancelled(
         return_state=True,
     )
     assert state.is_cancelled() and (state.message or "").startswith("withdrawn: round 3")
+
+
+def test_a_secure_round_through_prefect_runs_the_same_protocol(
+    prefect_api: None, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Local mode with secure aggregation: each site's steps are subflows the coordinator's
+    flow drives; the round commits from the unmasked sum and the hub holds masked updates."""
+    from fedchem.flows.coordinator import coordinator
+    from fedchem.model.state import load_arrays
+    from fedchem.policy import SecAggPlan
+
+    sites, tasks, hub_url, trust = _prepared_sites(tmp_path, tiny_dataset, n=3)
+    config = FederationConfig(
+        run_id="secure",
+        hub_url=hub_url,
+        sites=sites,
+        tasks=tasks,
+        rounds=1,
+        chem=ChemConfig(fp_size=256),
+        model=ModelConfig(hidden=16),
+        train=TrainConfig(batch_size=32),
+        trust=trust,
+        secure_aggregation=SecAggPlan(),
+    )
+    m1 = coordinator(config)[-1]
+    assert m1.outcome == "aggregated" and m1.aggregation == "fedavgm+secagg"
+    assert m1.sites == ["site-a", "site-b", "site-c"]
+    hub = HubStore(hub_url)
+    stored = load_arrays(hub.get_bytes(HubLayout("secure").site_update(1, "site-a")))
+    assert set(stored) == {"masked"}
+    for name in ("roster", "cohort", "survivors", "consistent"):
+        assert hub.exists(HubLayout("secure").secagg(1, name))

@@ -6,6 +6,8 @@ sites different survivors lists gets nothing."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +277,82 @@ def test_a_site_whose_policy_requires_it_refuses_a_plain_round(fed: Any, tmp_pat
     config = config.model_copy(update={"sites": [guarded, *split.sites[1:]]})
     out = _run(fed, config)
     assert "secure_aggregation.required" in out.rounds[1].missing_reasons["site-a"]
+
+
+class SelfStepping:
+    """Sites that step through a secure round by themselves, concurrently, each waiting on
+    the hub for the coordinator's next list: how deployed sites' runs go (one thread each
+    here, instead of a worker each)."""
+
+    def __init__(self, config: FederationConfig, gone_after: dict[str, str] | None = None) -> None:
+        self.config, self.hub = config, HubStore(config.hub_url)
+        self.threads: dict[str, threading.Thread] = {}
+        self.replies: dict[str, Any] = {}
+        self.gone_after = gone_after or {}
+
+    def _site(self, site: Any, rnd: int, ticket: str) -> None:
+        from fedchem.federation.rounds import await_round_open
+        from fedchem.federation.site import take_part
+        from fedchem.secagg.rounds import STEPS
+
+        opened = await_round_open(self.hub, self.config.run_id, rnd, ticket, timeout_s=30)
+        cfg = self.config
+        last = self.gone_after.get(site.name)
+        steps = STEPS[: STEPS.index(last) + 1] if last else STEPS
+        for step in steps:  # as take_part(step=None) does, stopping where the site goes away
+            from fedchem.secagg.rounds import site_waits
+
+            site_waits(self.hub, opened, step, timeout_s=60, poll_s=0.05)
+            out = take_part(site, self.hub, opened, cfg.chem, cfg.model, cfg.train, step)
+            if out is not None:
+                self.replies[site.name] = out
+
+    def start(self, rnd: int, ticket: str, open_round: Any) -> Any:
+        from fedchem.federation.driver import RoundStart
+
+        open_round()
+        for site in self.config.sites:
+            t = threading.Thread(target=self._site, args=(site, rnd, ticket), daemon=True)
+            t.start()
+            self.threads[site.name] = t
+        return RoundStart({s: s for s in self.threads}, {}, time.time())
+
+    def step(self, rnd: int, step: str) -> None:
+        return None
+
+    def ended(self, rnd: int, started: Any) -> set[str]:
+        return {s for s, t in self.threads.items() if not t.is_alive()}
+
+    def collect(self, rnd: int, started: Any, deadline: float) -> Any:
+        from fedchem.federation.rounds import RunState, collect_replies
+
+        def states() -> dict[str, RunState]:
+            return {
+                s: RunState("Completed" if not t.is_alive() else "Running", not t.is_alive())
+                for s, t in self.threads.items()
+            }
+
+        return collect_replies(
+            self.hub, self.config.run_id, rnd, list(self.threads), states, deadline, poll_s=0.05
+        )
+
+    def after_replies(self, rnd: int) -> None:
+        return None
+
+    def close(self) -> None:
+        for t in self.threads.values():
+            t.join(timeout=120)
+
+
+def test_deployed_sites_step_through_the_round_by_themselves(fed: Any) -> None:
+    config = _config(
+        fed, "self-stepping", deployment={"round_deadline_s": 120, "poll_interval_s": 0.05}
+    )
+    _, stats, _ = fed
+    hub = HubStore(config.hub_url)
+    steps = CoordinatorSteps(config, hub)
+    first = start_run(hub, config, stats, trust=steps.trust)
+    # site-c goes away after its masked upload (before the check): the others unmask it
+    out = run_rounds(config, steps, SelfStepping(config, {"site-c": "upload"}), [first])
+    m = out.rounds[1]
+    assert m.outcome == "aggregated" and m.sites == config.site_names, m.reason

@@ -62,6 +62,8 @@ UPDATE_A = "runs/r/rounds/0001/sites/site-a/update.npz"
 REPLY_A = "runs/r/rounds/0001/sites/site-a/update.json"
 GLOBAL = "runs/r/rounds/0001/global.npz"
 COMMIT = "runs/r/rounds/0001/manifest.json"
+ROSTER = "runs/r/rounds/0001/secagg/roster.json"
+SHARES_A = "runs/r/rounds/0001/sites/site-a/secagg-shares.json"
 
 
 def _denied(fn: Callable[[], object]) -> bool:
@@ -82,6 +84,9 @@ def test_each_party_reaches_only_what_its_role_needs(hubs: dict[str, HubStore]) 
     co.put_bytes(GLOBAL, b"global")
     co.put_bytes(COMMIT, b"{}")
     co.put_bytes("runs/r/rounds/0002/open.json", b"{}")
+    co.put_bytes(ROSTER, b"{}")  # secure aggregation: the coordinator's lists
+    a.put_bytes(SHARES_A, b"{}")  # and a site's sealed shares, in its own area
+    assert b.get_bytes(ROSTER) == b"{}" and co.get_bytes(SHARES_A) == b"{}"
     assert co.get_bytes(UPDATE_A) == b"weights of a" and co.get_bytes(REPLY_A) == b"{}"
     assert b.get_bytes(GLOBAL) == b"global" and b.get_bytes(COMMIT) == b"{}"
     assert a.get_bytes("private/site-a/head.npz") == b"a's own"
@@ -99,6 +104,9 @@ def test_each_party_reaches_only_what_its_role_needs(hubs: dict[str, HubStore]) 
             "ledger/r/coordinator/00000000.json", b""
         ),
         "site-b reads site-a's private area": lambda: b.get_bytes("private/site-a/head.npz"),
+        "site-b reads site-a's sealed shares": lambda: b.get_bytes(SHARES_A),
+        "site-b writes the roster": lambda: b.put_bytes(ROSTER, b"{}"),
+        "the coordinator writes a site's shares": lambda: co.put_bytes(SHARES_A, b"{}"),
         "the coordinator reads a site's private area": lambda: co.get_bytes(
             "private/site-a/head.npz"
         ),

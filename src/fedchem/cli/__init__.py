@@ -123,6 +123,7 @@ def _demo(args: argparse.Namespace) -> int:
         cycles=cfg.cycles,
         hold_back=cfg.hold_back,
         privacy=cfg.privacy,
+        secure_aggregation=cfg.secure_aggregation,
     )
     print(render_markdown(report))
     print(

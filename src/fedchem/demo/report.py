@@ -113,6 +113,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             + ")."
         )
     lines += _privacy_lines(meta.get("privacy") or {})
+    if meta.get("secure_aggregation"):
+        lines += [
+            "",
+            "The updates were aggregated securely: the coordinator and the hub held masked "
+            "updates and their sum only (no cross-site matrix: no site's local model is "
+            "published).",
+        ]
     lines.append("")
     header = "| model | site | " + " | ".join(metrics) + " |"
     lines += [header, "|" + "---|" * (len(metrics) + 2)]

@@ -220,7 +220,7 @@ def _check_chain(
     except (ValueError, OSError) as exc:
         report.problems.append(f"{where}: unreadable entry ({type(exc).__name__}: {exc})"[:300])
         return []
-    report.chains[actor] = len(chain)
+    report.chains[actor if scope == report.run_id else f"{actor} ({scope})"] = len(chain)
     prev: LedgerEntry | None = None
     for i, e in enumerate(chain):
         at = f"{where} entry {i}"
