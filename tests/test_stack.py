@@ -27,7 +27,6 @@ from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary
 
 from fedchem.config import ChemConfig
 from fedchem.demo.sites import bundled_dataset
-from fedchem.deployments.render import committed_prefect_yaml, example_prefect_yaml
 from fedchem.deployments.stack import Stack, stack_down, stack_up
 
 pytestmark = pytest.mark.system
@@ -295,28 +294,6 @@ def test_the_plain_process_worker_and_sqlite_run_the_same_deployments(
         assert set(_site_runs(st, "stack-run").values()) == {"Completed"}
     finally:
         stacks.close()
-
-
-def test_committed_prefect_yaml_is_what_the_renderer_writes():
-    committed = committed_prefect_yaml().read_text()
-    # after a config change: .venv/bin/python -m fedchem.deployments.render rewrites it
-    assert committed_prefect_yaml() == REPO / "deployments" / "prefect.yaml"
-    assert committed == example_prefect_yaml()
-    doc = yaml.safe_load(committed)
-    pools = {d["name"]: d["work_pool"]["name"] for d in doc["deployments"]}
-    site_flows = ("prepare", "round", "calibrate", "validate", "batch-predict")
-    assert pools == {
-        **{f"{s}-{f}": s for s in ("site-a", "site-b") for f in site_flows},
-        "coordinator": "coordinator",
-        "publish": "coordinator",
-        "continual": "coordinator",
-    }
-    coord = next(d for d in doc["deployments"] if d["name"] == "coordinator")
-    weekly = next(d for d in doc["deployments"] if d["name"] == "continual")
-    assert weekly["schedules"][0]["active"] is False  # the operator switches it on
-    assert weekly["parameters"]["target"]["alias"] == "candidate"
-    publish = next(d for d in doc["deployments"] if d["name"] == "publish")
-    assert publish["parameters"]["config"] == coord["parameters"]["config"]  # one anchor
 
 
 def test_the_control_plane_needs_its_secret_and_a_site_refuses_a_redirect(

@@ -170,6 +170,16 @@ class TrainConfig(StrictModel):
         "site's own validation fold (the local-only and pooled baselines then pick their "
         "epoch the same way, so every model gets the same selection)",
     )
+    trainable: Literal["all", "top", "head"] = Field(
+        "all",
+        description="what local training changes: every parameter; the top (the heads and the "
+        "last hidden layer: the input layer's bias at depth 1); or the heads only (the rest "
+        "stays the global model's: with DP, less noise, on fewer parameters)",
+    )
+    optimizer: Literal["adam", "sgd"] = Field(
+        "adam", description="sgd: with momentum (what DP training does best with)"
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd's momentum")
 
 
 class SiteConfig(StrictModel):
@@ -317,6 +327,11 @@ class WarmStart(StrictModel):
 
     registry: str = Field(description="the coordinator's registry")
     model: str = Field(description="NAME@ALIAS or NAME:VERSION, e.g. tox21@production")
+    parts: Literal["all", "trunk"] = Field(
+        "all",
+        description="all: the registered model as is (same tasks); trunk: its input and hidden "
+        "layers only, the heads new (a public base model trained on other tasks)",
+    )
 
 
 class FederationConfig(StrictModel):

@@ -25,7 +25,7 @@ from fedchem.federation.driver import CoordinatorSteps, InProcessSites, RunOutco
 from fedchem.messages import RoundOpen
 from fedchem.model.state import load_arrays
 from fedchem.policy import SecAggPlan
-from fedchem.secagg.protocol import Roster, SecAggError, Survivors
+from fedchem.secagg.protocol import Cohort, Roster, SecAggError, Survivors
 from fedchem.secagg.rounds import SecureRound, SiteParty
 from fedchem.storage.hub import HubLayout, HubStore
 from fedchem.trust.keys import new_key_pair
@@ -356,3 +356,36 @@ def test_deployed_sites_step_through_the_round_by_themselves(fed: Any) -> None:
     out = run_rounds(config, steps, SelfStepping(config, {"site-c": "upload"}), [first])
     m = out.rounds[1]
     assert m.outcome == "aggregated" and m.sites == config.site_names, m.reason
+
+
+def test_a_masked_upload_from_a_site_that_did_not_share_is_left_out(fed: Any) -> None:
+    config = _config(fed, "no-shares-upload")
+    out = _run(fed, config, drop=lambda rnd, s: ["site-b"] if s == "shares" else [])
+    assert out.rounds[1].outcome == "aggregated" and "site-b" not in out.rounds[1].sites
+    # the coordinator lists survivors among the sites that shared only: an upload of site-b
+    # (its masks not removable: nobody holds its shares) never enters the sum
+    steps = CoordinatorSteps(config)
+    secure = steps.secure(2)
+    hub = HubStore(config.hub_url)
+    layout = HubLayout("no-shares-upload")
+    secure.roster = Roster.model_validate_json(hub.get_bytes(layout.secagg(1, "roster")))
+    secure.cohort = Cohort.model_validate_json(hub.get_bytes(layout.secagg(1, "cohort")))
+    secure.rnd = 1
+    survivors = secure.publish_survivors(["site-a", "site-b", "site-c", "site-d"])
+    assert survivors.sites == ["site-a", "site-c", "site-d"]
+
+
+def test_private_heads_stay_private_under_secure_aggregation(fed: Any) -> None:
+    split = fed[0]
+    shared = split.tasks[0].name
+    config = _config(fed, "secure-heads", heads="private", shared_tasks=[shared])
+    out = _run(fed, config)
+    assert out.rounds[1].outcome == "aggregated"
+    hub = HubStore(config.hub_url)
+    g0, g1 = read_round(hub, "secure-heads", 0)[1], read_round(hub, "secure-heads", 1)[1]
+    private = [j for j, t in enumerate(split.tasks) if t.name != shared]
+    # the private rows of the global heads did not move: each site sent no delta for them
+    assert np.allclose(g1["head.weight"][private], g0["head.weight"][private], atol=1e-5)
+    assert not np.allclose(g1["head.weight"][0], g0["head.weight"][0])  # the shared one did
+    for site in split.sites:
+        assert (site.workdir / "runs" / "secure-heads" / "private_head-0001.npz").exists()

@@ -36,6 +36,7 @@ __all__ = [
     "round_settings",
     "start_run",
     "strategy_for",
+    "trunk_of",
 ]
 
 
@@ -184,6 +185,8 @@ def start_run(
     tasks = [(t.name, t.kind) for t in config.tasks]
     model = initial_model(config.chem.fp_size, tasks, config.model, config.train.seed, label_stats)
     arrays = model_to_arrays(model)
+    if init is not None and config.init_from is not None and config.init_from.parts == "trunk":
+        init = trunk_of(init, arrays)
     if init is not None:
         why = check_arrays(init, arrays)
         if why is not None:
@@ -192,6 +195,27 @@ def start_run(
     data = dump_arrays(arrays)
     how = "init" if init is None else "warm-start"
     return commit_round(hub, config.run_id, 0, data, how, {}, {}, config_digest=digest, trust=trust)
+
+
+#: the arrays of a network's trunk: the sparse input layer, its bias and the hidden layers
+TRUNK_PREFIXES = ("input.", "input_bias", "trunk.")
+
+
+def trunk_of(base: StateArrays, fresh: StateArrays) -> StateArrays:
+    """``fresh`` (a new model's arrays) with the trunk of ``base`` (a model of other tasks):
+    every trunk array must be there, of the same shape (the same featurizer, width, depth)."""
+    out = dict(fresh)
+    for name, array in fresh.items():
+        if not name.startswith(TRUNK_PREFIXES):
+            continue
+        if name not in base or base[name].shape != array.shape:
+            got = base[name].shape if name in base else "nothing"
+            raise ValueError(
+                f"the base model's trunk does not fit: {name} is {got}, this network's is "
+                f"{array.shape} (the same featurizer, fp_size, hidden and depth are needed)"
+            )
+        out[name] = base[name].astype(array.dtype)
+    return out
 
 
 def _read_or_error(hub: HubStore, rel: str) -> bytes | Exception:

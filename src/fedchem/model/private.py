@@ -30,7 +30,12 @@ from fedchem.data.dataset import SiteDataset
 from fedchem.model.batches import iter_batches
 from fedchem.model.losses import multitask_loss
 from fedchem.model.network import MultitaskNet
-from fedchem.model.train import TrainStats, resolve_device
+from fedchem.model.train import (
+    TrainStats,
+    make_optimizer,
+    resolve_device,
+    trainable_parameters,
+)
 
 __all__ = ["train_epochs_private"]
 
@@ -83,8 +88,12 @@ def train_epochs_private(
     model.to(device).train()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    trained = trainable_parameters(model, cfg.trainable)
+    frozen = [p for p in model.parameters() if all(p is not q for q in trained)]
+    for p in frozen:  # the global model's: no gradient, no noise, nothing released
+        p.requires_grad_(False)
     view = GradSampleModule(_PerExampleView(model))
-    inner = torch.optim.Adam(view.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    inner = make_optimizer([p for p in view.parameters() if p.requires_grad], cfg)
     if optimizer_state is not None:
         inner.load_state_dict(optimizer_state)
     opt = DPOptimizer(
@@ -111,7 +120,8 @@ def train_epochs_private(
                 opt.zero_grad(set_to_none=True)
                 if rows.size == 0:  # an empty sample still releases noise: the step counts
                     for p in view.parameters():
-                        p.grad_sample = torch.zeros((0, *p.shape), device=device)
+                        if p.requires_grad:
+                            p.grad_sample = torch.zeros((0, *p.shape), device=device)
                     opt.step()
                     steps += 1
                     continue
@@ -130,6 +140,8 @@ def train_epochs_private(
                 n_labels += k
     finally:
         view.remove_hooks()
+        for p in frozen:
+            p.requires_grad_(True)
         for p in model.parameters():
             p.grad = None
             if hasattr(p, "grad_sample"):

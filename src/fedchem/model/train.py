@@ -21,9 +21,11 @@ __all__ = [
     "TrainStats",
     "epoch_lr_factors",
     "lr_factor",
+    "make_optimizer",
     "predict",
     "resolve_device",
     "train_epochs",
+    "trainable_parameters",
 ]
 
 
@@ -62,6 +64,26 @@ def epoch_lr_factors(cfg: TrainConfig, epochs: int) -> list[float]:
     return [lr_factor(cfg, e // per_round, rounds) for e in range(epochs)]
 
 
+def trainable_parameters(model: torch.nn.Module, which: str) -> list[torch.nn.Parameter]:
+    """The parameters local training changes (``TrainConfig.trainable``): all; the top (the
+    heads and the last hidden layer; at depth 1 the input layer's bias); or the heads."""
+    if which == "all" or not isinstance(model, MultitaskNet):
+        return list(model.parameters())
+    chosen = list(model.head.parameters())
+    if which == "top":
+        linears = [m for m in model.trunk if isinstance(m, torch.nn.Linear)]
+        chosen += list(linears[-1].parameters()) if linears else [model.input_bias]
+    return chosen
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def train_epochs(
     model: MultitaskNet,
     ds: SiteDataset,
@@ -88,7 +110,11 @@ def train_epochs(
     model.to(device).train()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trained = trainable_parameters(model, cfg.trainable)
+    frozen = [p for p in model.parameters() if all(p is not q for q in trained)]
+    for p in frozen:  # the global model's, unchanged this round
+        p.requires_grad_(False)
+    opt = make_optimizer(trained, cfg)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     is_reg = torch.tensor([k == "regression" for k in ds.task_kinds], device=device)
@@ -126,6 +152,8 @@ def train_epochs(
         if after_epoch is not None:
             after_epoch(epoch)
             model.train()
+    for p in frozen:
+        p.requires_grad_(True)
     model.cpu()
     state = opt.state_dict()
     for per_param in state["state"].values():
