@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fedchem.config import FederationConfig, PublishConfig
+from fedchem.config import ChemConfig, FederationConfig, PublishConfig
+from fedchem.demo.base_model import BaseModelConfig, publish_public_base, train_public_base
 from fedchem.federation.commits import committed_rounds
 from fedchem.federation.publish import publish_round
 from fedchem.messages import EvalReport, PrepareReport, SiteCalibration
 from fedchem.registry.store import Registry
 from fedchem.storage.hub import HubLayout, HubStore
 
-__all__ = ["publish_model", "round_to_publish"]
+__all__ = ["publish_model", "publish_public_base_model", "round_to_publish"]
 
 
 @task(cache_policy=NO_CACHE)
@@ -67,3 +70,20 @@ def publish_model(
         f"; {target.alias} -> {version}" if target.alias else "",
     )
     return version
+
+
+@task(cache_policy=NO_CACHE)
+def publish_public_base_model(
+    cfg: BaseModelConfig, chem: ChemConfig, key_file: Path, workdir: Path, registry: str
+) -> dict[str, object]:
+    """Train the public base model (public data only) and register it; its name, version and
+    held-out score come back (aggregates: the data is public anyway)."""
+    base = train_public_base(cfg, chem, key_file, workdir)
+    version = publish_public_base(Registry(registry), base, name=cfg.name)
+    get_run_logger().info(
+        "public base model %s:%d: mean ROC-AUC %.3f on its public test fold",
+        cfg.name,
+        version,
+        base.metrics["test_mean_roc_auc"],
+    )
+    return {"name": cfg.name, "version": version, **base.metrics}

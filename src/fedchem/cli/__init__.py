@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
 
 from fedchem.cli.serve import add_serving_commands
@@ -286,6 +287,41 @@ stop everything: fedchem stack down --dir {directory}""")
     return 0
 
 
+def _base_model(args: argparse.Namespace) -> int:
+    _embedded_prefect_defaults()
+    from fedchem.config import ChemConfig
+    from fedchem.demo.base_model import BaseModelConfig
+
+    try:
+        doc = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+        chem = ChemConfig.model_validate(doc.get("chem", DemoConfig().chem.model_dump()))
+        cfg = BaseModelConfig.model_validate(
+            _merge(
+                doc.get("base_model", {}),
+                {
+                    k: v
+                    for k, v in {
+                        "rows": args.rows,
+                        "epochs": args.epochs,
+                        "name": args.name,
+                    }.items()
+                    if v is not None
+                },
+            )
+        )
+        key_file = Path(args.key_file)
+        if not key_file.is_file():
+            raise FileNotFoundError(f"--key-file {key_file}: no such file")
+    except (OSError, ValueError, AttributeError) as exc:
+        print(f"fedchem base-model: {exc}", file=sys.stderr)
+        return 2
+    from fedchem.flows.base_model import public_base_model
+
+    out = public_base_model(cfg, chem, key_file, Path(args.workdir), args.registry)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedchem", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -359,6 +395,22 @@ def build_parser() -> argparse.ArgumentParser:
         "Prefect's process worker (a fresh interpreter per flow run)",
     )
     sk.set_defaults(func=_stack)
+    bm = sub.add_parser(
+        "base-model",
+        help="train the public base model on bundled public data and register it",
+        description="Prepares the bundled ChEMBL set with the consortium's keyed featurizer, "
+        "trains a multitask network on it and registers it (with its card) under --name, "
+        "alias 'public'. Federations start from it with init_from: {registry: REG, model: "
+        "public-base@public, parts: trunk}. No site's data is read.",
+    )
+    bm.add_argument("--registry", required=True, help="registry URL or directory")
+    bm.add_argument("--key-file", required=True, help="the consortium's featurizer key")
+    bm.add_argument("--config", help="YAML with optional chem: and base_model: sections")
+    bm.add_argument("--workdir", default="./fedchem-base-model", help="the prepared public set")
+    bm.add_argument("--rows", type=int, help="the public set's first rows only (smoke runs)")
+    bm.add_argument("--epochs", type=int)
+    bm.add_argument("--name", help="registry name (default public-base)")
+    bm.set_defaults(func=_base_model)
     add_serving_commands(sub)
     add_trust_commands(sub)
     return p

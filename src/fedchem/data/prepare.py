@@ -72,10 +72,14 @@ def _contracts(site: SiteConfig) -> tuple[Path, Path]:
     return d / MEASUREMENTS_CONTRACT, d / ASSAYS_CONTRACT
 
 
+#: bumped when what a prepared site holds or reports changes (2: classification label stats)
+PREPARED_FORMAT = 2
+
+
 def _cache_key(
     site: SiteConfig, chem: ChemConfig, catalogue: Sequence[TaskSpec] | None, key: bytes
 ) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"prepared/{PREPARED_FORMAT}".encode())
     for path in (site.measurements, site.assays, *_contracts(site)):
         h.update(hashlib.sha256(Path(path).read_bytes()).digest())
     h.update(chem.model_dump_json().encode())
@@ -338,16 +342,16 @@ MIN_STATS_COUNT = 10
 
 
 def regression_label_stats(ds: SiteDataset, chem: ChemConfig) -> dict[str, dict[str, float]]:
-    """Count, sum and sum of squares of exact training-fold labels per regression task.
+    """Count, sum and sum of squares of exact training-fold labels per task.
 
-    Aggregates for the federation's target scaling; tasks with fewer than ``MIN_STATS_COUNT``
-    values are left out so that no small group of values can be recovered.
+    Aggregates for the federation's round-0 model: a regression task's target scaling, a
+    classification task's head bias at the pooled prior (the sum is the count of actives).
+    Tasks with fewer than ``MIN_STATS_COUNT`` values are left out so that no small group of
+    values can be recovered.
     """
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
     out: dict[str, dict[str, float]] = {}
-    for j, (name, kind) in enumerate(zip(ds.task_names, ds.task_kinds, strict=True)):
-        if kind != "regression":
-            continue
+    for j, name in enumerate(ds.task_names):
         v = train.y[np.isfinite(train.y[:, j]) & (train.censor[:, j] == 0), j].astype(np.float64)
         if len(v) >= MIN_STATS_COUNT:
             out[name] = {"n": float(len(v)), "sum": float(v.sum()), "sumsq": float((v**2).sum())}

@@ -119,13 +119,23 @@ def initial_model(
     seed: int,
     label_stats: Sequence[dict[str, dict[str, float]]],
 ) -> MultitaskNet:
-    """The round-0 model: seeded weights, regression scaling from sites' aggregate statistics."""
+    """The round-0 model: seeded weights; from the sites' aggregate statistics, a regression
+    task's target scaling and, with ``cfg.head_bias == "prior"``, a classification task's
+    head bias at the pooled log-odds of an active (the heads then start at the base rate, and
+    the first clipped steps of DP-SGD learn structure, not that most compounds are inactive:
+    measured, it lifts a private run; without DP it cost 0.003-0.03 ROC-AUC, so it is off
+    by default)."""
     model = build_model(fp_size, len(tasks), cfg, seed)
     scaling = pooled_label_stats(label_stats)
     with torch.no_grad():
         for j, (name, kind) in enumerate(tasks):
-            if kind == "regression" and name in scaling:
+            if name not in scaling:
+                continue
+            if kind == "regression":
                 model.y_mean[j], model.y_std[j] = scaling[name]
+            elif cfg.head_bias == "prior":
+                rate = min(max(scaling[name][0], 1e-3), 1 - 1e-3)
+                model.head.bias[j] = float(np.log(rate / (1 - rate)))
     return model
 
 

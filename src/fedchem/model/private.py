@@ -3,7 +3,8 @@
 Each step takes a Poisson sample of the site's training molecules at rate ``q = B / n``
 (what the accountant assumes), computes every molecule's gradient (Opacus'
 ``GradSampleModule``), clips each to L2 norm ``clip`` and adds Gaussian noise of standard
-deviation ``noise_multiplier * clip`` to their sum (Opacus' ``DPOptimizer`` around Adam).
+deviation ``noise_multiplier * clip`` to their sum, and steps on that sum over the expected
+batch size (Opacus' ``DPOptimizer`` around Adam or SGD).
 A molecule's loss is the sum of its own label terms, so no molecule's gradient depends on
 another's (the batch-mean loss of :func:`~fedchem.model.train.train_epochs` would).
 
@@ -92,7 +93,10 @@ def train_epochs_private(
     frozen = [p for p in model.parameters() if all(p is not q for q in trained)]
     for p in frozen:  # the global model's: no gradient, no noise, nothing released
         p.requires_grad_(False)
-    view = GradSampleModule(_PerExampleView(model))
+    # The loss backpropagated is a sum over molecules, so each sample's gradient is taken
+    # as it is (Opacus' "mean" would multiply it by the batch size); the optimizer then
+    # steps on the noisy sum divided by the expected batch size: the DP-SGD mean gradient.
+    view = GradSampleModule(_PerExampleView(model), loss_reduction="sum")
     inner = make_optimizer([p for p in view.parameters() if p.requires_grad], cfg)
     if optimizer_state is not None:
         inner.load_state_dict(optimizer_state)
@@ -101,7 +105,7 @@ def train_epochs_private(
         noise_multiplier=noise_multiplier,
         max_grad_norm=clip,
         expected_batch_size=max(1, round(q * n)),
-        loss_reduction="sum",
+        loss_reduction="mean",
     )
     is_reg = torch.tensor([k == "regression" for k in ds.task_kinds], device=device)
     weights = (
