@@ -9,11 +9,14 @@ rate), and without DP under secure aggregation. For each, side by side in this p
 - **utility**: every site's test ROC-AUC of the last global model, against each site's
   non-private local-only model (the same budget, from scratch: what a site gets alone);
 - **membership inference** against the released model, at every site (members: its training
-  molecules; non-members: its test fold): the *loss-threshold* attack (a molecule is called a
+  molecules; non-members: a random quarter of its molecules kept out of every run, in the
+  same folds: drawn as the members were, so that the attack measures membership, not the
+  scaffold split's shift): the *loss-threshold* attack (a molecule is called a
   member when its loss is below the threshold that calls 1 % of non-members) and a
-  *shadow-model* attack (the attacker trains a model as the federation would, non-privately,
-  on another site's molecules it knows, learns a threshold there at 1 % FPR and applies it):
-  the true-positive rate at 1 % false-positive rate (1 % is chance; the worst site is shown);
+  *shadow-model* (reference-model) attack (the attacker trains a model as the federation
+  would, non-privately, on another site's molecules it knows; a molecule whose loss under the
+  released model is lower than under the shadow is called a member): the true-positive rate
+  at the threshold that calls 1 % of non-members (1 % is chance; the worst site is shown);
 - **the column attack** on site-a's round-1 update (the sign test of ``bench_secagg``: which
   fingerprint columns does the site's data hold?): precision against the share of columns
   present (equal: nothing learnt). Under secure aggregation the coordinator reads the sum.
@@ -27,10 +30,12 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,9 +43,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_secagg import _sign_test
 from libloop import Sites, config_for, prepare_sites
 
-from fedchem.config import FederationConfig, ModelConfig, TrainConfig, WarmStart
+from fedchem.config import (
+    DemoConfig,
+    FederationConfig,
+    ModelConfig,
+    SiteConfig,
+    TrainConfig,
+    WarmStart,
+)
 from fedchem.data.dataset import SiteDataset
+from fedchem.data.prepare import prepare_site
 from fedchem.demo.base_model import BaseModelConfig, publish_public_base, train_public_base
+from fedchem.demo.sites import bundled_dataset, split_into_sites
 from fedchem.federation.baselines import train_local_only
 from fedchem.federation.coordinator import start_run
 from fedchem.federation.driver import CoordinatorSteps, InProcessSites, run_rounds
@@ -70,12 +84,45 @@ def per_molecule_loss(model: torch.nn.Module, ds: SiteDataset) -> np.ndarray:
     return bce.sum(1) / np.maximum(ok.sum(1), 1)
 
 
-def tpr_at(member_loss: np.ndarray, nonmember_loss: np.ndarray, threshold: float) -> float:
-    return float(np.mean(member_loss < threshold))
+HELD_OUT = 0.25
 
 
-def threshold_at_fpr(nonmember_loss: np.ndarray) -> float:
-    return float(np.quantile(nonmember_loss, FPR))
+@dataclass
+class Audited:
+    """The demo's sites, each without a random quarter of its molecules (kept aside,
+    prepared with the same key: the attacks' non-members, drawn as the members were)."""
+
+    sites: Sites
+    held_out: list[SiteConfig]
+
+
+def prepare_audited(root: Path, seed: int = 0) -> Audited:
+    split = split_into_sites(bundled_dataset(), "smiles", 4, root / "sites", seed)
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for site in split.sites:
+        rows = pd.read_csv(site.measurements, dtype=str, keep_default_na=False)
+        ids = rows["compound_id"].unique()
+        out_ids = set(rng.choice(ids, size=int(len(ids) * HELD_OUT), replace=False))
+        out = rows["compound_id"].isin(out_ids)
+        rows[~out].to_csv(site.measurements, index=False)
+        d = root / "held-out" / site.name
+        d.mkdir(parents=True)
+        rows[out].to_csv(d / "measurements.csv", index=False)
+        held_out.append(
+            site.model_copy(
+                update={
+                    "name": f"{site.name}-out",
+                    "measurements": d / "measurements.csv",
+                    "workdir": d / "work",
+                }
+            )
+        )
+    chem = DemoConfig().chem
+    reports = [prepare_site(s, chem, split.tasks) for s in split.sites]
+    for s in held_out:
+        prepare_site(s, chem, split.tasks)
+    return Audited(Sites(split, chem, [r.label_stats for r in reports]), held_out)
 
 
 def configs(sites: Sites, root: Path, registry: str, seed: int) -> dict[str, FederationConfig]:
@@ -84,11 +131,13 @@ def configs(sites: Sites, root: Path, registry: str, seed: int) -> dict[str, Fed
     out = {}
 
     def make(name: str, **over: Any) -> None:
-        doc = {**base, "run_id": f"{name}-s{seed}", "init_from": warm}
+        slug = "".join(c if c.isalnum() or c in ".-" else "-" for c in name)
+        doc = {**base, "run_id": f"{slug}-s{seed}", "init_from": warm}
         doc.update(train=TrainConfig(seed=seed), model=ModelConfig(), privacy=PrivacyConfig())
         doc.update(over)
         out[name] = FederationConfig.model_validate(doc)
 
+    make("no DP, from scratch (the demo)", init_from=None)
     make("no DP, all trained")
     make("no DP, heads only", train=TrainConfig(seed=seed, trainable="head", lr=0.01))
     for eps in (8.0, 3.0, 1.0):
@@ -100,9 +149,10 @@ def configs(sites: Sites, root: Path, registry: str, seed: int) -> dict[str, Fed
 def federate(sites: Sites, config: FederationConfig) -> tuple[HubStore, float, dict[str, float]]:
     hub = HubStore(config.hub_url)
     steps = CoordinatorSteps(config, hub)
-    assert config.init_from is not None
-    reg = Registry(config.init_from.registry)
-    init = load_weights(reg.read(*reg.resolve(config.init_from.model), "model.safetensors"))
+    init = None
+    if config.init_from is not None:
+        reg = Registry(config.init_from.registry)
+        init = load_weights(reg.read(*reg.resolve(config.init_from.model), "model.safetensors"))
     first = start_run(hub, config, sites.label_stats, init=init, trust=steps.trust)
     t0 = time.perf_counter()
     out = run_rounds(config, steps, InProcessSites(config, hub), [first])
@@ -111,33 +161,53 @@ def federate(sites: Sites, config: FederationConfig) -> tuple[HubStore, float, d
     return hub, time.perf_counter() - t0, dict(out.rounds[-1].site_epsilon or {})
 
 
-def shadow_threshold(sites: Sites, config: FederationConfig, init: dict[str, np.ndarray]) -> float:
-    """The attacker's threshold, learnt on a shadow model it trains non-privately on site-d's
-    training molecules (it knows them) and calibrated at 1 % FPR on site-d's test fold."""
-    site = sites.split.sites[-1]
+def shadow_model(
+    sites: Sites, config: FederationConfig, init: dict[str, np.ndarray], index: int
+) -> torch.nn.Module:
+    """A shadow (reference) model the attacker trains as the federation would, non-privately,
+    on the training molecules of a site it knows (``index``): how hard each molecule is
+    anyway, without it being a member."""
+    site = sites.split.sites[index]
     ds = load_site_dataset(site)
-    chem = sites.chem
-    train = ds.without_folds([chem.test_fold, chem.valid_fold])
+    train = ds.without_folds([sites.chem.test_fold, sites.chem.valid_fold])
     model = model_for(ds, config.model, init)
     train_epochs(model, train, config.train, ROUNDS * config.train.local_epochs, seed=7)
-    return threshold_at_fpr(per_molecule_loss(model, ds.folds([chem.test_fold])))
+    return model
 
 
-def audit(sites: Sites, name: str, config: FederationConfig, hub: HubStore) -> dict[str, Any]:
+def tpr_at_fpr(member_score: np.ndarray, nonmember_score: np.ndarray) -> float:
+    """True-positive rate at the threshold that calls 1 % of non-members members (higher
+    score: more likely a member)."""
+    return float(np.mean(member_score > np.quantile(nonmember_score, 1 - FPR)))
+
+
+def audit(aud: Audited, name: str, config: FederationConfig, hub: HubStore) -> dict[str, Any]:
+    sites = aud.sites
     chem = sites.chem
     layout = HubLayout(config.run_id)
     g0 = load_arrays(hub.get_bytes(layout.global_model(0)))
-    shadow = shadow_threshold(sites, config, g0)
-    auc, loss_tpr, shadow_tpr = {}, {}, {}
+    auc = {}
     for site in sites.split.sites:
-        ds = load_site_dataset(site)
-        model, _ = global_model_at_site(site, hub, config.run_id, ROUNDS, ds, config.model)
-        members = per_molecule_loss(model, ds.without_folds([chem.test_fold, chem.valid_fold]))
-        non = per_molecule_loss(model, ds.folds([chem.test_fold]))
-        loss_tpr[site.name] = tpr_at(members, non, threshold_at_fpr(non))
-        shadow_tpr[site.name] = tpr_at(members, non, shadow)
         rep = evaluate_global_at_site(site, hub, config.run_id, ROUNDS, chem, config.model)
         auc[site.name] = float(rep.summary["mean_roc_auc"])
+    if not aud.held_out:  # utility only
+        return {"name": name, "auc": auc}
+    n = len(sites.split.sites)
+    shadows = {i: shadow_model(sites, config, g0, i) for i in (n - 1, n - 2)}
+    loss_tpr, shadow_tpr = {}, {}
+    for i, site in enumerate(sites.split.sites):
+        ds = load_site_dataset(site)
+        model, _ = global_model_at_site(site, hub, config.run_id, ROUNDS, ds, config.model)
+        ref = shadows[n - 1] if i != n - 1 else shadows[n - 2]  # never trained on this site
+        held_in = ds.without_folds([chem.test_fold, chem.valid_fold])
+        out = load_site_dataset(aud.held_out[i])  # the same folds as members: iid with them
+        held_out = out.without_folds([chem.test_fold, chem.valid_fold])
+        members, non = per_molecule_loss(model, held_in), per_molecule_loss(model, held_out)
+        loss_tpr[site.name] = tpr_at_fpr(-members, -non)
+        # the reference attack: lower loss than the shadow model gives the same molecule
+        members_ref = per_molecule_loss(ref, held_in) - members
+        non_ref = per_molecule_loss(ref, held_out) - non
+        shadow_tpr[site.name] = tpr_at_fpr(members_ref, non_ref)
     site = sites.split.sites[0]
     ds = load_site_dataset(site)
     present = np.zeros(ds.fp_size, dtype=bool)
@@ -174,11 +244,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--base-epochs", type=int, default=10)
     ap.add_argument("--only", nargs="*", help="settings by name (default: all)")
+    ap.add_argument(
+        "--utility-only",
+        action="store_true",
+        help="the demo's whole split (no molecules kept out), ROC-AUC only: the utility table",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        sites = prepare_sites(root)
+        aud = Audited(prepare_sites(root), []) if args.utility_only else prepare_audited(root)
+        sites = aud.sites
         registry = str(root / "registry")
         key = sites.split.sites[0].key_file
         base = train_public_base(
@@ -201,17 +277,21 @@ def main() -> None:
                     local = local_only(sites, config)
                     print(f"local-only (non-private, alone): {local}", flush=True)
                 hub, seconds, eps = federate(sites, config)
-                got = audit(sites, name, config, hub) | {"seconds": seconds, "eps": eps}
+                got = audit(aud, name, config, hub) | {"seconds": seconds, "eps": eps}
                 results.setdefault(name, []).append(got)
                 print(
                     f"{name} seed {seed}: AUC {np.mean(list(got['auc'].values())):.4f} "
                     f"{ {k: round(v, 3) for k, v in got['auc'].items()} } "
-                    f"loss-TPR max {max(got['loss_tpr'].values()):.3f} shadow-TPR max "
-                    f"{max(got['shadow_tpr'].values()):.3f} column precision "
-                    f"{got['column_precision']:.3f} (present {got['present_share']:.3f}) "
-                    f"eps {eps} {seconds:.0f} s",
+                    f"eps { ({k: round(v, 2) for k, v in eps.items()}) } {seconds:.0f} s",
                     flush=True,
                 )
+                if "loss_tpr" in got:
+                    print(
+                        f"  loss-TPR {got['loss_tpr']} shadow-TPR {got['shadow_tpr']} column "
+                        f"precision {got['column_precision']:.3f} (prior "
+                        f"{got['present_share']:.3f})",
+                        flush=True,
+                    )
         print(
             "\n| setting | mean ROC-AUC (seeds: mean ± sd) | sites ≥ local-only | "
             "MIA loss TPR@1%FPR (worst site) | MIA shadow TPR@1%FPR (worst site) | "

@@ -168,3 +168,16 @@ def test_a_relative_local_hub_is_relative_to_the_yaml(tmp_path: Path):
     assert load_federation_config(cfg).hub_url == str(tmp_path / "hub")
     cfg.write_text(body + "hub_url: s3://bucket/hub\n")
     assert load_federation_config(cfg).hub_url == "s3://bucket/hub"
+
+
+def test_base_model_needs_the_consortium_key_and_a_valid_config(tmp_path, capsys):
+    args = ["base-model", "--registry", str(tmp_path / "reg")]
+    assert main([*args, "--key-file", str(tmp_path / "missing.key")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    key = tmp_path / "k.key"
+    key.write_bytes(b"k" * 32)
+    bad = tmp_path / "bm.yaml"
+    bad.write_text("base_model: {epochs: 0}\n")
+    assert main([*args, "--key-file", str(key), "--config", str(bad)]) == 2
+    assert "epochs" in capsys.readouterr().err
+    assert not (tmp_path / "reg").exists()  # nothing trained, nothing registered

@@ -29,7 +29,7 @@ def test_record_level_fills_the_recipe_where_the_config_is_silent(tox21_sites):
     cfg = _config(tox21_sites, privacy=RECORD)
     assert cfg.train.batch_size == DP_RECORD_RECIPE["train"]["batch_size"] == 512
     assert cfg.train.lr == 0.01 and cfg.train.trainable == "all"  # no base: the whole network
-    assert cfg.model.head_bias == "prior" and cfg.privacy.clip == 4.0
+    assert cfg.model.head_bias == "prior" and cfg.privacy.clip == 12.0
     again = FederationConfig.model_validate(cfg.model_dump(mode="json"))
     assert again == cfg  # the filled config reads back as itself (resume, deployed sites)
 

@@ -31,11 +31,13 @@ from fedchem.federation.driver import (
     fit_instructions,
     run_rounds,
 )
+from fedchem.federation.publish import publish_round
 from fedchem.federation.rounds import await_round_open, new_ticket
 from fedchem.federation.site import fetch_global, refuse_round, run_site_round
 from fedchem.messages import RoundManifest, SiteUpdateManifest
 from fedchem.model.state import dump_arrays, load_arrays
 from fedchem.policy import PrivacyConfig
+from fedchem.registry.store import Registry
 from fedchem.storage.hub import HubLayout, HubStore, json_bytes
 from fedchem.trust.coordinator import CoordinatorTrust
 from fedchem.trust.dp import Steps, delta_norm, epsilon
@@ -340,12 +342,38 @@ def test_record_level_dp_trains_within_the_target_and_spends_the_budget(fed, tmp
     for s in fed.split.sites:
         eps = committed[0].site_epsilon[s.name]
         assert 2.7 <= eps <= 3.0 + 1e-6, eps  # calibrated to the target over the planned run
-    # a site whose policy allows 4 in all refuses a second run at 3, before training
+    # the published model's card states the guarantee: each site's epsilon, the unit
+    reg = Registry(str(tmp_path / "registry"))
+    version = publish_round(
+        HubStore(config.hub_url),
+        reg,
+        "dp-model",
+        "record-dp",
+        1,
+        chem=CHEM,
+        model=config.model,
+        tasks=config.tasks,
+        private_tasks=[],
+        strategy="fedavg",
+        reports=[],
+    )
+    card = reg.read_json("dp-model", version, "card.json")
+    assert card["differential_privacy"] == {
+        "level": "record",
+        "unit": "one compound",
+        "epsilon": committed[0].site_epsilon,
+    }
+    md = reg.read("dp-model", version, "card.md").decode()
+    eps_a = committed[0].site_epsilon["site-a"]
+    assert f"record level (one compound): epsilon site-a {eps_a:.2f}" in md
+    assert "bench_privacy_audit" in md
+    # a site whose policy allows 3.5 in all refuses a second run at 3, before training (two
+    # full-batch Gaussian releases at 3 compose to about 4 by PLD: not to 6)
     a = fed.split.sites[0]
     assert a.policy_file is not None
     policy = yaml.safe_load(Path(a.policy_file).read_text())
     strict = tmp_path / "strict.yaml"
-    strict.write_text(yaml.safe_dump({**policy, "dp": {"max_epsilon": 4.0, "delta": 1e-5}}))
+    strict.write_text(yaml.safe_dump({**policy, "dp": {"max_epsilon": 3.5, "delta": 1e-5}}))
     guarded = a.model_copy(update={"policy_file": strict})
     config2 = fed.config("record-dp-2", rounds=1, privacy=privacy)
     hub = HubStore(config2.hub_url)
@@ -365,7 +393,7 @@ def test_record_level_dp_trains_within_the_target_and_spends_the_budget(fed, tmp
             opened=opened,
             guard=SiteGuard.load(guarded),
         )
-    assert e.value.clause == "dp.max_epsilon" and "allows 4" in e.value.reason
+    assert e.value.clause == "dp.max_epsilon" and "allows 3.5" in e.value.reason
     refusal = refuse_round(hub, "record-dp-2", 1, a.name, e.value, SiteGuard.load(guarded))
     assert refusal.signature is not None
     assert not hub.exists(HubLayout("record-dp-2").site_update(1, a.name))  # nothing left

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedchem.config import ChemConfig, ModelConfig, TaskSpec
 from fedchem.federation.commits import read_round
-from fedchem.messages import EvalReport, PrepareReport, SiteCalibration
+from fedchem.messages import EvalReport, PrepareReport, RoundManifest, SiteCalibration
 from fedchem.model.domain import domain_thresholds
 from fedchem.registry.model import Lineage, ModelSpec, TaskEntry, dumps, save_weights
 from fedchem.registry.store import Registry
@@ -129,6 +129,35 @@ def _metrics(valid: dict[str, dict[str, float]], evals: Sequence[EvalReport]) ->
     }
 
 
+#: what the privacy audit measured (benchmarks/bench_privacy_audit.py, benchmarks/README.md)
+AUDIT = (
+    "Audit: benchmarks/bench_privacy_audit.py attacks the released model (membership "
+    "inference by loss threshold and by shadow model, true-positive rate at 1 % false-positive "
+    "rate) and a site's update (the column attack); its figures are in benchmarks/README.md."
+)
+
+
+def _dp_of(manifest: RoundManifest) -> dict[str, Any]:
+    """The guarantee the round's manifest carries: record level (each site's epsilon, as its
+    own accountant reports it), site level (the coordinator's noise), or none."""
+    if manifest.site_epsilon:
+        return {"level": "record", "unit": "one compound", "epsilon": manifest.site_epsilon}
+    if manifest.dp:
+        return {"level": "site", "unit": "a whole site", **manifest.dp}
+    return {"level": "none"}
+
+
+def _dp_line(dp: dict[str, Any]) -> str:
+    if dp["level"] == "record":
+        eps = ", ".join(f"{s} {e:.2f}" for s, e in sorted(dp["epsilon"].items()))
+        head = f"Differential privacy, record level (one compound): epsilon {eps}."
+    elif dp["level"] == "site":
+        head = f"Differential privacy, site level: epsilon {dp.get('epsilon', '?')}."
+    else:
+        head = "No differential privacy: the weights may reveal what they were trained on."
+    return f"{head} {AUDIT}"
+
+
 def model_card(
     name: str,
     version: int,
@@ -137,6 +166,7 @@ def model_card(
     metrics: dict[str, Any],
     calibration: dict[str, Any],
     domain: dict[str, Any] | None,
+    dp: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The model card (markdown, JSON): what the model is, on what, how good, for what use."""
     lin = spec.lineage
@@ -172,6 +202,7 @@ def model_card(
         "the sites sent. No SMILES, compound id, label or per-row value reached the coordinator "
         "or this registry. Feature columns are permuted by the consortium key, which the "
         "registry never holds; private task heads stay in the sites' own registries.",
+        "differential_privacy": dp or {"level": "none"},
         "lineage": lin.model_dump(),
         "featurizer": {
             "name": spec.chem.featurizer,
@@ -235,7 +266,8 @@ def model_card(
     lines += ["", "## Uncertainty and domain", "", card["uncertainty"]["method"] + "."]
     if domain is not None:
         lines.append(f"Applicability domain: {domain['rule']}.")
-    lines += ["", "## Privacy", "", card["privacy"], "", "## Lineage", ""]
+    lines += ["", "## Privacy", "", card["privacy"], "", _dp_line(card["differential_privacy"])]
+    lines += ["", "## Lineage", ""]
     lines += [f"- {k}: {v}" for k, v in card["lineage"].items()]
     return "\n".join(lines) + "\n", card
 
@@ -283,7 +315,9 @@ def publish_round(
     domain = hosted_domain(reports, calibrations)
     metrics = _metrics(manifest.valid_summary, evals)
     version = registry.next_version(name)
-    card_md, card_json = model_card(name, version, spec, reports, metrics, calibration, domain)
+    card_md, card_json = model_card(
+        name, version, spec, reports, metrics, calibration, domain, dp=_dp_of(manifest)
+    )
     files = {
         "model.safetensors": save_weights(arrays),
         "spec.json": dumps(spec.model_dump(mode="json")),
