@@ -52,7 +52,11 @@ def _free_port() -> int:
 
 
 def start_service(
-    published: Published, base: Path, max_batch: int = 50
+    published: Published,
+    base: Path,
+    max_batch: int = 50,
+    key_file: Path | None = None,
+    wait_for: str = "/v2/health/ready",
 ) -> tuple[Service, subprocess.Popen[bytes]]:
     tokens = {who: f"token-of-{who}-{os.urandom(8).hex()}" for who in TOKENS}
     entries = [
@@ -67,7 +71,7 @@ def start_service(
         "--registry",
         str(published.out / "registry"),
         "--key-file",
-        str(published.key_file),
+        str(key_file or published.key_file),
         "--tokens",
         str(base / "tokens.yaml"),
         "--port",
@@ -86,7 +90,7 @@ def start_service(
     deadline = time.time() + 90
     while True:
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{wait_for}", timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
@@ -232,7 +236,9 @@ def test_the_open_inference_protocol_v2(service: Service):
     assert httpx.get(f"{service.url}/v2/health/ready").json() == {"ready": True}
     meta = httpx.get(f"{service.url}/v2/models/{NAME}", headers=alice).json()
     assert meta["inputs"] == [{"name": "smiles", "datatype": "BYTES", "shape": [-1]}]
-    assert len(meta["outputs"]) == 12 and meta["versions"] == ["1"]
+    kinds = {o["name"]: o["datatype"] for o in meta["outputs"]}
+    assert meta["versions"] == ["1"] and kinds["status"] == "BYTES"
+    assert sum(kinds.get(t) == "FP64" for t in ("NR-AR", "SR-MMP", "SR-p53")) == 3
     assert httpx.get(f"{service.url}/v2/models/{NAME}/ready", headers=alice).json()["ready"]
     request = {
         "id": "r1",
@@ -252,14 +258,97 @@ def test_the_open_inference_protocol_v2(service: Service):
         headers=alice,
         timeout=60,
     ).json()["rows"]
-    task = meta["outputs"][0]["name"]
+    task = "NR-AR"
     assert out[task]["datatype"] == "FP64"
     np.testing.assert_allclose(out[task]["data"], [r[task] for r in rest])
+    # the metadata lists exactly what infer returns, datatypes included
+    assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [
+        (o["name"], o["datatype"]) for o in res.json()["outputs"]
+    ]
     wrong = {"inputs": [{"name": "smi", "datatype": "BYTES", "shape": [1], "data": ["CCO"]}]}
-    assert (
-        httpx.post(f"{service.url}/v2/models/{NAME}/infer", json=wrong, headers=alice).status_code
-        == 422
+    bad = httpx.post(f"{service.url}/v2/models/{NAME}/infer", json=wrong, headers=alice)
+    assert bad.status_code == 400 and "'smiles'" in bad.json()["error"]  # the protocol's body
+
+
+def _infer(service: Service, body: dict, path: str = f"/v2/models/{NAME}") -> httpx.Response:
+    return httpx.post(
+        f"{service.url}{path}/infer", json=body, headers=service.headers("alice"), timeout=60
     )
+
+
+def test_open_inference_protocol_checks_what_a_client_sends(service: Service):
+    smiles = {"name": "smiles", "datatype": "BYTES", "shape": [2], "data": ["CCO", "c1ccccc1"]}
+    # requested outputs only, in the order asked; an unknown one is refused
+    meta = httpx.get(f"{service.url}/v2/models/{NAME}", headers=service.headers("alice")).json()
+    task = next(o["name"] for o in meta["outputs"] if o["datatype"] == "FP64")
+    res = _infer(service, {"inputs": [smiles], "outputs": [{"name": "status"}, {"name": task}]})
+    assert [o["name"] for o in res.json()["outputs"]] == ["status", task]
+    unknown = _infer(service, {"inputs": [smiles], "outputs": [{"name": "nope"}]})
+    assert unknown.status_code == 400 and "unknown outputs ['nope']" in unknown.json()["error"]
+    # a shape that does not hold its data, an alpha out of range: 400 with the reason
+    ragged = _infer(service, {"inputs": [{**smiles, "shape": [3]}]})
+    assert ragged.status_code == 400 and "shape [3] but 2 elements" in ragged.json()["error"]
+    for alpha in (5, "0.1", True):
+        res = _infer(service, {"inputs": [smiles], "parameters": {"alpha": alpha}})
+        assert res.status_code == 400 and "alpha" in res.json()["error"], alpha
+    # versioned paths: the version the metadata lists, and a clear 404 for one it does not
+    ok = _infer(service, {"inputs": [smiles]}, f"/v2/models/{NAME}/versions/1")
+    assert ok.status_code == 200 and ok.json()["model_version"] == "1"
+    versioned = httpx.get(
+        f"{service.url}/v2/models/{NAME}/versions/1/ready", headers=service.headers("alice")
+    )
+    assert versioned.json() == {"name": NAME, "ready": True}
+    gone = _infer(service, {"inputs": [smiles]}, f"/v2/models/{NAME}/versions/9")
+    assert gone.status_code == 404 and "error" in gone.json()
+    # a malformed body is the protocol's 400 with an error, not FastAPI's 422 detail
+    malformed = _infer(service, {"inputs": "CCO"})
+    assert malformed.status_code == 400 and malformed.json()["error"].startswith("body.inputs")
+
+
+def test_a_huge_smiles_or_body_is_refused_before_it_costs_anything(service: Service):
+    alice = service.headers("alice")
+    url = f"{service.url}/models/{NAME}/predict"
+    huge = "C" * 5000
+    res = httpx.post(url, json={"smiles": ["CCO", huge]}, headers=alice)
+    assert res.status_code == 422 and "positions [1]" in res.json()["detail"]
+    assert huge not in res.text  # never echoed
+    body = b'{"smiles": ["' + b"C" * (9 * 1024 * 1024) + b'"]}'
+    too_big = httpx.post(url, content=body, headers={**alice, "content-type": "application/json"})
+    assert too_big.status_code == 413 and "over 8388608 bytes" in too_big.json()["detail"]
+
+    # streamed without a length: counted as it arrives
+    def chunks() -> Iterator[bytes]:
+        yield b'{"smiles": ["'
+        for _ in range(10):
+            yield b"C" * (1024 * 1024)
+        yield b'"]}'
+
+    streamed = httpx.post(
+        url, content=chunks(), headers={**alice, "content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
+    # and the service still answers
+    assert httpx.post(url, json={"smiles": ["CCO"]}, headers=alice, timeout=60).status_code == 200
+
+
+def test_readiness_tells_the_truth_about_a_wrong_key(published: Published, tmp_path: Path):
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(os.urandom(32))
+    svc, proc = start_service(published, tmp_path, key_file=wrong, wait_for="/v2/health/live")
+    try:
+        ready = httpx.get(f"{svc.url}/v2/health/ready", timeout=60)
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        assert "reference-set hashes differ" in ready.json()["error"][NAME]
+        res = httpx.post(
+            f"{svc.url}/models/{NAME}/predict",
+            json={"smiles": ["CCO"]},
+            headers=svc.headers("alice"),
+            timeout=60,
+        )
+        assert res.status_code == 503 and "cannot serve" in res.json()["detail"]
+    finally:
+        stop_service(proc)
+    assert proc.poll() is not None
 
 
 def test_the_model_card_and_the_openapi_docs(service: Service):

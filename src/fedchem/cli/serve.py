@@ -155,6 +155,8 @@ def _serve_cmd(args: argparse.Namespace) -> int:
             tokens=read_tokens(Path(args.tokens)),
             site_registries=sites,
             max_batch=args.max_batch,
+            max_smiles_length=args.max_smiles_length,
+            max_body_bytes=args.max_body_bytes,
             audit_path=Path(args.audit_log) if args.audit_log else None,
         )
     except (ValueError, OSError) as exc:
@@ -250,6 +252,12 @@ def add_serving_commands(sub: Any) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-batch", type=int, default=1000, help="molecules per request at most")
+    s.add_argument(
+        "--max-smiles-length", type=int, default=1000, help="characters per SMILES at most (422)"
+    )
+    s.add_argument(
+        "--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request body at most (413)"
+    )
     s.add_argument("--audit-log", help="JSON lines: who asked what (SMILES as keyed hashes)")
     s.set_defaults(func=_serve_cmd)
 

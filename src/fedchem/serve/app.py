@@ -39,10 +39,13 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedchem.federation.consistency import ConsistencyError
 from fedchem.registry.store import ModelRef, Registry, RegistryError
 from fedchem.serve.predictor import Predictor
 
@@ -76,6 +79,10 @@ class ServiceConfig:
     """sha256 of a token -> what it grants"""
     site_registries: Mapping[str, Registry] = field(default_factory=dict)
     max_batch: int = 1000
+    max_smiles_length: int = 1000
+    """characters in one SMILES at most (a longer one is refused, 422, and never echoed)"""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """bytes in one request body at most (413); read as it arrives, never buffered past it"""
     audit_path: Path | None = None
     audit_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
@@ -139,7 +146,70 @@ class InferRequest(BaseModel):
 
     id: str | None = None
     inputs: list[InferTensor] = Field(min_length=1)
+    outputs: list[dict[str, Any]] | None = None
+    """the output tensors wanted, by name (all when absent)"""
     parameters: dict[str, Any] | None = None
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose body passes ``limit`` bytes is answered 413 as soon as
+    it does (by its ``Content-Length``, or while it streams in), before any handler reads it."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(scope, send, self.limit)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge(self.limit)
+            return message
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(scope, send, self.limit)
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised while the body streams in; an HTTPException so that FastAPI's body parsing
+    passes it on (it answers 400 to any other error) and the handlers answer 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over {limit} bytes")
+
+
+async def _too_large(scope: Any, send: Any, limit: int) -> None:
+    detail = f"the request body is over {limit} bytes"
+    key = "error" if str(scope.get("path", "")).startswith("/v2/") else "detail"
+    body = json.dumps({key: detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -188,6 +258,22 @@ class _Models:
                 )
             return self._cache[key]
 
+    def problems(self) -> dict[str, str] | None:
+        """Why a served model cannot be served (empty: all can); None: none to serve. Models
+        already loaded are not loaded again."""
+        served = [
+            n for n in self.cfg.registry.models() if "production" in self.cfg.registry.aliases(n)
+        ]
+        if not served:
+            return None
+        out = {}
+        for name in served:
+            try:
+                self.get(ModelRef.parse(f"{name}@production"), None)
+            except (RegistryError, ConsistencyError, OSError, ValueError) as exc:
+                out[name] = str(exc)
+        return out
+
 
 def create_app(cfg: ServiceConfig) -> FastAPI:
     """The service over ``cfg`` (see the module docstring)."""
@@ -199,6 +285,22 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         version="1",
     )
     app.state.config = cfg
+    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Open Inference Protocol v2 errors are {"error": ...}; the rest FastAPI's {"detail"}
+        key = "error" if request.url.path.startswith("/v2/") else "detail"
+        return JSONResponse({key: exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path.startswith("/v2/"):
+            first = exc.errors()[0] if exc.errors() else {}
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, 400)
+        return JSONResponse({"detail": jsonable_encoder(exc.errors())}, 422)
+
     models = _Models(cfg)
     audit = AuditLog(cfg.audit_path, cfg.audit_key)
 
@@ -213,6 +315,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             return models.get(ModelRef.parse(f"{name}{ref or '@production'}"), site)
         except RegistryError as exc:
             raise HTTPException(404, str(exc)) from exc
+        except ConsistencyError as exc:  # the service's set-up, not the caller: say so
+            raise HTTPException(503, f"this service cannot serve {name}: {exc}") from exc
 
     def run(
         p: Predictor,
@@ -226,6 +330,13 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             raise HTTPException(413, f"{len(smiles)} molecules; at most {cfg.max_batch} a request")
         if ids is not None and len(ids) != len(smiles):
             raise HTTPException(422, f"{len(ids)} ids for {len(smiles)} SMILES")
+        long = [i for i, s in enumerate(smiles) if len(s) > cfg.max_smiles_length]
+        if long:
+            raise HTTPException(
+                422,
+                f"SMILES at positions {long[:10]}{' ...' if len(long) > 10 else ''} (0-based) "
+                f"are over {cfg.max_smiles_length} characters",
+            )
         start = time.perf_counter()
         table = p.predict(smiles, ids, alpha)
         n_err = int((table["status"] != "ok").sum())
@@ -236,9 +347,17 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     def live() -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["health"])
-    def ready() -> dict[str, bool]:
-        return {"ready": bool(cfg.registry.models())}
+    @app.get("/v2/health/ready", tags=["health"], response_model=None)
+    def ready() -> dict[str, Any] | JSONResponse:
+        """Ready only when every served model (each with a ``production`` alias) loads and
+        featurizes its reference set with this service's key as training did; 503 with the
+        reasons otherwise (a wrong key, a broken registry)."""
+        problems = models.problems()
+        if problems is None:
+            return JSONResponse({"ready": False, "error": "no model to serve"}, status_code=503)
+        if problems:
+            return JSONResponse({"ready": False, "error": problems}, status_code=503)
+        return {"ready": True}
 
     @app.get("/models", tags=["registry"])
     def list_models(g: Grant) -> list[dict[str, Any]]:
@@ -315,43 +434,86 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         table = run(p, g.name, frame[smiles_col].tolist(), ids, alpha, "predict.csv")
         return PlainTextResponse(table.to_csv(index=False), media_type="text/csv")
 
+    columns_of: dict[tuple[str, int, str | None], list[dict[str, Any]]] = {}
+
+    def output_columns(p: Predictor) -> list[dict[str, Any]]:
+        """Every output tensor ``infer`` returns, with its datatype: read off a prediction of
+        methane (the table's columns do not depend on the molecules)."""
+        key = (p.name, p.version, p.site)
+        if key not in columns_of:
+            table = p.predict(["C"], None, None)
+            columns_of[key] = [
+                {
+                    "name": col,
+                    "datatype": "FP64" if pd.api.types.is_numeric_dtype(table[col]) else "BYTES",
+                    "shape": [-1],
+                }
+                for col in table.columns
+            ]
+        return columns_of[key]
+
+    def oip_ref(version: str | None) -> str | None:
+        if version is None:
+            return None
+        if not version.isdigit():
+            raise HTTPException(400, f"version {version!r}: a version is a number")
+        return f":{version}"
+
     @app.get("/v2/models/{name}", tags=["open inference protocol v2"])
-    def oip_metadata(name: str, g: Grant) -> dict[str, Any]:
+    @app.get("/v2/models/{name}/versions/{version}", tags=["open inference protocol v2"])
+    def oip_metadata(name: str, g: Grant, version: str | None = None) -> dict[str, Any]:
         allowed(g, name)
-        p = predictor(name, None, None)
-        outputs = []
-        for t in p.spec.tasks:
-            if t.name in p.tasks:
-                outputs.append({"name": t.name, "datatype": "FP64", "shape": [-1]})
+        p = predictor(name, oip_ref(version), None)
         return {
             "name": name,
             "versions": [str(v) for v in cfg.registry.versions(name)],
             "platform": "fedchem",
             "inputs": [{"name": "smiles", "datatype": "BYTES", "shape": [-1]}],
-            "outputs": outputs,
+            "outputs": output_columns(p),
         }
 
     @app.get("/v2/models/{name}/ready", tags=["open inference protocol v2"])
-    def oip_ready(name: str, g: Grant) -> dict[str, Any]:
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["open inference protocol v2"])
+    def oip_ready(name: str, g: Grant, version: str | None = None) -> dict[str, Any]:
         allowed(g, name)
-        predictor(name, None, None)
+        predictor(name, oip_ref(version), None)
         return {"name": name, "ready": True}
 
     @app.post("/v2/models/{name}/infer", tags=["open inference protocol v2"])
-    def oip_infer(name: str, body: InferRequest, g: Grant) -> dict[str, Any]:
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["open inference protocol v2"])
+    def oip_infer(
+        name: str, body: InferRequest, g: Grant, version: str | None = None
+    ) -> dict[str, Any]:
         allowed(g, name)
         by_name = {t.name: t for t in body.inputs}
         if "smiles" not in by_name or by_name["smiles"].datatype != "BYTES":
-            raise HTTPException(422, "an input tensor named 'smiles' of datatype BYTES is needed")
+            raise HTTPException(400, "an input tensor named 'smiles' of datatype BYTES is needed")
+        for t in body.inputs:
+            if int(np.prod(t.shape)) != len(t.data):
+                raise HTTPException(
+                    400, f"input {t.name!r}: shape {t.shape} but {len(t.data)} elements"
+                )
         smiles = [str(s) for s in by_name["smiles"].data]
         ids = [str(i) for i in by_name["ids"].data] if "ids" in by_name else None
         params = body.parameters or {}
-        p = predictor(name, params.get("ref"), params.get("site"))
-        if params.get("site") is not None:
-            allowed(g, name, params["site"])
-        table = run(p, g.name, smiles, ids, params.get("alpha"), "v2/infer")
+        alpha = params.get("alpha")
+        if alpha is not None and (
+            isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1
+        ):
+            raise HTTPException(400, f"parameters.alpha {alpha!r}: a number between 0 and 1")
+        site = params.get("site")
+        if site is not None:
+            allowed(g, name, site)
+        ref = oip_ref(version) or params.get("ref")
+        p = predictor(name, ref, site)
+        known = [c["name"] for c in output_columns(p)]
+        wanted = [o.get("name") for o in body.outputs] if body.outputs else known
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            raise HTTPException(400, f"unknown outputs {unknown}; this model has {known}")
+        table = run(p, g.name, smiles, ids, alpha, "v2/infer")
         outputs = []
-        for col in table.columns:
+        for col in wanted:
             values = table[col]
             numeric = pd.api.types.is_numeric_dtype(values)
             data = [None if (numeric and not np.isfinite(v)) else v for v in values.tolist()]
