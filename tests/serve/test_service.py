@@ -302,7 +302,7 @@ def test_open_inference_protocol_checks_what_a_client_sends(service: Service):
     assert gone.status_code == 404 and "error" in gone.json()
     # a malformed body is the protocol's 400 with an error, not FastAPI's 422 detail
     malformed = _infer(service, {"inputs": "CCO"})
-    assert malformed.status_code == 400 and malformed.json()["error"].startswith("body.inputs")
+    assert malformed.status_code == 400 and malformed.json()["error"].startswith("inputs")
 
 
 def test_a_huge_smiles_or_body_is_refused_before_it_costs_anything(service: Service):
@@ -380,3 +380,41 @@ def test_the_audit_log_knows_who_asked_what_but_no_smiles(service: Service, publ
     for s in [*smiles, *published.test_smiles]:
         if len(s) >= 6:
             assert s not in logged, "a SMILES reached a log"
+
+
+def test_a_stock_triton_client_runs_a_prediction(service: Service):
+    """NVIDIA's ``tritonclient.http`` as a lab tool would use it, untouched: no Content-Type,
+    binary tensors by default, errors decoded from the protocol's ``{"error": ...}``."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(url=service.url.removeprefix("http://"))
+    auth = service.headers("alice")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.get_server_metadata()["name"] == "fedchem"
+    meta = client.get_model_metadata(NAME, headers=auth)
+    assert [i["name"] for i in meta["inputs"]] == ["smiles"]
+    smiles = np.array([b"CCO", b"c1ccccc1O", b"not a smiles"], dtype=np.object_)
+    rest = httpx.post(
+        f"{service.url}/models/{NAME}/predict",
+        json={"smiles": [s.decode() for s in smiles]},
+        headers=auth,
+        timeout=60,
+    ).json()["rows"]
+    for binary in (True, False):
+        tensor = triton.InferInput("smiles", [3], "BYTES")
+        tensor.set_data_from_numpy(smiles, binary_data=binary)
+        wanted = [triton.InferRequestedOutput(n, binary_data=False) for n in ("NR-AR", "status")]
+        result = client.infer(NAME, [tensor], outputs=wanted, headers=dict(auth))  # it adds to it
+        got = result.as_numpy("NR-AR")
+        np.testing.assert_allclose(got[:2], [r["NR-AR"] for r in rest[:2]])
+        assert np.isnan(got[2])  # the row that could not be predicted
+        assert [s.decode() if isinstance(s, bytes) else s for s in result.as_numpy("status")] == [
+            r["status"] for r in rest
+        ]
+    with pytest.raises(InferenceServerException, match="unknown outputs"):
+        client.infer(
+            NAME, [tensor], outputs=[triton.InferRequestedOutput("nope")], headers=dict(auth)
+        )
+    with pytest.raises(InferenceServerException, match="may not use model"):
+        client.get_model_metadata(NAME, headers=service.headers("bob"))

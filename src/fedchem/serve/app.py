@@ -39,11 +39,12 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedchem.federation.consistency import ConsistencyError
 from fedchem.registry.store import ModelRef, Registry, RegistryError
@@ -138,7 +139,9 @@ class InferTensor(BaseModel):
     name: str
     datatype: str
     shape: list[int]
-    data: list[Any]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+    """``binary_data_size``: the tensor's bytes follow the JSON (the binary extension)"""
 
 
 class InferRequest(BaseModel):
@@ -210,6 +213,55 @@ async def _too_large(scope: Any, send: Any, limit: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("fedchem")
+
+
+def _bytes_elements(blob: bytes, name: str) -> list[str]:
+    out, at = [], 0
+    while at < len(blob):
+        if at + 4 > len(blob):
+            raise HTTPException(400, f"input {name!r}: a truncated BYTES element")
+        n = int.from_bytes(blob[at : at + 4], "little")
+        if at + 4 + n > len(blob):
+            raise HTTPException(400, f"input {name!r}: a truncated BYTES element")
+        try:
+            out.append(blob[at + 4 : at + 4 + n].decode())
+        except UnicodeDecodeError as exc:
+            raise HTTPException(400, f"input {name!r}: an element is not UTF-8") from exc
+        at += 4 + n
+    return out
+
+
+def _infer_request(raw: bytes, headers: Mapping[str, str]) -> InferRequest:
+    """An OIP v2 inference request from its body: JSON, or a JSON header and binary tensors."""
+    size = headers.get("inference-header-content-length")
+    if size is not None and (not size.isdigit() or int(size) > len(raw)):
+        raise HTTPException(400, f"Inference-Header-Content-Length {size!r} does not fit the body")
+    head, rest = (raw[: int(size)], raw[int(size) :]) if size else (raw, b"")
+    try:
+        body = InferRequest.model_validate_json(head)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "body"
+        raise HTTPException(400, f"{where}: {first['msg']}") from exc
+    inputs = []
+    for t in body.inputs:
+        binary = (t.parameters or {}).get("binary_data_size")
+        if binary is None:
+            inputs.append(t)
+            continue
+        if t.datatype != "BYTES":
+            raise HTTPException(400, f"input {t.name!r}: binary data is read for BYTES only")
+        if not isinstance(binary, int) or binary < 0 or binary > len(rest):
+            raise HTTPException(400, f"input {t.name!r}: binary_data_size {binary!r} too large")
+        inputs.append(t.model_copy(update={"data": _bytes_elements(rest[:binary], t.name)}))
+        rest = rest[binary:]
+    return body.model_copy(update={"inputs": inputs})
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -479,22 +531,37 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         predictor(name, oip_ref(version), None)
         return {"name": name, "ready": True}
 
+    @app.get("/v2", tags=["open inference protocol v2"])
+    def oip_server() -> dict[str, Any]:
+        return {"name": "fedchem", "version": _version(), "extensions": ["binary_tensor_data"]}
+
     @app.post("/v2/models/{name}/infer", tags=["open inference protocol v2"])
     @app.post("/v2/models/{name}/versions/{version}/infer", tags=["open inference protocol v2"])
-    def oip_infer(
+    async def oip_infer(
+        name: str, request: Request, g: Grant, version: str | None = None
+    ) -> dict[str, Any]:
+        """JSON (whatever the Content-Type says: stock clients send none) or the binary tensor
+        extension (``Inference-Header-Content-Length``: BYTES elements as 4-byte little-endian
+        lengths and bytes after the JSON header); answered in JSON."""
+        allowed(g, name)
+        body = _infer_request(await request.body(), request.headers)
+        return await run_in_threadpool(infer_sync, name, body, g, version)
+
+    def infer_sync(
         name: str, body: InferRequest, g: Grant, version: str | None = None
     ) -> dict[str, Any]:
-        allowed(g, name)
         by_name = {t.name: t for t in body.inputs}
         if "smiles" not in by_name or by_name["smiles"].datatype != "BYTES":
             raise HTTPException(400, "an input tensor named 'smiles' of datatype BYTES is needed")
         for t in body.inputs:
+            if t.data is None:
+                raise HTTPException(400, f"input {t.name!r} has no data")
             if int(np.prod(t.shape)) != len(t.data):
                 raise HTTPException(
                     400, f"input {t.name!r}: shape {t.shape} but {len(t.data)} elements"
                 )
-        smiles = [str(s) for s in by_name["smiles"].data]
-        ids = [str(i) for i in by_name["ids"].data] if "ids" in by_name else None
+        smiles = [str(s) for s in by_name["smiles"].data or []]
+        ids = [str(i) for i in by_name["ids"].data or []] if "ids" in by_name else None
         params = body.parameters or {}
         alpha = params.get("alpha")
         if alpha is not None and (
