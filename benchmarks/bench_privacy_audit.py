@@ -239,6 +239,30 @@ def local_only(sites: Sites, config: FederationConfig) -> dict[str, float]:
     return out
 
 
+def print_table(results: dict[str, list[dict[str, Any]]], local: dict[str, float]) -> None:
+    cols = " | ".join(local)
+    print(
+        f"\n| setting | mean ROC-AUC (mean ± sd over seeds) | {cols} | sites ≥ local-only "
+        "(worst seed) | MIA loss TPR@1%FPR (worst site) | MIA shadow TPR@1%FPR (worst site) | "
+        "column attack precision (prior) |"
+    )
+    print("|---" * (6 + len(local)) + "|")
+    for name, runs in results.items():
+        means = [np.mean(list(r["auc"].values())) for r in runs]
+        per_site = " | ".join(f"{np.mean([r['auc'][s] for r in runs]):.3f}" for s in local)
+        beat = min(sum(r["auc"][s] >= local[s] for s in local) for r in runs)
+        attack = "— | — | —"
+        if "loss_tpr" in runs[0]:
+            loss = max(max(r["loss_tpr"].values()) for r in runs)
+            shadow = max(max(r["shadow_tpr"].values()) for r in runs)
+            col = np.mean([r["column_precision"] for r in runs])
+            attack = f"{loss:.3f} | {shadow:.3f} | {col:.3f} ({runs[0]['present_share']:.3f})"
+        print(
+            f"| {name} | {np.mean(means):.4f} ± {np.std(means):.4f} (n={len(runs)}) | "
+            f"{per_site} | {beat}/{len(local)} | {attack} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -292,23 +316,7 @@ def main() -> None:
                         f"{got['present_share']:.3f})",
                         flush=True,
                     )
-        print(
-            "\n| setting | mean ROC-AUC (seeds: mean ± sd) | sites ≥ local-only | "
-            "MIA loss TPR@1%FPR (worst site) | MIA shadow TPR@1%FPR (worst site) | "
-            "column attack precision (share present) |"
-        )
-        print("|---|---|---|---|---|---|")
-        for name, runs in results.items():
-            means = [np.mean(list(r["auc"].values())) for r in runs]
-            beat = [sum(r["auc"][s] >= local[s] for s in local) for r in runs]
-            loss = max(max(r["loss_tpr"].values()) for r in runs)
-            shadow = max(max(r["shadow_tpr"].values()) for r in runs)
-            col = np.mean([r["column_precision"] for r in runs])
-            share = runs[0]["present_share"]
-            print(
-                f"| {name} | {np.mean(means):.4f} ± {np.std(means):.4f} (n={len(runs)}) | "
-                f"{min(beat)}/{len(local)} | {loss:.3f} | {shadow:.3f} | {col:.3f} ({share:.3f}) |"
-            )
+        print_table(results, local)
         print(f"local-only mean ROC-AUC {np.mean(list(local.values())):.4f} {local}")
 
 
