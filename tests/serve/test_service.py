@@ -418,3 +418,62 @@ def test_a_stock_triton_client_runs_a_prediction(service: Service):
         )
     with pytest.raises(InferenceServerException, match="may not use model"):
         client.get_model_metadata(NAME, headers=service.headers("bob"))
+
+
+def test_tokens_are_appended_revoked_and_expire_without_a_restart(
+    published: Published, tmp_path: Path, capsys
+):
+    from fedchem.cli import main as cli_main
+    from fedchem.cli.serve import read_tokens
+
+    # `fedchem token new >> tokens.yaml` twice: both users keep access
+    tokens_file = tmp_path / "appended.yaml"
+    secrets_of = {}
+    for who in ("carol", "dave"):
+        assert cli_main(["token", "new", "--name", who, "--models", NAME]) == 0
+        out, err = capsys.readouterr()
+        secrets_of[who] = err.rsplit(": ", 1)[1].strip()
+        with open(tokens_file, "a") as fh:
+            fh.write(out)
+    assert sorted(g.name for g in read_tokens(tokens_file).values()) == ["carol", "dave"]
+    # the old format appended twice: an error, not the last section silently winning
+    twice = tmp_path / "twice.yaml"
+    one = yaml.safe_dump({"tokens": [{"name": "x", "token": "a", "models": ["*"]}]})
+    twice.write_text(one + one.replace("a\n", "b\n").replace("x", "y"))
+    with pytest.raises(ValueError, match="2 'tokens:' sections"):
+        read_tokens(twice)
+    same = tmp_path / "same.yaml"
+    same.write_text(yaml.safe_dump([{"name": "x", "token": "a", "models": ["*"]}] * 2))
+    with pytest.raises(ValueError, match="repeats the token of 'x'"):
+        read_tokens(same)
+
+    svc, proc = start_service(published, tmp_path)
+    try:
+        listing = f"{svc.url}/models"
+        assert httpx.get(listing, headers=svc.headers("alice")).status_code == 200
+        doc = yaml.safe_load((tmp_path / "tokens.yaml").read_text())
+        kept = [e for e in doc["tokens"] if e["name"] != "alice"]  # alice revoked
+        kept.append({"name": "erin", "token": "erin-secret", "models": ["*"]})  # erin added
+        kept.append(
+            {
+                "name": "old",
+                "token": "old-secret",
+                "models": ["*"],
+                "expires": "2020-01-01T00:00:00Z",
+            }
+        )
+        (tmp_path / "tokens.yaml").write_text(yaml.safe_dump(kept))
+        time.sleep(0.05)  # a new modification time
+        gone = httpx.get(listing, headers=svc.headers("alice"))
+        assert gone.status_code == 401 and gone.json()["detail"] == "unknown token"
+        erin = httpx.get(listing, headers={"Authorization": "Bearer erin-secret"})
+        assert erin.status_code == 200
+        old = httpx.get(listing, headers={"Authorization": "Bearer old-secret"})
+        assert old.status_code == 401 and "expired" in old.json()["detail"]
+        # a broken edit keeps the last valid grants instead of locking everyone out
+        (tmp_path / "tokens.yaml").write_text("tokens: [unclosed\n")
+        still = httpx.get(listing, headers={"Authorization": "Bearer erin-secret"})
+        assert still.status_code == 200
+    finally:
+        stop_service(proc)
+    assert proc.poll() is not None

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import secrets
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fedchem.registry.store import ModelRef, Registry, RegistryError
+
+_log = logging.getLogger("fedchem.serve")
 
 __all__ = ["add_serving_commands", "read_tokens"]
 
@@ -120,21 +124,69 @@ def _predict_cmd(args: argparse.Namespace) -> int:
 
 
 def read_tokens(path: Path) -> dict[str, Any]:
-    """``tokens.yaml`` -> {sha256: TokenGrant}; entries hold a token's sha256 (or, for a
-    local trial, the token itself), its holder's name, models and sites."""
+    """``tokens.yaml`` -> {sha256: TokenGrant}: a list of entries (what ``fedchem token new``
+    prints, so that ``>>`` appends), or ``tokens:`` over that list; each holds a token's sha256
+    (or, for a local trial, the token itself), its holder's name, models, sites and optional
+    ``expires`` (ISO time). Two ``tokens:`` sections (the last would silently win) are an
+    error, and so is one token twice."""
     from fedchem.serve.app import TokenGrant, hash_token
 
-    doc = yaml.safe_load(path.read_text()) or {}
-    out = {}
-    for i, entry in enumerate(doc.get("tokens", [])):
+    text = path.read_text()
+    sections = sum(1 for line in text.splitlines() if line.startswith("tokens:"))
+    if sections > 1:
+        raise ValueError(
+            f"{path}: {sections} 'tokens:' sections (only the last would count); make it one "
+            "list (fedchem token new now prints list entries that >> appends)"
+        )
+    doc = yaml.safe_load(text) or []
+    entries = doc.get("tokens", []) if isinstance(doc, dict) else doc
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: a list of token entries is expected")
+    out: dict[str, Any] = {}
+    for i, entry in enumerate(entries):
         entry = dict(entry)
         sha = entry.pop("token_sha256", None) or (
             hash_token(entry.pop("token")) if "token" in entry else None
         )
         if sha is None:
-            raise ValueError(f"{path}: tokens[{i}] has neither token_sha256 nor token")
+            raise ValueError(f"{path}: entry {i} has neither token_sha256 nor token")
+        if str(sha) in out:
+            raise ValueError(f"{path}: entry {i} repeats the token of {out[str(sha)].name!r}")
         out[str(sha)] = TokenGrant.model_validate(entry)
     return out
+
+
+class TokenFile(Mapping[str, Any]):
+    """The grants of a tokens file, read again when the file changes: a token added, revoked
+    (removed) or expired takes effect without a restart. A file that turns invalid keeps the
+    last valid grants (and says so in the log) rather than locking everyone out."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp = self._stat()
+        self._grants = read_tokens(path)
+
+    def _stat(self) -> tuple[int, int]:
+        st = self.path.stat()
+        return st.st_mtime_ns, st.st_size
+
+    def _current(self) -> dict[str, Any]:
+        try:
+            stamp = self._stat()
+            if stamp != self._stamp:
+                self._grants, self._stamp = read_tokens(self.path), stamp
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            _log.warning("tokens file %s not reloaded: %s", self.path, exc)
+        return self._grants
+
+    def __getitem__(self, key: str) -> Any:
+        return self._current()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
 
 
 def _serve_cmd(args: argparse.Namespace) -> int:
@@ -152,7 +204,7 @@ def _serve_cmd(args: argparse.Namespace) -> int:
         cfg = ServiceConfig(
             registry=_registry(args),
             key=key,
-            tokens=read_tokens(Path(args.tokens)),
+            tokens=TokenFile(Path(args.tokens)),
             site_registries=sites,
             max_batch=args.max_batch,
             max_smiles_length=args.max_smiles_length,
@@ -177,7 +229,9 @@ def _token_cmd(args: argparse.Namespace) -> int:
         "sites": args.sites or [],
     }
     print(f"token (give it to {args.name}; it is shown once): {token}", file=sys.stderr)
-    print(yaml.safe_dump({"tokens": [entry]}, sort_keys=False).rstrip())
+    if args.expires:
+        entry["expires"] = args.expires
+    print(yaml.safe_dump([entry], sort_keys=False).rstrip())
     return 0
 
 
@@ -276,5 +330,6 @@ def add_serving_commands(sub: Any) -> None:
     t.add_argument("action", choices=["new"])
     t.add_argument("--name", required=True, help="whose token")
     t.add_argument("--models", nargs="+", required=True, help="model names, or '*'")
+    t.add_argument("--expires", help="ISO time after which the token is refused (401)")
     t.add_argument("--sites", nargs="*", help="sites whose private heads it may use")
     t.set_defaults(func=_token_cmd)

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,6 +69,7 @@ class TokenGrant(BaseModel):
     name: str
     models: list[str] = Field(description="model names, or ['*'] for every model")
     sites: list[str] = Field(default_factory=list, description="sites whose private heads")
+    expires: datetime | None = Field(None, description="refused after this time (401)")
 
 
 @dataclass
@@ -276,6 +278,10 @@ def _grant(
     found = request.app.state.config.tokens.get(hash_token(creds.credentials))
     if found is None:
         raise HTTPException(401, "unknown token", {"WWW-Authenticate": "Bearer"})
+    if found.expires is not None:
+        expires = found.expires if found.expires.tzinfo else found.expires.replace(tzinfo=UTC)
+        if expires <= datetime.now(UTC):
+            raise HTTPException(401, "this token has expired", {"WWW-Authenticate": "Bearer"})
     return found
 
 
