@@ -477,3 +477,19 @@ def test_tokens_are_appended_revoked_and_expire_without_a_restart(
     finally:
         stop_service(proc)
     assert proc.poll() is not None
+
+
+def test_a_token_learns_nothing_about_sites_it_may_not_use(service: Service):
+    """Held or not, a site outside the token's grant is the same 403, on every route."""
+    smiles = {"name": "smiles", "datatype": "BYTES", "shape": [1], "data": ["CCO"]}
+    answers = []
+    for site in ("site-b", "no-such-site"):  # the service holds site-b's registry
+        oip = _infer(service, {"inputs": [smiles], "parameters": {"site": site}})
+        rest = httpx.post(
+            f"{service.url}/models/{NAME}/predict?site={site}",
+            json={"smiles": ["CCO"]},
+            headers=service.headers("alice"),
+        )
+        answers.append((oip.status_code, oip.json()["error"].replace(site, "S")))
+        answers.append((rest.status_code, rest.json()["detail"].replace(site, "S")))
+    assert answers[:2] == answers[2:] and {a[0] for a in answers} == {403}
