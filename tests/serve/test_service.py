@@ -493,3 +493,24 @@ def test_a_token_learns_nothing_about_sites_it_may_not_use(service: Service):
         answers.append((oip.status_code, oip.json()["error"].replace(site, "S")))
         answers.append((rest.status_code, rest.json()["detail"].replace(site, "S")))
     assert answers[:2] == answers[2:] and {a[0] for a in answers} == {403}
+
+
+def test_an_upload_reads_as_the_cli_reads(service: Service):
+    """One reader: a MOSES-style ``SMILES`` header, ids by line number (1-based) without an id
+    column, a ragged line kept as a row with its error, a missing id column named."""
+    url = f"{service.url}/models/{NAME}/predict.csv"
+    headers = {**service.headers("alice"), "Content-Type": "text/csv"}
+    res = httpx.post(
+        url,
+        content=b"SMILES,SPLIT\nCCO,train\nc1ccccc1O,test,extra\nCCN,test\n",
+        headers=headers,
+        timeout=60,
+    )
+    assert res.status_code == 200, res.text
+    table = pd.read_csv(io.StringIO(res.text), keep_default_na=False)
+    assert table["id"].astype(str).tolist() == ["1", "2", "3"]
+    assert table["status"].tolist() == ["ok", "error", "ok"]
+    assert "fields" in table["error"][1]
+    no_id = httpx.post(f"{url}?id_col=compound", content=b"smiles\nCCO\n", headers=headers)
+    assert no_id.status_code == 422 and "no column 'compound'" in no_id.json()["detail"]
+    assert "upload.csv" not in no_id.text

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 import logging
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedchem.federation.consistency import ConsistencyError
 from fedchem.registry.store import ModelRef, Registry, RegistryError
+from fedchem.serve.batch import mark_unread, read_input
 from fedchem.serve.predictor import Predictor
 
 __all__ = ["AuditLog", "ServiceConfig", "TokenGrant", "create_app", "hash_token"]
@@ -481,15 +482,16 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     ) -> PlainTextResponse:
         allowed(g, name, site)
         raw = await file.read() if file is not None else await request.body()
-        try:
-            frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise HTTPException(422, f"not a CSV: {exc}") from exc
-        if smiles_col not in frame.columns:
-            raise HTTPException(422, f"no column {smiles_col!r} (columns: {list(frame.columns)})")
-        ids = frame[id_col].tolist() if id_col and id_col in frame.columns else None
+        with tempfile.TemporaryDirectory() as tmp:  # the CLI's reader: one set of rules
+            upload = Path(tmp) / "upload.csv"
+            upload.write_bytes(raw)
+            try:
+                ids, smiles, errors = read_input(upload, smiles_col, id_col)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise HTTPException(422, str(exc).replace(str(upload), "the upload")) from exc
         p = predictor(name, ref, site)
-        table = run(p, g.name, frame[smiles_col].tolist(), ids, alpha, "predict.csv")
+        table = run(p, g.name, smiles, ids, alpha, "predict.csv")
+        mark_unread(table, errors)
         return PlainTextResponse(table.to_csv(index=False), media_type="text/csv")
 
     columns_of: dict[tuple[str, int, str | None], list[dict[str, Any]]] = {}

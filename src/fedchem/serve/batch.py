@@ -12,10 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedchem.contracts.validate import MALFORMED, read_table
+import pandas as pd
+
+from fedchem.contracts.validate import MALFORMED, RAW_LINE, read_table
 from fedchem.serve.predictor import Predictor
 
-__all__ = ["ScoredFile", "predict_file", "read_input"]
+__all__ = ["ScoredFile", "mark_unread", "predict_file", "read_input"]
 
 
 @dataclass(frozen=True)
@@ -25,15 +27,29 @@ class ScoredFile:
     output: Path
 
 
+def _column(columns: list[str], wanted: str, where: object) -> str:
+    """``wanted``, or its one case-insensitive match (MOSES writes ``SMILES``)."""
+    if wanted in columns:
+        return wanted
+    matches = [c for c in columns if c.lower() == wanted.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    shown = [c for c in columns if c not in ("source_row", MALFORMED, RAW_LINE)]
+    raise ValueError(f"{where}: no column {wanted!r} (columns: {shown})")
+
+
 def read_input(
     path: Path, smiles_col: str, id_col: str | None
 ) -> tuple[list[str], list[str], list[str]]:
-    """(ids, SMILES, read errors) of every line of an input CSV, in order."""
+    """(ids, SMILES, read errors) of every line of an input CSV, in order: the one reader of
+    ``fedchem predict``, the batch flow and the service's CSV upload. Column names match
+    without regard to case; without an id column a row's id is its 1-based line number after
+    the header; a line that is not one record is a row with its error."""
     table = read_table(path)
-    if smiles_col not in table.columns:
-        raise ValueError(f"{path}: no column {smiles_col!r} (columns: {list(table.columns)})")
-    if id_col is not None and id_col not in table.columns:
-        raise ValueError(f"{path}: no column {id_col!r}")
+    columns = [str(c) for c in table.columns]
+    smiles_col = _column(columns, smiles_col, path)
+    if id_col is not None:
+        id_col = _column(columns, id_col, path)
     smiles = ["" if v is None else str(v) for v in table[smiles_col]]
     if id_col is not None:
         ids = ["" if v is None else str(v) for v in table[id_col]]
@@ -41,6 +57,14 @@ def read_input(
         ids = [str(i + 1) for i in range(len(table))]
     errors = ["" if f is None else str(f) for f in table[MALFORMED]]
     return ids, smiles, errors
+
+
+def mark_unread(table: pd.DataFrame, errors: list[str]) -> None:
+    """A line that could not be read keeps its row: its error, no prediction from it."""
+    for i, why in enumerate(errors):
+        if why:
+            table.loc[i, ["status", "error"]] = ["error", why]
+            table.loc[i, table.columns[5:]] = None
 
 
 def predict_file(
@@ -63,10 +87,7 @@ def predict_file(
         for start in range(0, max(len(smiles), 1), chunk_rows):
             end = min(start + chunk_rows, len(smiles))
             table = predictor.predict(smiles[start:end], ids[start:end], alpha, n_workers)
-            for i, why in enumerate(errors[start:end]):
-                if why:  # a line that could not be read: its error, no prediction from it
-                    table.loc[i, ["status", "error"]] = ["error", why]
-                    table.loc[i, table.columns[5:]] = None
+            mark_unread(table, errors[start:end])
             n_err += int((table["status"] != "ok").sum())
             table.to_csv(fh, index=False, header=start == 0)
             if progress is not None:
