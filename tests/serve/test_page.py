@@ -88,11 +88,24 @@ def test_a_chemist_pastes_smiles_and_reads_predictions_off_the_page(
     for shown, want in zip(got, api, strict=True):
         if want["status"] == "ok":
             assert float(shown[task]) == pytest.approx(want[task], abs=5e-4)
-            assert shown[f"{task}_set"] == want[f"{task}_set"]
+            words = {"1": "active", "0": "inactive", "0|1": "either", "": "neither"}
+            assert shown[f"{task}_set"] == words[want[f"{task}_set"] or ""]
             assert shown["domain"] == want["domain"]
     assert "molecule(s) predicted, 1 with an error" in driver.find_element(By.ID, "status").text  # type: ignore[attr-defined]
     download = driver.find_element(By.ID, "download")  # type: ignore[attr-defined]
     assert download.is_enabled()
+    legend = driver.find_element(By.ID, "legend").text  # type: ignore[attr-defined]
+    assert "α = 0.1" in legend and "either: the model cannot tell" in legend
+    # a failed request clears the last result and its download
+    Select(driver.find_element(By.ID, "model")).select_by_value(NAME)  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "alpha").clear()  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "alpha").send_keys("5")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "predict").click()  # type: ignore[attr-defined]
+    wait.until(lambda d: "prediction failed" in d.find_element(By.ID, "status").text)
+    assert not driver.find_elements(By.ID, "predictions")  # type: ignore[attr-defined]
+    assert not download.is_enabled()
+    driver.find_element(By.ID, "alpha").clear()  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "alpha").send_keys("0.1")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "show-card").click()  # type: ignore[attr-defined]
     card = wait.until(ec.visibility_of_element_located((By.ID, "card")))
     assert card.text.startswith(f"# {NAME} v1") and "Privacy" in card.text
