@@ -309,14 +309,7 @@ def aggregate_round(
     screened.rejected = {**pre_rejected, **screened.rejected}
     if ledger is not None:
         for m in screened.manifests:
-            ledger.append(
-                "received",
-                round=rnd,
-                subject=m.site,
-                path=m.update_path,
-                sha256=m.update_sha256,
-                refs={m.site: str(m.ledger_sha256)},
-            )
+            ledger.received(rnd, m)
         for site, why in sorted(screened.rejected.items()):
             ledger.append("rejected", round=rnd, subject=site, note=why)
     if len(screened.accepted) < max(quorum, 1):

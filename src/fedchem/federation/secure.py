@@ -79,14 +79,7 @@ def screen_masked(
         assert masked is not None
         out.manifests.append(m)
         out.masked[m.site] = masked
-        ledger.append(
-            "received",
-            round=rnd,
-            subject=m.site,
-            path=m.update_path,
-            sha256=m.update_sha256,
-            refs={m.site: str(m.ledger_sha256)},
-        )
+        ledger.received(rnd, m)
     return out
 
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import logging
 import secrets
-import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -157,6 +157,19 @@ class InferRequest(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+def _error_key(path: str) -> str:
+    """Open Inference Protocol v2 errors are ``{"error": ...}``; the rest FastAPI's
+    ``{"detail": ...}``."""
+    return "error" if path.startswith("/v2/") else "detail"
+
+
+def _first_error(errors: Sequence[Any]) -> str:
+    """A validation failure as one line: where, and what (the first of them)."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(x) for x in first.get("loc", ())) or "body"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
 class BodyLimit:
     """ASGI middleware: a request whose body passes ``limit`` bytes is answered 413 as soon as
     it does (by its ``Content-Length``, or while it streams in), before any handler reads it."""
@@ -206,8 +219,7 @@ class _BodyTooLarge(HTTPException):
 
 async def _too_large(scope: Any, send: Any, limit: int) -> None:
     detail = f"the request body is over {limit} bytes"
-    key = "error" if str(scope.get("path", "")).startswith("/v2/") else "detail"
-    body = json.dumps({key: detail}).encode()
+    body = json.dumps({_error_key(str(scope.get("path", ""))): detail}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -249,9 +261,7 @@ def _infer_request(raw: bytes, headers: Mapping[str, str]) -> InferRequest:
     try:
         body = InferRequest.model_validate_json(head)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "body"
-        raise HTTPException(400, f"{where}: {first['msg']}") from exc
+        raise HTTPException(400, _first_error(exc.errors())) from exc
     inputs = []
     for t in body.inputs:
         binary = (t.parameters or {}).get("binary_data_size")
@@ -348,16 +358,14 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        # Open Inference Protocol v2 errors are {"error": ...}; the rest FastAPI's {"detail"}
-        key = "error" if request.url.path.startswith("/v2/") else "detail"
-        return JSONResponse({key: exc.detail}, exc.status_code, headers=exc.headers)
+        return JSONResponse(
+            {_error_key(request.url.path): exc.detail}, exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         if request.url.path.startswith("/v2/"):
-            first = exc.errors()[0] if exc.errors() else {}
-            where = ".".join(str(x) for x in first.get("loc", ()))
-            return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, 400)
+            return JSONResponse({"error": _first_error(exc.errors())}, 400)
         return JSONResponse({"detail": jsonable_encoder(exc.errors())}, 422)
 
     models = _Models(cfg)
@@ -482,13 +490,10 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     ) -> PlainTextResponse:
         allowed(g, name, site)
         raw = await file.read() if file is not None else await request.body()
-        with tempfile.TemporaryDirectory() as tmp:  # the CLI's reader: one set of rules
-            upload = Path(tmp) / "upload.csv"
-            upload.write_bytes(raw)
-            try:
-                ids, smiles, errors = read_input(upload, smiles_col, id_col)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise HTTPException(422, str(exc).replace(str(upload), "the upload")) from exc
+        try:  # the CLI's reader: one set of rules
+            ids, smiles, errors = read_input(io.BytesIO(raw), smiles_col, id_col, "the upload")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPException(422, str(exc)) from exc
         p = predictor(name, ref, site)
         table = run(p, g.name, smiles, ids, alpha, "predict.csv")
         mark_unread(table, errors)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedchem.contracts.validate import MALFORMED, RAW_LINE, read_table
+from fedchem.contracts.validate import MALFORMED, RAW_LINE, Source, read_table
 from fedchem.serve.predictor import Predictor
 
 __all__ = ["ScoredFile", "mark_unread", "predict_file", "read_input"]
@@ -39,17 +39,19 @@ def _column(columns: list[str], wanted: str, where: object) -> str:
 
 
 def read_input(
-    path: Path, smiles_col: str, id_col: str | None
+    source: Source, smiles_col: str, id_col: str | None, name: str | None = None
 ) -> tuple[list[str], list[str], list[str]]:
     """(ids, SMILES, read errors) of every line of an input CSV, in order: the one reader of
     ``fedchem predict``, the batch flow and the service's CSV upload. Column names match
     without regard to case; without an id column a row's id is its 1-based line number after
-    the header; a line that is not one record is a row with its error."""
-    table = read_table(path)
+    the header; a line that is not one record is a row with its error. ``name``: what errors
+    call the source (default: the source itself)."""
+    table = read_table(source)
+    where = name or source
     columns = [str(c) for c in table.columns]
-    smiles_col = _column(columns, smiles_col, path)
+    smiles_col = _column(columns, smiles_col, where)
     if id_col is not None:
-        id_col = _column(columns, id_col, path)
+        id_col = _column(columns, id_col, where)
     smiles = ["" if v is None else str(v) for v in table[smiles_col]]
     if id_col is not None:
         ids = ["" if v is None else str(v) for v in table[id_col]]

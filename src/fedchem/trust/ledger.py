@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedchem.messages import LedgerEntry
+from fedchem.messages import LedgerEntry, SiteUpdateManifest
 from fedchem.storage.hub import HubStore
 from fedchem.trust.signing import COORDINATOR, KeyRing, SignatureRejected, Signer, canonical_json
 
@@ -141,6 +141,18 @@ class Ledger:
             else:
                 self._chain = _refreshed(self.hub, self.scope, self.actor)
         return self._chain
+
+    def received(self, rnd: int, m: SiteUpdateManifest) -> LedgerEntry:
+        """The coordinator took ``m`` into round ``rnd`` (naming the site's own entry for it:
+        what :meth:`fedchem.trust.coordinator.CoordinatorTrust` checks a replay against)."""
+        return self.append(
+            "received",
+            round=rnd,
+            subject=m.site,
+            path=m.update_path,
+            sha256=m.update_sha256,
+            refs={m.site: str(m.ledger_sha256)},
+        )
 
     def append(
         self,
