@@ -1,4 +1,4 @@
-"""The prediction service under load: HTTP overhead, and 8 concurrent clients for 60 s.
+"""The prediction service under load: HTTP overhead, then 1 and 8 concurrent clients.
 
     .venv/bin/python benchmarks/bench_service.py [--registry DIR --model NAME --key-file K]
 
@@ -7,8 +7,9 @@ It starts a real ``fedchem serve`` process on loopback and, in the same run:
 
 1. times a 1,000-molecule request over HTTP against ``Predictor.predict`` of the same
    molecules in this process (median of 5 each; target: HTTP at most 20 % slower);
-2. runs 8 client threads for 60 s, each sending 25-molecule requests back to back, and
-   prints throughput, p50/p99 latency and the number of errors (target: none).
+2. runs 1, then 8 client threads for 60 s each, each sending 25-molecule requests back to
+   back, and prints throughput, p50/p99 latency, the number of errors (target: none) and the
+   server's resident memory (now and its peak).
 
 Every process it starts is stopped by pid.
 """
@@ -44,13 +45,66 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _rss(pid: int) -> str:
+    """A process's resident memory now and its peak (Linux /proc)."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return f"{fields['VmRSS'].strip()} (peak {fields['VmHWM'].strip()})"
+
+
+def load(
+    url: str, headers: dict[str, str], smiles: list[str], clients: int, seconds: float
+) -> list[str]:
+    """``clients`` threads sending 25-molecule requests back to back for ``seconds``."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop = time.time() + seconds
+
+    def client_loop(i: int) -> None:
+        with httpx.Client(timeout=60) as c:
+            k = i * 25
+            while time.time() < stop:
+                part = smiles[k % len(smiles) : k % len(smiles) + 25]
+                k += 25 * clients
+                t = time.perf_counter()
+                try:
+                    res = c.post(url, json={"smiles": part}, headers=headers)
+                    ok = res.status_code == 200 and len(res.json()["rows"]) == len(part)
+                    why = None if ok else f"HTTP {res.status_code}"
+                except httpx.HTTPError as exc:
+                    why = type(exc).__name__
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+                    if why:
+                        errors.append(why)
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - t0
+    lat = sorted(latencies)
+    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    print(
+        f"{clients} client(s) x {seconds:.0f} s, 25 molecules a request: "
+        f"{len(lat)} requests, {len(lat) / took:.1f} req/s = {25 * len(lat) / took:.0f} "
+        f"molecules/s; latency p50 {1000 * p50:.0f} ms, p99 {1000 * p99:.0f} ms; "
+        f"{len(errors)} errors"
+    )
+    return errors
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--registry")
     ap.add_argument("--model", default="tox21")
     ap.add_argument("--key-file")
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     args = ap.parse_args()
     smiles = pd.read_csv(bundled_dataset("chembl"))["smiles"].tolist()
     with tempfile.TemporaryDirectory(prefix="fedchem-bench-service-") as tmp:
@@ -112,44 +166,10 @@ def main() -> int:
                 f"{100 * (re_ - lo) / lo:+.1f} % (target <= 20 %)"
             )
 
-            latencies: list[float] = []
             errors: list[str] = []
-            lock = threading.Lock()
-            stop = time.time() + args.seconds
-
-            def client_loop(i: int) -> None:
-                with httpx.Client(timeout=60) as c:
-                    k = i * 25
-                    while time.time() < stop:
-                        part = smiles[k % len(smiles) : k % len(smiles) + 25]
-                        k += 25 * args.clients
-                        t = time.perf_counter()
-                        try:
-                            res = c.post(url, json={"smiles": part}, headers=headers)
-                            ok = res.status_code == 200 and len(res.json()["rows"]) == len(part)
-                            why = None if ok else f"HTTP {res.status_code}"
-                        except httpx.HTTPError as exc:
-                            why = type(exc).__name__
-                        with lock:
-                            latencies.append(time.perf_counter() - t)
-                            if why:
-                                errors.append(why)
-
-            threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(args.clients)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            took = time.perf_counter() - t0
-            lat = sorted(latencies)
-            p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
-            print(
-                f"{args.clients} clients x {args.seconds:.0f} s, 25 molecules a request: "
-                f"{len(lat)} requests, {len(lat) / took:.1f} req/s = {25 * len(lat) / took:.0f} "
-                f"molecules/s; latency p50 {1000 * p50:.0f} ms, p99 {1000 * p99:.0f} ms; "
-                f"{len(errors)} errors"
-            )
+            for n_clients in args.clients:
+                errors += load(url, headers, smiles, n_clients, args.seconds)
+                print(f"   server RSS {_rss(proc.pid)}")
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)

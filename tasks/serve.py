@@ -61,6 +61,10 @@ def score_file(
         predictor.version,
         scored.errors,
     )
+    if scored.duplicate_ids:
+        get_run_logger().warning(
+            "site %s: %d id(s) carried by more than one row", site.name, scored.duplicate_ids
+        )
     return scored
 
 

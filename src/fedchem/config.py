@@ -138,6 +138,9 @@ class TaskSpec(StrictModel):
     kind: Literal["classification", "regression"]
     weight: float = Field(1.0, gt=0, description="the task's weight in the training loss")
     unit: str | None = Field(None, description="the unit of its values (regression), if known")
+    description: str | None = Field(
+        None, description="what it measures, in words (model cards and the page show it)"
+    )
 
 
 class ModelConfig(StrictModel):

@@ -53,62 +53,133 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
+def _table(driver: object) -> tuple[list[str], dict[str, dict[str, object]]]:
+    """The results table: its header, and each row's cells by column (keyed by id)."""
+    from selenium.webdriver.common.by import By
+
+    table = driver.find_element(By.ID, "predictions")  # type: ignore[attr-defined]
+    header = [th.text for th in table.find_elements(By.TAG_NAME, "th")]
+    rows = {}
+    for tr in table.find_elements(By.CSS_SELECTOR, "tr[data-id]"):
+        cells = {td.get_attribute("data-col"): td for td in tr.find_elements(By.TAG_NAME, "td")}
+        rows[tr.get_attribute("data-id")] = cells
+    return header, rows
+
+
 def test_a_chemist_pastes_smiles_and_reads_predictions_off_the_page(
-    page_service: Service, browser: object
+    page_service: Service, browser: object, tmp_path: Path
 ):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
+    from tests.serve.test_batch import SDF
+
     driver = browser
     driver.get(page_service.url + "/")  # type: ignore[attr-defined]
     wait = WebDriverWait(driver, 60)
-    driver.find_element(By.ID, "token").send_keys(page_service.tokens["alice"])  # type: ignore[attr-defined]
-    driver.find_element(By.ID, "connect").click()  # type: ignore[attr-defined]
+    find = driver.find_element  # type: ignore[attr-defined]
+    find(By.ID, "token").send_keys(page_service.tokens["alice"])
+    find(By.ID, "connect").click()
     wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) > 0)
-    Select(driver.find_element(By.ID, "model")).select_by_value(NAME)  # type: ignore[attr-defined]
-    driver.find_element(By.ID, "smiles").send_keys("a1,CCO\na2,not-a-smiles\na3,c1ccccc1O")  # type: ignore[attr-defined]
-    driver.find_element(By.ID, "predict").click()  # type: ignore[attr-defined]
-    table = wait.until(ec.presence_of_element_located((By.ID, "predictions")))
-    rows = table.find_elements(By.TAG_NAME, "tr")
-    header = [c.text for c in rows[0].find_elements(By.TAG_NAME, "th")]
-    cells = [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows[1:]]
-    got = [dict(zip(header, c, strict=True)) for c in cells]
-    assert [r["id"] for r in got] == ["a1", "a2", "a3"]
-    assert [r["status"] for r in got] == ["ok", "error", "ok"]
-    assert got[1]["error"] == "unparsable SMILES"
-    # what the page shows is what the API says, rounded as the page rounds
+    Select(find(By.ID, "model")).select_by_value(NAME)
+    # an id holding a comma makes its own line an error, never the whole batch
+    pasted = "a1,CCO\na2,not-a-smiles\na3\tc1ccccc1O\nb,4,CCC"  # a tab key would move focus
+    driver.execute_script("arguments[0].value = arguments[1]", find(By.ID, "smiles"), pasted)  # type: ignore[attr-defined]
+    find(By.ID, "predict").click()
+    wait.until(ec.presence_of_element_located((By.ID, "predictions")))
+    header, rows = _table(driver)
+    assert list(rows) == ["a1", "a2", "a3", "b"]
+    assert [r["status"].text for r in rows.values()][:3] == ["ok", "error: unparsable SMILES", "ok"]
+    assert rows["b"]["status"].text.startswith("error")
+    described = httpx.get(
+        f"{page_service.url}/models/{NAME}", headers=page_service.headers("alice"), timeout=60
+    ).json()
+    tasks = [t["name"] for t in described["tasks"]]
+    assert header == ["structure", "id", "status", *tasks, "domain"]  # compact: one per task
     api = httpx.post(
         f"{page_service.url}/models/{NAME}/predict",
-        json={"smiles": ["CCO", "not-a-smiles", "c1ccccc1O"]},
+        json={"smiles": ["CCO", "not-a-smiles", "c1ccccc1O"], "ids": ["a1", "a2", "a3"]},
         headers=page_service.headers("alice"),
         timeout=60,
     ).json()["rows"]
-    task = next(h for h in header if h.endswith("_set")).removesuffix("_set")
-    for shown, want in zip(got, api, strict=True):
-        if want["status"] == "ok":
-            assert float(shown[task]) == pytest.approx(want[task], abs=5e-4)
-            words = {"1": "active", "0": "inactive", "0|1": "either", "": "neither"}
-            assert shown[f"{task}_set"] == words[want[f"{task}_set"] or ""]
-            assert shown["domain"] == want["domain"]
-    assert "molecule(s) predicted, 1 with an error" in driver.find_element(By.ID, "status").text  # type: ignore[attr-defined]
-    download = driver.find_element(By.ID, "download")  # type: ignore[attr-defined]
-    assert download.is_enabled()
-    legend = driver.find_element(By.ID, "legend").text  # type: ignore[attr-defined]
+    words = {"1": "active", "0": "inactive", "0|1": "either", "": "neither"}
+    for want in api:
+        if want["status"] != "ok":
+            continue
+        cells = rows[want["id"]]
+        for task in tasks:
+            if want[f"{task}_probability"] is None:  # a task not calibrated: the score, said
+                assert cells[task].text == f"{want[task]:.2f} (score)"
+                continue
+            prob, word = cells[task].text.split(" ")
+            assert float(prob) == pytest.approx(want[f"{task}_probability"], abs=5e-3)
+            assert word == words[want[f"{task}_set"] or ""]
+            assert word in cells[task].get_attribute("class")
+        assert cells["domain"].text == want["domain"]
+    # structures are drawn (RDKit's SVG, as images) for the rows that were predicted
+    wait.until(lambda d: _table(d)[1]["a1"]["structure"].find_elements(By.TAG_NAME, "img"))
+    img = _table(driver)[1]["a3"]["structure"].find_element(By.TAG_NAME, "img")
+    assert img.get_attribute("src").startswith("data:image/svg+xml;base64,")
+    assert img.get_attribute("alt") == "Oc1ccccc1"
+    assert not _table(driver)[1]["a2"]["structure"].find_elements(By.TAG_NAME, "img")
+    legend = find(By.ID, "legend").text
     assert "α = 0.1" in legend and "either: the model cannot tell" in legend
+    assert "NR-AR: androgen receptor agonism" in find(By.ID, "task-descriptions").text
+    # a task's header says what it measures; a click on a row shows every value
+    assert "androgen" in driver.find_element(  # type: ignore[attr-defined]
+        By.CSS_SELECTOR, 'th[data-col="NR-AR"]'
+    ).get_attribute("title")
+    rows["a1"]["id"].click()
+    details = find(By.CSS_SELECTOR, "tr.details").text
+    assert "standardized_smiles" in details and "CCO" in details
+    # sorted by a task's probability, and filtered
+    first = tasks[0]
+    find(By.CSS_SELECTOR, f'th[data-col="{first}"]').click()
+    by_prob = sorted(
+        (r for r in api if r["status"] == "ok"),
+        key=lambda r: (
+            r[f"{first}"] if r[f"{first}_probability"] is None else r[f"{first}_probability"]
+        ),
+    )
+    assert list(_table(driver)[1])[:2] == [r["id"] for r in by_prob]
+    Select(find(By.ID, "rows-filter")).select_by_value("error")
+    assert list(_table(driver)[1]) == ["a2", "b"]
+    Select(find(By.ID, "rows-filter")).select_by_value("all")
+    Select(find(By.ID, "view")).select_by_value("all")
+    assert f"{tasks[0]}_set" in _table(driver)[0]
+    Select(find(By.ID, "view")).select_by_value("compact")
+    download = find(By.ID, "download")
+    assert download.is_enabled()
+    # an SD file: one row per record, its title kept, a depicted row
+    sdf = tmp_path / "mols.sdf"
+    sdf.write_text(SDF)
+    find(By.ID, "file").send_keys(str(sdf))
+    find(By.ID, "predict").click()
+    wait.until(lambda d: list(_table(d)[1]) == ["1", "2", "3"])
+    wait.until(lambda d: _table(d)[1]["2"]["structure"].find_elements(By.TAG_NAME, "img"))
+    rows = _table(driver)[1]
+    assert rows["2"]["status"].text == "ok" and rows["3"]["status"].text.startswith("error: SDF")
+    Select(find(By.ID, "view")).select_by_value("all")
+    header, rows = _table(driver)
+    assert "title" in header and rows["2"]["title"].text == "phenol"
+    Select(find(By.ID, "view")).select_by_value("compact")
+    driver.execute_script("arguments[0].value = ''", find(By.ID, "file"))  # type: ignore[attr-defined]
     # a failed request clears the last result and its download
-    Select(driver.find_element(By.ID, "model")).select_by_value(NAME)  # type: ignore[attr-defined]
-    driver.find_element(By.ID, "alpha").clear()  # type: ignore[attr-defined]
-    driver.find_element(By.ID, "alpha").send_keys("5")  # type: ignore[attr-defined]
-    driver.find_element(By.ID, "predict").click()  # type: ignore[attr-defined]
+    find(By.ID, "alpha").clear()
+    find(By.ID, "alpha").send_keys("5")
+    find(By.ID, "predict").click()
     wait.until(lambda d: "prediction failed" in d.find_element(By.ID, "status").text)
     assert not driver.find_elements(By.ID, "predictions")  # type: ignore[attr-defined]
     assert not download.is_enabled()
-    driver.find_element(By.ID, "alpha").clear()  # type: ignore[attr-defined]
-    driver.find_element(By.ID, "alpha").send_keys("0.1")  # type: ignore[attr-defined]
-    driver.find_element(By.ID, "show-card").click()  # type: ignore[attr-defined]
+    find(By.ID, "alpha").clear()
+    find(By.ID, "alpha").send_keys("0.1")
+    # the model card, rendered: headings and tables, not markdown
+    find(By.ID, "show-card").click()
     card = wait.until(ec.visibility_of_element_located((By.ID, "card")))
-    assert card.text.startswith(f"# {NAME} v1") and "Privacy" in card.text
+    assert card.find_element(By.TAG_NAME, "h1").text == f"{NAME} v1"
+    assert "Privacy" in card.text and "#" not in card.text.split("\n")[0]
+    assert card.find_elements(By.TAG_NAME, "table")
 
 
 def test_a_wrong_token_is_told_on_the_page(page_service: Service, browser: object):

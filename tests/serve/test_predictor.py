@@ -173,8 +173,8 @@ def test_fedchem_predict_writes_the_predictors_table(published: Published, tmp_p
     assert table["id"].tolist() == ["m1", "", "m3"] and len(table) == 3
     assert table["status"].tolist() == ["ok", "error", "ok"]
     assert table.loc[1, "error"].startswith("malformed line: unterminated quote")
-    ids, smiles, _ = read_input(src, "smiles", "name")
-    direct = Predictor.load(published.registry, NAME, published.key).predict(smiles, ids)
+    rows = read_input(src, "smiles", "name")
+    direct = Predictor.load(published.registry, NAME, published.key).predict(rows.smiles, rows.ids)
     task = direct.columns[5]
     np.testing.assert_allclose(table.loc[[0, 2], task].astype(float), direct.loc[[0, 2], task])
 

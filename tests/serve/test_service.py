@@ -40,6 +40,7 @@ class Service:
     audit: Path
     log: Path
     tokens: dict[str, str]
+    pid: int = 0
 
     def headers(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
@@ -98,7 +99,7 @@ def start_service(
             proc.kill()
             raise RuntimeError(f"the service did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.3)
-    return Service(url, base / "audit.jsonl", log, tokens), proc
+    return Service(url, base / "audit.jsonl", log, tokens, proc.pid), proc
 
 
 def stop_service(proc: subprocess.Popen[bytes]) -> None:
@@ -118,6 +119,20 @@ def service(published: Published, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         stop_service(proc)
         assert proc.poll() is not None
+
+
+def _rss_bytes(pid: int) -> int:
+    """The resident memory of a process (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _slow_machine() -> float:
+    """Headroom for a shared, loaded machine: a bound on time scales with the load average
+    per core (at least 1)."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 
 
 def _frame(rows: list[dict[str, object]]) -> pd.DataFrame:
@@ -310,8 +325,20 @@ def test_a_huge_smiles_or_body_is_refused_before_it_costs_anything(service: Serv
     url = f"{service.url}/models/{NAME}/predict"
     huge = "C" * 5000
     res = httpx.post(url, json={"smiles": ["CCO", huge]}, headers=alice)
-    assert res.status_code == 422 and "positions [1]" in res.json()["detail"]
+    assert res.status_code == 422 and "positions [2] (1-based)" in res.json()["detail"]
     assert huge not in res.text  # never echoed
+    # a 5 MB SMILES (under the body limit): refused at once, and the memory comes back
+    five = "C" * (5 * 1024 * 1024)
+    start = time.perf_counter()
+    res = httpx.post(url, json={"smiles": [five]}, headers=alice, timeout=60)
+    took = time.perf_counter() - start
+    assert res.status_code == 422 and len(res.content) < 1000
+    assert took < 1.0 * _slow_machine(), f"{took:.2f} s"
+    assert _rss_bytes(service.pid) < 1024**3
+    # a SMILES of more heavy atoms than the service takes (500), before any chemistry runs
+    many = "C" * 600
+    res = httpx.post(url, json={"smiles": ["CCO", many]}, headers=alice)
+    assert res.status_code == 422 and "over 500 heavy atoms" in res.json()["detail"]
     body = b'{"smiles": ["' + b"C" * (9 * 1024 * 1024) + b'"]}'
     too_big = httpx.post(url, content=body, headers={**alice, "content-type": "application/json"})
     assert too_big.status_code == 413 and "over 8388608 bytes" in too_big.json()["detail"]
@@ -514,3 +541,122 @@ def test_an_upload_reads_as_the_cli_reads(service: Service):
     no_id = httpx.post(f"{url}?id_col=compound", content=b"smiles\nCCO\n", headers=headers)
     assert no_id.status_code == 422 and "no column 'compound'" in no_id.json()["detail"]
     assert "upload.csv" not in no_id.text
+
+
+def test_an_sd_file_or_a_semicolon_table_comes_back_with_its_own_columns(service: Service):
+    from tests.serve.test_batch import SDF
+
+    url = f"{service.url}/models/{NAME}/predict.csv"
+    alice = service.headers("alice")
+    sdf = httpx.post(url, files={"file": ("in.sdf", SDF.encode())}, headers=alice, timeout=60)
+    assert sdf.status_code == 200, sdf.text
+    table = pd.read_csv(io.StringIO(sdf.text), keep_default_na=False, dtype=str)
+    assert table.columns[:5].tolist() == ["id", "title", "potency", "sdf_smiles", "smiles"]
+    assert table["title"].tolist() == ["aspirin", "phenol", "broken"]
+    assert table["status"].tolist() == ["error", "ok", "error"]
+    assert table["error"][0] == "empty SMILES" and table["error"][2].startswith("SDF record 3")
+    assert table["standardized_smiles"][1] == "Oc1ccccc1"
+    body = b"Compound;SMILES;batch\nc1;CCO;b7\nc2;CCN;b8\nc1;CCC;b9\n"
+    semi = httpx.post(
+        f"{url}?id_col=compound",
+        content=body,
+        headers={**alice, "Content-Type": "text/csv"},
+        timeout=60,
+    )
+    assert semi.status_code == 200 and semi.headers["X-Fedchem-Duplicate-Ids"] == "1"
+    table = pd.read_csv(io.StringIO(semi.text), keep_default_na=False, dtype=str)
+    assert table[["id", "batch"]].values.tolist() == [["c1", "b7"], ["c2", "b8"], ["c1", "b9"]]
+    assert (table["status"] == "ok").all()
+
+
+def test_a_request_that_runs_too_long_is_stopped_with_its_reason(published: Published):
+    """The time limit, in process (a real app on the published registry): checked between
+    chunks of molecules, a 413 that says how far it got."""
+    from fastapi.testclient import TestClient
+
+    from fedchem.serve.app import ServiceConfig, TokenGrant, create_app
+
+    grant = TokenGrant(name="t", models=["*"])
+    quick = ServiceConfig(
+        registry=published.registry, key=published.key, tokens={hash_token("t"): grant}
+    )
+    slow = ServiceConfig(**{**quick.__dict__, "max_seconds": 1e-9, "chunk": 1})
+    body = {"smiles": ["CCO", "CCN", "CCC"]}
+    auth = {"Authorization": "Bearer t"}
+    with TestClient(create_app(quick)) as client:
+        assert client.post(f"/models/{NAME}/predict", json=body, headers=auth).status_code == 200
+    with TestClient(create_app(slow)) as client:
+        res = client.post(f"/models/{NAME}/predict", json=body, headers=auth)
+    assert res.status_code == 413
+    assert res.json()["detail"].startswith("over 1e-09 s after 1 of 3 molecules")
+
+
+def test_drawings_and_the_rendered_card(service: Service):
+    alice = service.headers("alice")
+    res = httpx.post(
+        f"{service.url}/depict",
+        json={"smiles": ["c1ccccc1O", "not-a-smiles", "C[C@H](N)C(=O)O |$;<script>;;;;$|"]},
+        headers=alice,
+        timeout=60,
+    )
+    assert res.status_code == 200
+    svg = res.json()["svg"]
+    assert svg[0].lstrip().startswith("<?xml") and "<svg" in svg[0] and svg[1] is None
+    # CXSMILES extensions (where atom labels live) are not read: the molecule is drawn, and
+    # nothing of the text after it
+    assert svg[2] is not None and "script" not in svg[2]
+    assert httpx.post(f"{service.url}/depict", json={"smiles": ["C"]}).status_code == 401
+    card = httpx.get(f"{service.url}/models/{NAME}/card?format=html", headers=alice)
+    assert card.status_code == 200 and card.text.startswith(f"<h1>{NAME} v1</h1>")
+    assert "<th>what it measures</th>" in card.text
+    assert "<td>NR-AR</td><td>androgen receptor agonism" in card.text
+
+
+def test_a_python_client_in_three_lines(service: Service, published: Published, tmp_path: Path):
+    from fedchem.client import Client, ServiceError
+
+    client = Client(service.url, service.tokens["alice"], batch_size=2)
+    table = client.predict(NAME, ["CCO", "not-a-smiles", "c1ccccc1O"])
+    # sent in two parts, back in order, ids by 1-based position: as the service answers
+    direct = Predictor.load(published.registry, NAME, published.key).predict(
+        ["CCO", "not-a-smiles", "c1ccccc1O"]
+    )
+    assert table["id"].tolist() == ["1", "2", "3"] == direct["id"].tolist()
+    assert table["status"].tolist() == ["ok", "error", "ok"]
+    task = next(c for c in direct.columns if c.endswith("_probability"))
+    np.testing.assert_allclose(table[task].astype(float), direct[task], equal_nan=True)
+    assert [m["name"] for m in client.models()] == [NAME]
+    assert client.card(NAME).startswith(f"# {NAME} v1")
+    src = tmp_path / "in.tsv"
+    src.write_text("name\tsmiles\tnote\nm1\tCCO\tfirst\n")
+    uploaded = client.predict_file(NAME, src, id_col="name")
+    assert uploaded[["id", "note", "status"]].values.tolist() == [["m1", "first", "ok"]]
+    with pytest.raises(ServiceError, match="may not use model") as refused:
+        Client(service.url, service.tokens["bob"]).predict(NAME, ["CCO"])
+    assert refused.value.status == 403
+    client.close()
+
+
+def test_tokens_are_added_listed_and_revoked_from_the_command_line(tmp_path: Path, capsys):
+    from fedchem.cli import main as cli_main
+    from fedchem.cli.serve import read_tokens
+
+    file = tmp_path / "tokens.yaml"
+    for who in ("carol", "dave", "carol"):
+        assert cli_main(["token", "new", "--file", str(file), "--name", who, "--models", NAME]) == 0
+        assert "appended to" in capsys.readouterr().err
+    assert sorted(g.name for g in read_tokens(file).values()) == ["carol", "carol", "dave"]
+    assert cli_main(["token", "list", "--file", str(file)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [ln.split("\t")[0] for ln in listed] == ["carol", "dave", "carol"]
+    assert all("token-of" not in ln and "valid" in ln for ln in listed)
+    assert cli_main(["token", "revoke", "--file", str(file), "--name", "carol"]) == 0
+    assert [g.name for g in read_tokens(file).values()] == ["dave"]
+    assert cli_main(["token", "revoke", "--file", str(file), "--name", "nobody"]) == 2
+    assert "holds no token of 'nobody'" in capsys.readouterr().err
+    # a file in the old 'tokens:' form is not appended to (the entry would be lost)
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"tokens": [{"name": "x", "token": "a", "models": ["*"]}]}))
+    assert cli_main(["token", "new", "--file", str(old), "--name", "y", "--models", "*"]) == 2
+    assert "cannot be appended" in capsys.readouterr().err
+    assert len(read_tokens(old)) == 1

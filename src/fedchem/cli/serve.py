@@ -7,6 +7,7 @@ import logging
 import secrets
 import sys
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,11 @@ def _predict_cmd(args: argparse.Namespace) -> int:
         f"({scored.errors} with an error)",
         file=sys.stderr,
     )
+    if scored.duplicate_ids:
+        print(
+            f"warning: {scored.duplicate_ids} id(s) carried by more than one row",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -209,6 +215,8 @@ def _serve_cmd(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             max_smiles_length=args.max_smiles_length,
             max_body_bytes=args.max_body_bytes,
+            max_heavy_atoms=args.max_heavy_atoms,
+            max_seconds=args.max_seconds,
             audit_path=Path(args.audit_log) if args.audit_log else None,
         )
     except (ValueError, OSError) as exc:
@@ -218,20 +226,101 @@ def _serve_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_entries(path: Path) -> list[dict[str, Any]]:
+    doc = yaml.safe_load(path.read_text()) if path.exists() else None
+    entries = (doc or {}).get("tokens", []) if isinstance(doc, dict) else (doc or [])
+    return [dict(e) for e in entries]
+
+
 def _token_cmd(args: argparse.Namespace) -> int:
+    """``new``: a token, shown once; its entry printed (for ``>>``) or, with ``--file``,
+    appended to the file under a lock and checked (an entry that would break the file is not
+    written). ``list``: who holds what, never a token. ``revoke NAME``: the file rewritten
+    without NAME's tokens, atomically (the service reloads it; no restart)."""
+    import fcntl
+
     from fedchem.serve.app import hash_token
 
+    file = Path(args.file) if args.file else None
+    if args.action in ("list", "revoke") and file is None:
+        print(f"error: token {args.action} needs --file", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        assert file is not None
+        now = datetime.now(UTC)
+        for sha, grant in read_tokens(file).items():
+            expires = grant.expires
+            if expires is not None and expires.tzinfo is None:
+                expires = expires.replace(tzinfo=UTC)
+            state = "expired" if expires is not None and expires <= now else "valid"
+            print(
+                f"{grant.name}\tmodels={','.join(grant.models)}\tsites={','.join(grant.sites)}"
+                f"\texpires={expires.isoformat() if expires else '-'}\t{state}"
+                f"\tsha256={sha[:12]}"
+            )
+        return 0
+    if args.action == "revoke":
+        assert file is not None
+        if not args.name:
+            print("error: token revoke needs --name", file=sys.stderr)
+            return 2
+        try:
+            with open(file, "r+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                entries = _token_entries(file)
+                kept = [e for e in entries if e.get("name") != args.name]
+                if len(kept) == len(entries):
+                    raise ValueError(f"{file} holds no token of {args.name!r}")
+                tmp = file.with_name(f".{file.name}.new")
+                tmp.write_text(yaml.safe_dump(kept, sort_keys=False))
+                read_tokens(tmp)
+                tmp.replace(file)
+        except (ValueError, OSError, yaml.YAMLError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"revoked {len(entries) - len(kept)} token(s) of {args.name}", file=sys.stderr)
+        return 0
+    if not args.name or not args.models:
+        print("error: token new needs --name and --models", file=sys.stderr)
+        return 2
     token = secrets.token_urlsafe(32)
-    entry = {
+    entry: dict[str, Any] = {
         "name": args.name,
         "token_sha256": hash_token(token),
         "models": args.models,
         "sites": args.sites or [],
     }
-    print(f"token (give it to {args.name}; it is shown once): {token}", file=sys.stderr)
     if args.expires:
         entry["expires"] = args.expires
-    print(yaml.safe_dump([entry], sort_keys=False).rstrip())
+    text = yaml.safe_dump([entry], sort_keys=False)
+    if file is None:
+        print(f"token (give it to {args.name}; it is shown once): {token}", file=sys.stderr)
+        print(text.rstrip())
+        return 0
+    try:
+        with open(file, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0)
+            before = fh.read()
+            if sections := sum(1 for ln in before.splitlines() if ln.startswith("tokens:")):
+                raise ValueError(
+                    f"{file}: written as 'tokens:' ({sections} section(s)); entries cannot be "
+                    "appended to it; make it a plain list first"
+                )
+            check = file.with_name(f".{file.name}.check")
+            check.write_text(before + ("" if before.endswith("\n") or not before else "\n") + text)
+            try:
+                read_tokens(check)
+            finally:
+                check.unlink()
+            if before and not before.endswith("\n"):
+                fh.write("\n")
+            fh.write(text)
+    except (ValueError, OSError, yaml.YAMLError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"token (give it to {args.name}; it is shown once): {token}", file=sys.stderr)
+    print(f"appended to {file}", file=sys.stderr)
     return 0
 
 
@@ -279,7 +368,12 @@ def add_serving_commands(sub: Any) -> None:
     p = sub.add_parser("predict", help="predict a CSV of SMILES with a registered model")
     p.add_argument("--registry", required=True)
     p.add_argument("--model", required=True, help="NAME, NAME@ALIAS or NAME:VERSION")
-    p.add_argument("--in", dest="input", required=True, help="CSV with a SMILES column")
+    p.add_argument(
+        "--in",
+        dest="input",
+        required=True,
+        help="CSV (, ; tab or |) with a SMILES column, or an SD file",
+    )
     p.add_argument("--out", required=True, help="CSV: one row per input row, in input order")
     p.add_argument("--smiles-col", default="smiles")
     p.add_argument("--id-col", help="default: the row number")
@@ -312,6 +406,12 @@ def add_serving_commands(sub: Any) -> None:
     s.add_argument(
         "--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request body at most (413)"
     )
+    s.add_argument(
+        "--max-heavy-atoms", type=int, default=500, help="heavy atoms per SMILES at most (422)"
+    )
+    s.add_argument(
+        "--max-seconds", type=float, default=120.0, help="a request's prediction time (413)"
+    )
     s.add_argument("--audit-log", help="JSON lines: who asked what (SMILES as keyed hashes)")
     s.set_defaults(func=_serve_cmd)
 
@@ -326,10 +426,11 @@ def add_serving_commands(sub: Any) -> None:
     f.add_argument("--train-trunk", action="store_true", help="also the trunk's last layer")
     f.set_defaults(func=_finetune_cmd)
 
-    t = sub.add_parser("token", help="a new bearer token for the service")
-    t.add_argument("action", choices=["new"])
-    t.add_argument("--name", required=True, help="whose token")
-    t.add_argument("--models", nargs="+", required=True, help="model names, or '*'")
+    t = sub.add_parser("token", help="bearer tokens of the service: new, list, revoke")
+    t.add_argument("action", choices=["new", "list", "revoke"])
+    t.add_argument("--file", help="the tokens file (new: append to it; list, revoke: read it)")
+    t.add_argument("--name", help="whose token (new, revoke)")
+    t.add_argument("--models", nargs="+", help="new: model names, or '*'")
     t.add_argument("--expires", help="ISO time after which the token is refused (401)")
     t.add_argument("--sites", nargs="*", help="sites whose private heads it may use")
     t.set_defaults(func=_token_cmd)

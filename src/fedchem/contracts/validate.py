@@ -22,7 +22,14 @@ from fedchem.contracts.compile import CompiledTable
 from fedchem.contracts.errors import MissingColumnError
 from fedchem.messages import RowAccount
 
-__all__ = ["QUARANTINE_COLUMNS", "RowAccount", "ValidationResult", "read_table", "validate_frame"]
+__all__ = [
+    "QUARANTINE_COLUMNS",
+    "RowAccount",
+    "ValidationResult",
+    "read_table",
+    "read_text",
+    "validate_frame",
+]
 
 #: leading columns of every quarantine file; the row's raw columns follow
 QUARANTINE_COLUMNS = ("source_row", "step", "reason")
@@ -46,7 +53,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 Source = Path | str | IO[str] | IO[bytes]
 
 
-def _text(source: Source) -> str:
+def read_text(source: Source) -> str:
     """A path (any fsspec URL, compression by extension) or an open file, as text: UTF-8 with
     undecodable bytes replaced (U+FFFD), so that a bad byte fails its row's checks instead of
     the whole file."""
@@ -60,22 +67,22 @@ def _text(source: Source) -> str:
 
 def _lines(source: Source) -> list[str]:
     """The physical lines (``\n``-separated; a ``\r`` before it dropped)."""
-    text = _text(source)
+    text = read_text(source)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-def _split(line: str) -> list[str]:
+def _split(line: str, delimiter: str = ",") -> list[str]:
     """One physical line as CSV fields; a quote left open at the end of the line is an error
     (``csv.Error``), never the start of a value that takes in the lines after it."""
     if '"' not in line:
-        return line.split(",")
-    return next(csv.reader([line], strict=True))
+        return line.split(delimiter)
+    return next(csv.reader([line], strict=True, delimiter=delimiter))
 
 
-def read_table(path: Source, multiline_records: bool = False) -> pd.DataFrame:
+def read_table(path: Source, multiline_records: bool = False, delimiter: str = ",") -> pd.DataFrame:
     """Read a CSV (optionally compressed) as text: one row per physical line after the header,
     with its 0-based position as ``source_row``, so rows in = the file's lines.
 
@@ -84,15 +91,16 @@ def read_table(path: Source, multiline_records: bool = False) -> pd.DataFrame:
     ``_malformed_line`` and the line itself in ``_raw_line``. Only empty cells are missing;
     ``NA`` or ``null`` stay strings for the contract to judge. With ``multiline_records``
     (a contract that allows line breaks inside quoted values) a record may span lines.
+    ``delimiter``: what separates fields (contracts: ``,``).
     """
     if multiline_records:
         return _read_records(path)
     lines = _lines(path)
     if not lines:
         raise ValueError(f"{path}: empty file, no header line")
-    header = _split(lines[0])
+    header = _split(lines[0], delimiter)
     commas = len(header) - 1
-    if all('"' not in ln and ln.count(",") == commas and ln.strip() for ln in lines[1:]):
+    if all('"' not in ln and ln.count(delimiter) == commas and ln.strip() for ln in lines[1:]):
         # every line one plain record (no quotes, the header's field count): pandas' reader
         # gives the same rows, four times faster
         df = pd.read_csv(
@@ -101,6 +109,7 @@ def read_table(path: Source, multiline_records: bool = False) -> pd.DataFrame:
             keep_default_na=False,
             na_values=[""],
             quoting=csv.QUOTE_NONE,
+            sep=delimiter,
         ).astype(object)
         df = df.where(df.notna(), None)
         df[MALFORMED] = pd.Series([None] * len(df), dtype=object)
@@ -114,7 +123,7 @@ def read_table(path: Source, multiline_records: bool = False) -> pd.DataFrame:
     for line in lines[1:]:
         why = None
         try:
-            fields = _split(line) if line.strip() else None
+            fields = _split(line, delimiter) if line.strip() else None
         except csv.Error:
             why = "malformed line: unterminated quote (a value cannot span lines here)"
         else:
@@ -137,7 +146,7 @@ def read_table(path: Source, multiline_records: bool = False) -> pd.DataFrame:
 
 def _read_records(path: Source) -> pd.DataFrame:
     """Records that may span lines (quoted line breaks); a ragged record is kept, flagged."""
-    reader = csv.reader(io.StringIO(_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
     header = next(reader)
     rows: list[list[str | None]] = []
     flags: list[str | None] = []

@@ -198,6 +198,32 @@ def _deal_by_scaffold(smiles: pd.Series, n_sites: int, seed: int) -> np.ndarray:
     return owner
 
 
+#: what the bundled datasets' tasks measure (Tox21: the NCATS Tox21 Data Challenge assays;
+#: Biogen ADME: Fang et al. 2023; Lipophilicity: AstraZeneca's ChEMBL deposition)
+TASK_DESCRIPTIONS = {
+    "NR-AR": "androgen receptor agonism (full-length receptor, MDA cell line)",
+    "NR-AR-LBD": "androgen receptor agonism (ligand-binding domain)",
+    "NR-AhR": "aryl hydrocarbon receptor activation",
+    "NR-Aromatase": "aromatase (CYP19) inhibition",
+    "NR-ER": "estrogen receptor alpha agonism (full-length receptor, BG1 cell line)",
+    "NR-ER-LBD": "estrogen receptor alpha agonism (ligand-binding domain)",
+    "NR-PPAR-gamma": "peroxisome proliferator-activated receptor gamma agonism",
+    "SR-ARE": "antioxidant response element activation (oxidative stress)",
+    "SR-ATAD5": "ATAD5 induction (genotoxicity, DNA damage)",
+    "SR-HSE": "heat shock factor response element activation (heat shock stress)",
+    "SR-MMP": "mitochondrial membrane potential disruption",
+    "SR-p53": "p53 pathway activation (DNA damage response)",
+    "lipo": "octanol/water distribution coefficient at pH 7.4 (logD)",
+    "LOG HLM_CLint (mL/min/kg)": "intrinsic clearance in human liver microsomes (log10)",
+    "LOG MDR1-MDCK ER (B-A/A-B)": "MDR1-MDCK efflux ratio, P-glycoprotein efflux (log10)",
+    "LOG SOLUBILITY PH 6.8 (ug/mL)": "aqueous solubility at pH 6.8 (log10 ug/mL)",
+    "LOG PLASMA PROTEIN BINDING (HUMAN) (% unbound)": "human plasma protein binding (log10 %"
+    " unbound)",
+    "LOG PLASMA PROTEIN BINDING (RAT) (% unbound)": "rat plasma protein binding (log10 % unbound)",
+    "LOG RLM_CLint (mL/min/kg)": "intrinsic clearance in rat liver microsomes (log10)",
+}
+
+
 def _deal_tasks(tasks: list[str], n_sites: int, seed: int) -> list[list[str]]:
     """Each task to one site (shuffled, dealt in turn): sites own different targets."""
     order = np.random.default_rng(seed).permutation(len(tasks))
@@ -308,9 +334,11 @@ def split_into_sites(
             )
         )
         counts[name] = int(part[site_tasks[s]].notna().any(axis=1).sum())  # measured ones
+    described = {slugs[c]: TASK_DESCRIPTIONS.get(str(c)) for c in slugs}
     specs = [
         TaskSpec(
             name=t,
+            description=described.get(t),
             kind="classification"
             if k == "binary" or continuous_as == "classification"
             else "regression",

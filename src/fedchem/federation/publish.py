@@ -114,6 +114,7 @@ def _task_table(
                 name=t.name,
                 kind=t.kind,
                 unit=t.unit,
+                description=t.description,
                 private=t.name in private,
                 threshold=thresholds.pop() if len(thresholds) == 1 else None,
             )
@@ -228,13 +229,14 @@ def model_card(
         "",
         "## Tasks",
         "",
-        "| task | kind | unit | threshold | head |",
-        "|---|---|---|---|---|",
+        "| task | what it measures | kind | unit | threshold | head |",
+        "|---|---|---|---|---|---|",
     ]
     for t in spec.tasks:
         threshold = "" if t.threshold is None else t.threshold
         head = "private" if t.private else "shared"
-        lines.append(f"| {t.name} | {t.kind} | {t.unit or ''} | {threshold} | {head} |")
+        what = (t.description or "").replace("|", "/")
+        lines.append(f"| {t.name} | {what} | {t.kind} | {t.unit or ''} | {threshold} | {head} |")
     keys = sorted({k for s in metrics["test"].values() for k in s if k.startswith("mean_")})
     if keys:
         lines += [

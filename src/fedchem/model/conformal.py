@@ -13,6 +13,12 @@ task), never the scores themselves; the coordinator adds the counts up. Reading 
 binned counts takes the upper edge of the bin that holds the ``k``-th score, which is at least
 the exact threshold: the sets and intervals keep their ``1 - alpha`` coverage (a little wider).
 A site calibrating its own model keeps the exact scores at the site and may use them directly.
+
+The same counts give a calibrated probability (inductive Venn-ABERS, Vovk & Petej 2014, on the
+binned scores): isotonic regression of the label on the model's score over the calibration
+samples with the new molecule added once as inactive (``p0``) and once as active (``p1``); the
+probability is ``p1 / (1 - p0 + p1)`` and ``[p0, p1]`` its spread, narrow when the calibration
+set is large. Scores are ordered at the bins' resolution (``1 / BINS``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ __all__ = [
     "regression_histogram",
     "threshold_from_histogram",
     "threshold_from_scores",
+    "venn_abers",
+    "venn_abers_table",
 ]
 
 #: bins of a histogram of scores (classification: [0, 1]; regression: [0, REGRESSION_RANGE])
@@ -118,3 +126,45 @@ def coverage_and_efficiency(
         "width": float(2 * half),
         "n": float(len(y)),
     }
+
+
+def _isotonic(means: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted non-decreasing least-squares fit of ``means`` (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight, length]
+    for m, w in zip(means, weights, strict=True):
+        blocks.append([float(m), float(w), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2, n2 = blocks.pop()
+            m1, w1, n1 = blocks[-1]
+            blocks[-1] = [(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2]
+    return np.concatenate([np.full(int(n), m) for m, _, n in blocks])
+
+
+def venn_abers_table(hist0: list[int], hist1: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(p0, p1)`` per score bin (``BINS`` each) from a task's class histograms: what a
+    molecule whose P(class 1) falls in bin ``j`` gets, as inactive (``p0[j]``) and as active
+    (``p1[j]``). ``hist0`` counts ``p`` of inactives, ``hist1`` counts ``1 - p`` of actives."""
+    n0 = np.asarray(hist0[:BINS], dtype=np.float64)
+    n1 = np.asarray(hist1[:BINS], dtype=np.float64)[::-1]  # 1 - p, binned -> p's bins
+    p0, p1 = np.zeros(BINS), np.zeros(BINS)
+    for j in range(BINS):
+        for label, out in ((0, p0), (1, p1)):
+            a, b = n0.copy(), n1.copy()
+            (b if label else a)[j] += 1
+            total = a + b
+            used = np.flatnonzero(total > 0)
+            fit = _isotonic(b[used] / total[used], total[used])
+            out[j] = fit[int(np.searchsorted(used, j))]
+    return p0, p1
+
+
+def venn_abers(p: np.ndarray, table: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``N x 3``: the calibrated probability of class 1, and ``p0``, ``p1`` (its spread), for
+    scores ``p`` (NaN stays NaN), from :func:`venn_abers_table`."""
+    p = np.asarray(p, dtype=np.float64)
+    bins = np.clip(np.floor(np.nan_to_num(p) * BINS).astype(np.int64), 0, BINS - 1)
+    p0, p1 = table[0][bins], table[1][bins]
+    merged = p1 / (1.0 - p0 + p1)
+    out = np.stack([merged, p0, p1], axis=1)
+    out[~np.isfinite(p)] = np.nan
+    return out

@@ -46,6 +46,8 @@ class TaskEntry(StrictModel):
     name: str
     kind: Literal["classification", "regression"]
     unit: str | None = None
+    description: str | None = None
+    """what the task measures, in words (the card shows it)"""
     threshold: float | None = None
     private: bool = False
     """its head stays at the sites: predictions need a site's part"""

@@ -3,20 +3,26 @@
 Routes (OpenAPI docs at ``/docs``):
 
 - ``GET /models``, ``GET /models/{name}``: models, versions, aliases; ``GET /models/{name}/card``
-  (markdown, or JSON with ``?format=json``);
+  (markdown, ``?format=html`` rendered, ``?format=json``);
 - ``POST /models/{name}/predict``: ``{"smiles": [...], "ids": [...], "alpha": 0.1}`` → rows;
-  ``POST /models/{name}/predict.csv``: a CSV upload (multipart field ``file``, or the body as
-  ``text/csv``) → the same CSV as ``fedchem predict``; ``?ref=`` picks a version
-  (``production`` by default, ``@candidate``, ``:3``), ``?site=`` a site's private heads;
+  ``POST /models/{name}/predict.csv``: an upload (multipart field ``file``, or the body), a CSV
+  with any common delimiter or an SD file → the same CSV as ``fedchem predict``, the input's
+  own columns kept (``X-Fedchem-Duplicate-Ids``: how many ids more than one row carries);
+  ``?ref=`` picks a version (``production`` by default, ``@candidate``, ``:3``), ``?site=`` a
+  site's private heads; ``POST /depict``: SVG drawings of SMILES;
 - Open Inference Protocol v2: ``GET /v2/health/live``, ``/v2/health/ready``,
   ``/v2/models/{name}``, ``/v2/models/{name}/ready``, ``POST /v2/models/{name}/infer`` (a
   ``BYTES`` input tensor ``smiles``; one output tensor per column);
 - ``GET /``: the page for chemists.
 
 Every route but health needs a bearer token (401 without a valid one); a token names the
-models it may use and the sites whose private heads it may ask for (403 otherwise). A request
-with more molecules than ``max_batch`` is refused (413), a malformed one is 422, a SMILES that
-cannot be predicted is a row with its error. The audit log records who asked what of which
+models it may use and the sites whose private heads it may ask for (403 otherwise, checked
+before anything is loaded). Limits, each a 4xx with its reason: more molecules than
+``max_batch`` (413), a body over ``max_body_bytes`` (413, as it streams in), a SMILES over
+``max_smiles_length`` characters or ``max_heavy_atoms`` heavy atoms (422, never echoed), a
+request still predicting after ``max_seconds`` (413); a malformed request is 422 (400 under
+``/v2``); a SMILES that cannot be predicted is a row with its error. Ids are the caller's, or
+each row's 1-based position. The audit log records who asked what of which
 version by the keyed hash of each SMILES (HMAC with the service's audit key), never the SMILES.
 """
 
@@ -49,7 +55,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedchem.federation.consistency import ConsistencyError
 from fedchem.registry.store import ModelRef, Registry, RegistryError
-from fedchem.serve.batch import mark_unread, read_input
+from fedchem.serve.batch import mark_unread, read_input, with_inputs
+from fedchem.serve.depict import depict_svg
+from fedchem.serve.markdown import markdown_html
 from fedchem.serve.predictor import Predictor
 
 __all__ = ["AuditLog", "ServiceConfig", "TokenGrant", "create_app", "hash_token"]
@@ -87,6 +95,13 @@ class ServiceConfig:
     """characters in one SMILES at most (a longer one is refused, 422, and never echoed)"""
     max_body_bytes: int = 8 * 1024 * 1024
     """bytes in one request body at most (413); read as it arrives, never buffered past it"""
+    max_heavy_atoms: int = 500
+    """heavy atoms in one input SMILES at most, salts included (422), counted before any
+    chemistry runs; the model's own rule on the parent (``chem.standardize``) still applies"""
+    max_seconds: float = 120.0
+    """a request's predictions stop once they pass this (413: send fewer molecules)"""
+    chunk: int = 100
+    """molecules predicted at a time (the time limit is checked between chunks)"""
     audit_path: Path | None = None
     audit_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
@@ -136,6 +151,16 @@ class PredictRequest(BaseModel):
     smiles: list[str] = Field(min_length=1)
     ids: list[str] | None = None
     alpha: float | None = Field(None, gt=0, lt=1)
+
+
+class DepictRequest(BaseModel):
+    """Molecules to draw."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    smiles: list[str] = Field(min_length=1)
+    width: int = Field(220, ge=50, le=1000)
+    height: int = Field(160, ge=50, le=1000)
 
 
 class InferTensor(BaseModel):
@@ -299,6 +324,20 @@ def _grant(
 Grant = Annotated[TokenGrant, Depends(_grant)]
 
 
+def _some(positions: list[int]) -> str:
+    return f"{positions[:10]}{' ...' if len(positions) > 10 else ''}"
+
+
+def _heavy_atoms(smiles: str) -> int:
+    """Heavy atoms of a SMILES as written (unsanitized: cheap, before any chemistry); 0 when
+    it does not parse (the predictor then says why)."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]
+    mol = Chem.MolFromSmiles(smiles, sanitize=False) if smiles else None
+    return 0 if mol is None else int(mol.GetNumHeavyAtoms())
+
+
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as JSON-able dicts: NaN as null."""
     return json.loads(df.to_json(orient="records"))
@@ -397,15 +436,35 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             raise HTTPException(413, f"{len(smiles)} molecules; at most {cfg.max_batch} a request")
         if ids is not None and len(ids) != len(smiles):
             raise HTTPException(422, f"{len(ids)} ids for {len(smiles)} SMILES")
-        long = [i for i, s in enumerate(smiles) if len(s) > cfg.max_smiles_length]
+        long = [i + 1 for i, s in enumerate(smiles) if len(s) > cfg.max_smiles_length]
         if long:
             raise HTTPException(
                 422,
-                f"SMILES at positions {long[:10]}{' ...' if len(long) > 10 else ''} (0-based) "
-                f"are over {cfg.max_smiles_length} characters",
+                f"SMILES at positions {_some(long)} (1-based) are over "
+                f"{cfg.max_smiles_length} characters",
+            )
+        heavy = [i + 1 for i, s in enumerate(smiles) if _heavy_atoms(s) > cfg.max_heavy_atoms]
+        if heavy:
+            raise HTTPException(
+                422,
+                f"SMILES at positions {_some(heavy)} (1-based) have over "
+                f"{cfg.max_heavy_atoms} heavy atoms",
             )
         start = time.perf_counter()
-        table = p.predict(smiles, ids, alpha)
+        parts = []
+        for at in range(0, max(len(smiles), 1), cfg.chunk):
+            if at and time.perf_counter() - start > cfg.max_seconds:
+                raise HTTPException(
+                    413,
+                    f"over {cfg.max_seconds:g} s after {at} of {len(smiles)} molecules; "
+                    "send fewer molecules a request",
+                )
+            part_ids = ids[at : at + cfg.chunk] if ids is not None else None
+            part = p.predict(smiles[at : at + cfg.chunk], part_ids, alpha)
+            if ids is None:
+                part["id"] = [str(at + i + 1) for i in range(len(part))]
+            parts.append(part)
+        table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
         n_err = int((table["status"] != "ok").sum())
         audit.record(who, p.name, p.version, smiles, n_err, route, time.perf_counter() - start)
         return table
@@ -459,9 +518,10 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             raise HTTPException(404, str(exc)) from exc
         if format == "json":
             return JSONResponse(cfg.registry.read_json(n, v, "card.json"))
-        return PlainTextResponse(
-            cfg.registry.read(n, v, "card.md").decode(), media_type="text/markdown"
-        )
+        text = cfg.registry.read(n, v, "card.md").decode()
+        if format == "html":
+            return HTMLResponse(markdown_html(text))
+        return PlainTextResponse(text, media_type="text/markdown")
 
     @app.post("/models/{name}/predict", tags=["predict"])
     def predict_json(
@@ -491,13 +551,35 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         allowed(g, name, site)
         raw = await file.read() if file is not None else await request.body()
         try:  # the CLI's reader: one set of rules
-            ids, smiles, errors = read_input(io.BytesIO(raw), smiles_col, id_col, "the upload")
+            rows = read_input(io.BytesIO(raw), smiles_col, id_col, "the upload")
         except (ValueError, UnicodeDecodeError) as exc:
             raise HTTPException(422, str(exc)) from exc
-        p = predictor(name, ref, site)
-        table = run(p, g.name, smiles, ids, alpha, "predict.csv")
-        mark_unread(table, errors)
-        return PlainTextResponse(table.to_csv(index=False), media_type="text/csv")
+        p = await run_in_threadpool(predictor, name, ref, site)
+        table = await run_in_threadpool(run, p, g.name, rows.smiles, rows.ids, alpha, "predict.csv")
+        mark_unread(table, rows.errors)
+        table = with_inputs(table, rows.extra)
+        twice = rows.duplicate_ids()
+        headers = {"X-Fedchem-Rows": str(len(table))}
+        if twice:
+            headers["X-Fedchem-Duplicate-Ids"] = str(len(twice))
+        return PlainTextResponse(table.to_csv(index=False), media_type="text/csv", headers=headers)
+
+    @app.post("/depict", tags=["predict"])
+    def depict(body: DepictRequest, g: Grant) -> dict[str, list[str | None]]:
+        """SVG drawings (RDKit's) of SMILES, for a page or a report: one per input, ``null``
+        for one RDKit cannot read. Any valid token; at most ``max_batch`` a request."""
+        if len(body.smiles) > cfg.max_batch:
+            raise HTTPException(
+                413, f"{len(body.smiles)} molecules; at most {cfg.max_batch} a request"
+            )
+        long = [i + 1 for i, s in enumerate(body.smiles) if len(s) > cfg.max_smiles_length]
+        if long:
+            raise HTTPException(
+                422,
+                f"SMILES at positions {_some(long)} (1-based) are over "
+                f"{cfg.max_smiles_length} characters",
+            )
+        return {"svg": [depict_svg(s, body.width, body.height) for s in body.smiles]}
 
     columns_of: dict[tuple[str, int, str | None], list[dict[str, Any]]] = {}
 

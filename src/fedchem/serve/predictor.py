@@ -6,10 +6,12 @@ chemistry config and refuses on any difference (another key, config, library ver
 platform would featurize differently than training did), and, given a site's registry, adds
 the site's private heads and its own calibration. :meth:`Predictor.predict` then runs the same
 standardization, featurizer and keyed column permutation as training did and returns one row
-per input row, in input order: the id, the input and standardized SMILES, a status and an
-error for a row that cannot be predicted (never dropped), and per task the prediction in
-original units with its conformal set (classification) or interval (regression), and the
-molecule's applicability domain.
+per input row, in input order: the id (by default the row's 1-based position), the input and
+standardized SMILES, a status and an error for a row that cannot be predicted (never
+dropped), and per task the prediction in
+original units (classification: the model's score), for classification the calibrated
+probability of activity (Venn-ABERS on the conformal calibration counts) and the conformal set,
+for regression the conformal interval, and the molecule's applicability domain.
 """
 
 from __future__ import annotations
@@ -70,11 +72,27 @@ class _Calibration:
     hist: Any = None
     scores: Any = None
     scale: float = 1.0
+    _venn_abers: tuple[np.ndarray, np.ndarray] | None = None
 
     def thresholds(self, alpha: float) -> dict[str, float]:
         if self.kind == "classification":
             return {c: self._one(c, alpha, 1.0) for c in ("0", "1")}
         return {"q": self._one(None, alpha, conformal.REGRESSION_RANGE)}
+
+    def probability(self, p: np.ndarray) -> np.ndarray:
+        """The calibrated probability of class 1 (Venn-ABERS on this calibration's counts)."""
+        if self._venn_abers is None:
+            if self.scores is not None:  # a site's own exact scores, binned like the hosted
+                hist0 = conformal.class_histograms(
+                    np.zeros(len(self.scores["0"]), bool), np.asarray(self.scores["0"])
+                )["0"]
+                hist1 = conformal.class_histograms(
+                    np.ones(len(self.scores["1"]), bool), 1.0 - np.asarray(self.scores["1"])
+                )["1"]
+            else:
+                hist0, hist1 = self.hist["0"], self.hist["1"]
+            self._venn_abers = conformal.venn_abers_table(hist0, hist1)
+        return conformal.venn_abers(p, self._venn_abers)[:, 0]
 
     def _one(self, cls: str | None, alpha: float, upper: float) -> float:
         if self.scores is not None:
@@ -191,7 +209,7 @@ class Predictor:
         ok = np.array([r is None for r in feats.reason], dtype=bool)
         out = pd.DataFrame(
             {
-                "id": list(ids) if ids is not None else [str(i) for i in range(len(smiles))],
+                "id": list(ids) if ids is not None else [str(i + 1) for i in range(len(smiles))],
                 "smiles": ["" if s is None else str(s) for s in smiles],
                 "standardized_smiles": [c or "" for c in feats.canonical],
                 "status": np.where(ok, "ok", "error"),
@@ -211,6 +229,9 @@ class Predictor:
             cal = self.calibration.get(task.name)
             th = cal.thresholds(alpha) if cal is not None else None
             if task.kind == "classification":
+                columns[f"{task.name}_probability"] = (
+                    np.round(cal.probability(p), 4) if cal is not None else np.full(len(p), np.nan)
+                )
                 columns[f"{task.name}_set"] = _sets(p, th, ok)
             else:
                 half = th["q"] * cal.scale if th is not None and cal is not None else math.nan
