@@ -7,7 +7,8 @@ site's run reads the opening, trains and publishes its update, and the coordinat
 replies from the hub, then screens, aggregates and commits (the quorum is decided there, once;
 a round below it is recorded as failed). Here the coordinator's steps run as Prefect tasks
 (:class:`TaskSteps`), and only how a site's run starts differs: ``mode: local`` runs it as a
-subflow here (the one-machine simulation); ``mode: deployed`` runs the site's own deployment on
+subflow here (the one-machine simulation), or, for many sites (``simulation``), every site's
+step at once in Dask worker processes; ``mode: deployed`` runs the site's own deployment on
 its own work pool, booked rounds ahead so that the runs' start overlaps the rounds before.
 Every run the coordinator started ends in a final state before it does. The UI shows a
 progress artifact for the run and a table of site metrics per round.
@@ -28,8 +29,10 @@ from fedchem.federation.driver import (
     CoordinatorSteps,
     FederationStopped,
     RoundStart,
+    SiteLauncher,
     run_rounds,
 )
+from fedchem.federation.parallel import DaskSites
 from fedchem.federation.rounds import SiteReplies
 from fedchem.federation.secure import MaskedUpdates
 from fedchem.flows.site_round import site_round
@@ -285,7 +288,19 @@ def coordinator(config: FederationConfig) -> list[RoundManifest]:
         description=f"federation {config.run_id}",
     )
     steps = TaskSteps(config, cast(UUID, progress))  # sync context: the id, not a coroutine
-    sites = (LocalSites if config.mode == "local" else DeployedSites)(config)
+    sites: SiteLauncher
+    if config.mode == "deployed":
+        sites = DeployedSites(config)
+    elif config.simulation.uses_dask(len(config.sites)):
+        sim = config.simulation
+        sites = DaskSites(config, sim.dask_address, sim.workers)
+        get_run_logger().info(
+            "%d sites: their steps run in Dask worker processes (%s), not as subflows",
+            len(config.sites),
+            sim.dask_address or "a local cluster",
+        )
+    else:
+        sites = LocalSites(config)
     try:
         outcome = run_rounds(config, steps, sites, committed)
     finally:

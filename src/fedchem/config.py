@@ -28,6 +28,7 @@ __all__ = [
     "PrepareConfig",
     "PublishConfig",
     "Selection",
+    "SimulationConfig",
     "SiteConfig",
     "SiteRef",
     "StandardizeConfig",
@@ -330,6 +331,25 @@ class FaultConfig(StrictModel):
     )
 
 
+class SimulationConfig(StrictModel):
+    """How ``mode: local`` runs the sites' steps of a round: as Prefect subflows one after
+    another (each a run in the UI, about a second of overhead each), or all at once in Dask
+    worker processes (:mod:`fedchem.federation.parallel`: the same protocol, no subflow per
+    site step; for many sites). ``auto``: subflows up to ``subflows_up_to`` sites, Dask above."""
+
+    engine: Literal["auto", "subflows", "dask"] = "auto"
+    subflows_up_to: int = Field(8, ge=0, description="auto: the most sites run as subflows")
+    dask_address: str | None = Field(
+        None, description="a Dask scheduler (its workers reach the sites' files and the hub)"
+    )
+    workers: int | None = Field(
+        None, ge=1, description="local cluster's worker processes (default: one per core)"
+    )
+
+    def uses_dask(self, n_sites: int) -> bool:
+        return self.engine == "dask" or (self.engine == "auto" and n_sites > self.subflows_up_to)
+
+
 class WarmStart(StrictModel):
     """Start a federation from a registered model instead of a fresh initialisation."""
 
@@ -368,6 +388,7 @@ class FederationConfig(StrictModel):
     hub_url: str
     mode: Literal["local", "deployed"] = "local"
     deployment: DeploymentConfig = DeploymentConfig()
+    simulation: SimulationConfig = SimulationConfig()
     faults: FaultConfig = FaultConfig()
     sites: list[SiteConfig | SiteRef]
     tasks: list[TaskSpec]
@@ -405,6 +426,11 @@ class FederationConfig(StrictModel):
         description="aggregate the updates securely (fedchem.secagg): the coordinator and the "
         "hub see masked updates and their sum only; needs trust (signed rounds) and a strategy "
         "that aggregates a sum",
+    )
+    compression: Literal["none", "fp16", "bf16", "int8"] = Field(
+        "none",
+        description="how the sites send their updates (fedchem.model.compress): the weights in "
+        "fp32, or the delta in 16 or 8 bits with error feedback, all-zero rows left out",
     )
 
     @field_validator("sites")
@@ -469,6 +495,12 @@ class FederationConfig(StrictModel):
             why = secure_aggregation_refusal(self, secure)
             if why is not None:
                 raise ValueError(f"secure_aggregation: {why}")
+            if self.compression != "none":
+                raise ValueError(
+                    f"compression {self.compression!r} with secure_aggregation: the masked "
+                    "update is already fixed-point encoded in a ring (its own quantization), "
+                    "and a codec's scales would be per site; use compression: none with it"
+                )
         if self.privacy.level == "record" and self.strategy.name == "fedprox":
             raise ValueError(
                 "record-level DP-SGD clips per-example gradients; FedProx's proximal term is "
@@ -542,7 +574,13 @@ class DemoConfig(StrictModel):
 
     dataset: str = "tox21"
     smiles_col: str | None = Field(None, description="default: the bundled set's, else 'smiles'")
-    sites: int = Field(4, ge=1, le=26)
+    sites: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="how many sites the dataset is dealt into (site-a... up to 26, then "
+        "site-001...); above simulation's subflows_up_to their rounds run in Dask workers",
+    )
     rounds: int = Field(10, ge=1)
     seed: int = Field(0, description="the split's seed, and the training seed")
     task_split: Literal["shared", "disjoint"] = "shared"
@@ -576,6 +614,13 @@ class DemoConfig(StrictModel):
         False,
         description="aggregate the updates securely (the coordinator sees masked updates and "
         "their sum only; the cross-site matrix of local models is then left out)",
+    )
+    compression: Literal["none", "fp16", "bf16", "int8"] = Field(
+        "none", description="how the sites send their updates (see FederationConfig)"
+    )
+    simulation: SimulationConfig = Field(
+        default_factory=SimulationConfig,
+        description="the sites' steps as subflows or in Dask workers (auto: by their number)",
     )
 
 

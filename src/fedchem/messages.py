@@ -125,6 +125,9 @@ class RoundPlan(StrictModel):
     secure_aggregation: SecAggPlan | None = Field(
         None, description="the updates are aggregated securely (the coordinator sees the sum)"
     )
+    compression: str = Field(
+        "none", description="how updates travel: none (fp32 weights), fp16, bf16, int8 (deltas)"
+    )
 
 
 class RoundOpen(StrictModel):
@@ -191,6 +194,8 @@ class SiteUpdateManifest(StrictModel):
     n_labels: int
     update_path: str
     update_sha256: str
+    update_bytes: int = Field(0, ge=0, description="the update's size as sent")
+    codec: str = Field("none", description="none (fp32 weights) or the delta's codec")
     base_sha256: str = Field(description="hash of the global model this update started from")
     train_loss: float
     train_seconds: float

@@ -125,6 +125,8 @@ def _demo(args: argparse.Namespace) -> int:
         hold_back=cfg.hold_back,
         privacy=cfg.privacy,
         secure_aggregation=cfg.secure_aggregation,
+        compression=cfg.compression,
+        simulation=cfg.simulation,
     )
     print(render_markdown(report))
     print(

@@ -151,7 +151,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"Cross-site evaluation ({cross['metric']} on each site's test fold; "
-            "rows: models, columns: sites):",
+            "rows: models, columns: sites"
+            + (
+                f"; sampled: each site scores {report['meta']['cross_site_sample']} other "
+                "sites' local models, n/a the pairs not drawn"
+                if report.get("meta", {}).get("cross_site_sample")
+                else ""
+            )
+            + "):",
             "",
             "| model | " + " | ".join(sites) + " |",
             "|" + "---|" * (len(sites) + 1),

@@ -92,7 +92,12 @@ def model_name(dataset: Path) -> str:
 
 
 def site_names(n: int) -> list[str]:
-    return [f"site-{chr(ord('a') + i)}" if i < 26 else f"site-{i}" for i in range(n)]
+    """``site-a`` ... ``site-z`` up to 26 sites; above, ``site-001`` ... (zero-padded: the
+    names sort as the sites are numbered)."""
+    if n <= 26:
+        return [f"site-{chr(ord('a') + i)}" for i in range(n)]
+    width = len(str(n))
+    return [f"site-{i + 1:0{width}d}" for i in range(n)]
 
 
 @dataclass(frozen=True)
@@ -180,13 +185,17 @@ def _scaffold_key(smiles: str) -> str:
 
 
 def _deal_by_scaffold(smiles: pd.Series, n_sites: int, seed: int) -> np.ndarray:
-    """Site index per row: whole scaffold groups, to sites of target sizes N, N-1, ..., 1."""
+    """Site index per row: whole scaffold groups, to sites of target sizes N, N-1, ..., 1
+    (above 26 sites, sizes from 4 to 1 in N even steps: N : 1 would leave the smallest of a
+    hundred sites a molecule or two, too few for its folds)."""
     groups = pd.Series(range(len(smiles))).groupby(smiles.map(_scaffold_key).to_numpy()).apply(list)
     rng = np.random.default_rng(seed)
     sizes = groups.map(len).to_numpy()
     # largest groups first (random among equals), each to the site furthest below its target
     order = np.lexsort((rng.random(len(groups)), -sizes))
-    weights = np.arange(n_sites, 0, -1, dtype=float)
+    weights = (
+        np.arange(n_sites, 0, -1, dtype=float) if n_sites <= 26 else np.linspace(4, 1, n_sites)
+    )
     target = weights / weights.sum() * len(smiles)
     filled = np.zeros(n_sites)
     owner = np.empty(len(smiles), dtype=np.int64)

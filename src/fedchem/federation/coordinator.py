@@ -67,6 +67,7 @@ def round_plan(config: FederationConfig) -> RoundPlan:
             if config.secure_aggregation is None
             else config.secure_aggregation.model_copy(update={"graph_seed": config.run_id})
         ),
+        compression=config.compression,
     )
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
-from fedchem.config import FederationConfig, SiteConfig
+from fedchem.config import ChemConfig, FederationConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.federation.commits import commit_failed_round, read_round
 from fedchem.federation.coordinator import (
     aggregate_round,
@@ -75,6 +75,7 @@ __all__ = [
     "fit_instructions",
     "refusal_verifier",
     "run_rounds",
+    "site_step",
     "stop_reason",
 ]
 
@@ -447,6 +448,34 @@ def _secure_round(
     return manifest
 
 
+def site_step(
+    site: SiteConfig,
+    hub_url: str,
+    run_id: str,
+    rnd: int,
+    ticket: str,
+    chem: ChemConfig,
+    model: ModelConfig,
+    train: TrainConfig,
+    step: str | None,
+) -> tuple[str, str | None]:
+    """One site's step of an open round, wherever it runs (this process, a Dask worker): it
+    reads the opening under ``ticket``, answers under its own guard and publishes its reply
+    on the hub. Returns its run's final state (``Completed``; ``Failed`` for a refusal or an
+    error) and, for an error, the exception's type only: its text could quote a site's
+    data."""
+    from fedchem.federation.site import take_part
+
+    hub = HubStore(hub_url)
+    try:
+        opened = await_round_open(hub, run_id, rnd, ticket, timeout_s=0)
+        reply = take_part(site, hub, opened, chem, model, train, step)
+    except Exception as exc:
+        _log.debug("site %s's failure", site.name, exc_info=True)
+        return "Failed", type(exc).__name__
+    return ("Failed" if isinstance(reply, SiteRefusal) else "Completed"), None
+
+
 class InProcessSites:
     """Every site's round in this process, one after another, through the hub protocol a
     deployed site uses: each reads the opening under the ticket, trains under its own guard
@@ -471,33 +500,42 @@ class InProcessSites:
         self.gone: set[str] = set()
 
     def _take(self, rnd: int, step: str | None) -> None:
-        from fedchem.federation.site import take_part
-
         config = self.config
         if step is not None and self.drop is not None:
             self.gone |= set(self.drop(rnd, step))
+        todo = []
         for site in config.sites:
             assert isinstance(site, SiteConfig)  # checked by FederationConfig in local mode
             if site.name in self.gone:
                 self.ended_states[site.name] = RunState("Crashed", True)
-                continue
-            opened = await_round_open(self.hub, config.run_id, rnd, self.ticket, timeout_s=0)
-            try:
-                reply = take_part(
-                    site, self.hub, opened, config.chem, config.model, config.train, step
-                )
-            except Exception as exc:  # a site that fails is counted missing; the round goes on
-                # the exception's type only: its text could quote a site's data
-                _log.warning("round %d: site %s failed (%s)", rnd, site.name, type(exc).__name__)
-                _log.debug("site %s's failure", site.name, exc_info=True)
-                self.ended_states[site.name] = RunState("Failed", True)
-                self.gone.add(site.name)
-                continue
-            if isinstance(reply, SiteRefusal):
-                self.gone.add(site.name)
-                self.ended_states[site.name] = RunState("Failed", True)
             else:
-                self.ended_states[site.name] = RunState("Completed", True)
+                todo.append(site)
+        for site, (state, failure) in zip(todo, self.run_sites(todo, rnd, step), strict=True):
+            if failure is not None:  # a site that fails is counted missing; the round goes on
+                _log.warning("round %d: site %s failed (%s)", rnd, site.name, failure)
+            self.ended_states[site.name] = RunState(state, True)
+            if state != "Completed":
+                self.gone.add(site.name)
+
+    def run_sites(
+        self, sites: Sequence[SiteConfig], rnd: int, step: str | None
+    ) -> list[tuple[str, str | None]]:
+        """Each site's step of round ``rnd``, one after another in this process: (its run's
+        final state, the type of the exception it failed with)."""
+        return [
+            site_step(
+                site,
+                self.config.hub_url,
+                self.config.run_id,
+                rnd,
+                self.ticket,
+                self.config.chem,
+                self.config.model,
+                self.config.train,
+                step,
+            )
+            for site in sites
+        ]
 
     def start(self, rnd: int, ticket: str, open_round: Callable[[], None]) -> RoundStart:
         open_round()

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from fedchem.messages import (
     SiteUpdateManifest,
 )
 from fedchem.model.calibrate import calibrate, conformal_report
+from fedchem.model.compress import CODECS, Codec, encode_update
 from fedchem.model.evaluate import evaluate_at_site
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.selection import BestSoFar
@@ -231,6 +233,11 @@ def run_site_round(
         return done
     train = ds.without_folds([chem.test_fold, chem.valid_fold])
     valid = ds.folds([chem.valid_fold])
+    if len(train) == 0:
+        raise ValueError(
+            f"site {site.name}: no training molecules (all {len(ds)} are in its test and "
+            "validation folds); it has nothing to train on"
+        )
     privacy = (
         guard.privacy(run_id, plan, len(train), train_cfg.batch_size, train_cfg.local_epochs)
         if guard is not None and plan is not None
@@ -277,6 +284,9 @@ def run_site_round(
     upload = model_to_arrays(model)
     site_dp = privacy is not None and privacy.level == "site"
     secure = plan is not None and plan.secure_aggregation is not None
+    codec = cast(Codec, opened.plan.compression if opened and opened.plan else "none")
+    if codec not in CODECS or (secure and codec != "none"):
+        raise ValueError(f"round {rnd}: compression {codec!r} cannot be sent")
     if private.size:  # the site's own heads stay here; the hub gets zeros in their rows
         _save_private_head(model, private_head_path(state_dir, rnd), private)
         for name in ("head.weight", "head.bias"):  # (site-level DP, secure aggregation: the
@@ -292,6 +302,9 @@ def run_site_round(
         data = _masked_update(
             site.name, site.workdir, hub, opened, guard, upload, arrays, len(train)
         )
+    elif codec != "none":  # the delta, compressed; what the codec lost stays here for later
+        data, residual = encode_update(upload, arrays, codec, _load_residual(state_dir, rnd - 1))
+        _save_residual(state_dir, rnd, residual)
     else:
         data = dump_arrays(upload)
     layout = HubLayout(run_id)
@@ -321,6 +334,8 @@ def run_site_round(
         n_labels=train.n_labels(),
         update_path=layout.site_update(rnd, site.name),
         update_sha256=hashlib.sha256(data).hexdigest(),
+        update_bytes=len(data),
+        codec=codec,
         base_sha256=base_sha,
         train_loss=stats.mean_loss,
         train_seconds=stats.seconds,
@@ -344,6 +359,26 @@ def run_site_round(
     _keep_sent(state_dir, rnd, base_sha, data, written)
     hub.put_bytes(layout.site_manifest(rnd, site.name), written)  # the reply: written last
     return manifest
+
+
+def _residual_path(state_dir: Path, rnd: int) -> Path:
+    return state_dir / f"residual-{rnd:04d}.npz"
+
+
+def _load_residual(state_dir: Path, rnd: int) -> StateArrays | None:
+    """What compression lost in round ``rnd`` (error feedback), kept at the site: added to the
+    next round's delta (None: nothing kept)."""
+    path = _residual_path(state_dir, rnd)
+    return load_arrays(path.read_bytes()) if rnd >= 1 and path.exists() else None
+
+
+def _save_residual(state_dir: Path, rnd: int, residual: StateArrays) -> None:
+    """Kept per round: a round retrained (a coordinator restarted) reads the same residual of
+    the round before as the first time did."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = _residual_path(state_dir, rnd).with_suffix(".partial")
+    tmp.write_bytes(dump_arrays(residual))
+    tmp.replace(_residual_path(state_dir, rnd))
 
 
 def _masked_update(

@@ -17,7 +17,7 @@ import numpy as np
 
 from fedchem.federation.strategies import SiteReply
 from fedchem.messages import SiteUpdateManifest
-from fedchem.model.state import load_arrays
+from fedchem.model.compress import decode_update, update_codec
 from fedchem.storage.hub import IntegrityError
 from fedchem.types import StateArrays
 
@@ -108,7 +108,10 @@ def screen_updates(
             out.rejected[m.site] = f"update missing: {exc}"[:300]
             continue
         try:
-            arrays = load_arrays(data)
+            codec = update_codec(data)
+            if codec != m.codec:
+                raise ValueError(f"sent as {codec!r}, its manifest says {m.codec!r}")
+            arrays = decode_update(data, reference)  # a compressed delta: back to weights
         except (ValueError, OSError, KeyError) as exc:  # not an npz of arrays
             out.rejected[m.site] = f"unreadable update: {type(exc).__name__}: {exc}"[:300]
             continue

@@ -100,7 +100,7 @@ class ServiceConfig:
     chemistry runs; the model's own rule on the parent (``chem.standardize``) still applies"""
     max_seconds: float = 120.0
     """a request's predictions stop once they pass this (413: send fewer molecules)"""
-    chunk: int = 100
+    chunk: int = 250
     """molecules predicted at a time (the time limit is checked between chunks)"""
     audit_path: Path | None = None
     audit_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
