@@ -177,3 +177,61 @@ def _manifest(site: str) -> SiteUpdateManifest:
         device="cpu",
         valid=valid,
     )
+
+
+class _Counting(HubStore):
+    """The hub as the coordinator reads it, counting reads of each path; ``swap`` gives other
+    bytes for a path from its second read on (a site that rewrites its object after the
+    coordinator screened it)."""
+
+    def __init__(self, url: str, swap: dict[str, bytes] | None = None) -> None:
+        super().__init__(url)
+        self.reads: dict[str, int] = {}
+        self.swap = swap or {}
+
+    def get_bytes(self, rel: str) -> bytes:
+        self.reads[rel] = self.reads.get(rel, 0) + 1
+        if rel in self.swap and self.reads[rel] > 1:
+            return self.swap[rel]
+        return super().get_bytes(rel)
+
+
+def test_the_coordinator_streams_updates_and_refuses_one_changed_after_screening(tmp_path: Path):
+    hub = _Counting(str(tmp_path))
+    m0 = commit_round(hub, RUN, 0, dump_arrays(_global()), "init", {}, {})
+    ups = [
+        _publish(hub, s, _near(v), m0.global_sha256)
+        for s, v in zip("abc", (0.1, 0.2, 0.3), strict=True)
+    ]
+    m1 = aggregate_round(hub, RUN, 1, ups, members=MEMBERS, quorum=2)
+    assert m1.sites == ["a", "b", "c"]
+    # each update read twice (screened, then summed), none kept in between
+    assert {hub.reads[u.update_path] for u in ups} == {2}
+    _, arrays, _ = read_round(hub, RUN, 1)
+    np.testing.assert_allclose(arrays["w"], 0.2, rtol=1e-6)  # the weighted mean (equal weights)
+    # site c rewrites its update once it has been screened: refused, the round goes on
+    hub2 = _Counting(
+        str(tmp_path / "two"), swap={HubLayout(RUN).site_update(1, "c"): dump_arrays(_near(9.0))}
+    )
+    m0 = commit_round(hub2, RUN, 0, dump_arrays(_global()), "init", {}, {})
+    ups = [
+        _publish(hub2, s, _near(v), m0.global_sha256)
+        for s, v in zip("abc", (0.1, 0.2, 0.3), strict=True)
+    ]
+    m1 = aggregate_round(hub2, RUN, 1, ups, members=MEMBERS, quorum=2)
+    assert m1.outcome == "aggregated" and m1.sites == ["a", "b"]
+    assert m1.rejected["c"].startswith("update changed after it was screened")
+    _, arrays, _ = read_round(hub2, RUN, 1)
+    np.testing.assert_allclose(arrays["w"], 0.15, rtol=1e-6)
+    # below the quorum, the round is recorded as failed
+    hub3 = _Counting(
+        str(tmp_path / "three"),
+        swap={HubLayout(RUN).site_update(1, s): dump_arrays(_near(9.0)) for s in "bc"},
+    )
+    m0 = commit_round(hub3, RUN, 0, dump_arrays(_global()), "init", {}, {})
+    ups = [
+        _publish(hub3, s, _near(v), m0.global_sha256)
+        for s, v in zip("abc", (0.1, 0.2, 0.3), strict=True)
+    ]
+    failed = aggregate_round(hub3, RUN, 1, ups, members=MEMBERS, quorum=2)
+    assert failed.outcome == "failed" and set(failed.rejected) == {"b", "c"}

@@ -7,7 +7,8 @@ the result has the dtype of the first update.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,23 +40,39 @@ def _check_same_names(updates: Sequence[StateArrays]) -> list[str]:
     return sorted(names)
 
 
-def aggregate_weighted(updates: Sequence[tuple[StateArrays, float]]) -> StateArrays:
+def aggregate_weighted(updates: Iterable[tuple[StateArrays, float]]) -> StateArrays:
     """Example-weighted FedAvg: ``sum_i w_i * x_i / sum_i w_i`` per array.
 
-    Every update must carry the same names and shapes; weights must be positive.
+    Every update must carry the same names and shapes; weights must be positive. The updates
+    are taken one at a time, each once (a generator that reads each from storage as it is
+    asked for keeps one update in memory beside the float64 running sum, not all of them).
     """
-    names = _check_same_names([a for a, _ in updates])
-    for _, w in updates:
+    acc: dict[str, F64] = {}
+    dtypes: dict[str, np.dtype[Any]] = {}
+    total = 0.0
+    for arrays, w in updates:
         if not w > 0:
             raise ValueError(f"weights must be positive, got {w}")
-    total = float(sum(w for _, w in updates))
+        if not acc:
+            for n in sorted(arrays):
+                acc[n] = np.zeros(arrays[n].shape, dtype=np.float64)
+                dtypes[n] = arrays[n].dtype
+        elif set(arrays) != set(acc):
+            raise ValueError("updates carry different parameter names")
+        for n, a in acc.items():
+            x = arrays[n]
+            if x.shape != a.shape:
+                raise ValueError(f"{n}: shapes differ across updates")
+            a += x * np.float32(w)  # cast to float64 as it is added: no float64 copy of x
+        total += w
+    if not acc:
+        raise ValueError("nothing to aggregate")
     out: StateArrays = {}
-    for name in names:
-        ref = updates[0][0][name]
-        acc = np.zeros(ref.shape, dtype=np.float64)
-        for arrays, w in updates:
-            acc += arrays[name].astype(np.float64) * (w / total)
-        out[name] = acc.astype(ref.dtype)
+    for n in list(acc):
+        a = acc.pop(n)
+        a /= total
+        out[n] = a.astype(dtypes[n])
+        del a
     return out
 
 

@@ -14,7 +14,7 @@ import torch
 from fedchem.config import ChemConfig, FaultConfig, FederationConfig, ModelConfig, TrainConfig
 from fedchem.federation.commits import commit_failed_round, commit_round, read_round
 from fedchem.federation.strategies import FedAvg, SiteLevelDP, Strategy, build_strategy
-from fedchem.federation.validation import check_arrays, screen_updates
+from fedchem.federation.validation import UpdateChanged, check_arrays, screen_updates
 from fedchem.messages import RoundManifest, RoundPlan, SiteUpdateManifest
 from fedchem.model.network import MultitaskNet, build_model
 from fedchem.model.state import dump_arrays, model_to_arrays
@@ -229,19 +229,6 @@ def trunk_of(base: StateArrays, fresh: StateArrays) -> StateArrays:
     return out
 
 
-def _read_or_error(hub: HubStore, rel: str) -> bytes | Exception:
-    try:
-        return hub.get_bytes(rel)
-    except Exception as exc:
-        return exc
-
-
-def _raise(blob: bytes | Exception) -> bytes:
-    if isinstance(blob, Exception):
-        raise blob
-    return blob
-
-
 def aggregate_round(
     hub: HubStore,
     run_id: str,
@@ -290,9 +277,8 @@ def aggregate_round(
     faults = faults or FaultConfig()
     missing = dict(failures) if isinstance(failures, dict) else {s: "no reply" for s in failures}
     previous, current, server_state = read_round(hub, run_id, rnd - 1)
-    # the updates are read concurrently; a read error surfaces when its update is screened
-    paths = [m.update_path for m in replies]
-    blobs = dict(zip(paths, hub.map(lambda p: _read_or_error(hub, p), paths), strict=True))
+    # each update is read when it is screened and again when it is aggregated (its hash
+    # checked both times): the coordinator holds one update at a time, not N
     screened = screen_updates(
         replies,
         run_id=run_id,
@@ -300,9 +286,7 @@ def aggregate_round(
         base_sha256=previous.global_sha256,
         reference=current,
         members=list(members) if members is not None else [m.site for m in replies],
-        fetch=lambda m: hub.get_verified(
-            m.update_path, m.update_sha256, f"update of {m.site}", _raise(blobs[m.update_path])
-        ),
+        fetch=lambda m: hub.get_verified(m.update_path, m.update_sha256, f"update of {m.site}"),
         max_norm_ratio=faults.max_norm_ratio,
         min_for_norm=faults.min_for_norm_check,
         max_delta_norm=privacy.clip if privacy is not None and privacy.level == "site" else None,
@@ -313,7 +297,25 @@ def aggregate_round(
             ledger.received(rnd, m)
         for site, why in sorted(screened.rejected.items()):
             ledger.append("rejected", round=rnd, subject=site, note=why)
-    if len(screened.accepted) < max(quorum, 1):
+    result = None
+    while len(screened.accepted) >= max(quorum, 1):
+        try:
+            result = strategy.aggregate_fit(
+                rnd,
+                current,
+                server_state,
+                screened.accepted,
+                sorted({*missing, *screened.rejected}),
+            )
+            break
+        except UpdateChanged as exc:  # its object changed on the hub since it was screened
+            why = f"update changed after it was screened: {exc}"[:300]
+            screened.rejected[exc.site] = why
+            screened.accepted = [r for r in screened.accepted if r.site != exc.site]
+            screened.manifests = [m for m in screened.manifests if m.site != exc.site]
+            if ledger is not None:
+                ledger.append("rejected", round=rnd, subject=exc.site, note=why)
+    if result is None:
         reason = (
             f"{len(screened.accepted)} accepted update(s), quorum is {max(quorum, 1)}; "
             f"missing: {', '.join(sorted(missing)) or '-'}; "
@@ -329,9 +331,6 @@ def aggregate_round(
             started_at=started_at,
             trust=trust,
         )
-    result = strategy.aggregate_fit(
-        rnd, current, server_state, screened.accepted, sorted({*missing, *screened.rejected})
-    )
     used = {m.site: m for m in screened.manifests if m.site in result.used_sites}
     weights = {s: m.n_examples for s, m in used.items()}
     summaries = {m.site: m.valid.summary for m in screened.manifests}

@@ -76,13 +76,21 @@ def build_strategy(cfg: StrategyConfig) -> Strategy:
 # ---------------------------------------------------------------------------- strategies
 
 
-@dataclass(frozen=True)
 class SiteReply:
-    """One site's accepted update for a round: its weights and its example count."""
+    """One site's accepted update for a round: its weights and its example count. ``arrays``
+    is the weights, or a function that reads them (from the hub, checked against their hash)
+    each time they are asked for: a strategy that aggregates a sum then holds one update at a
+    time; one that needs every update at once (median, trimmed mean, Krum) reads them all."""
 
-    site: str
-    arrays: StateArrays
-    n_examples: int
+    def __init__(
+        self, site: str, arrays: StateArrays | Callable[[], StateArrays], n_examples: int
+    ) -> None:
+        self.site, self.n_examples = site, n_examples
+        self._arrays = arrays
+
+    @property
+    def arrays(self) -> StateArrays:
+        return self._arrays() if callable(self._arrays) else self._arrays
 
 
 @dataclass(frozen=True)
@@ -157,7 +165,7 @@ def weighted_valid_summary(
 
 
 def _fedavg(replies: Sequence[SiteReply]) -> StateArrays:
-    return aggregate_weighted([(r.arrays, float(r.n_examples)) for r in replies])
+    return aggregate_weighted((r.arrays, float(r.n_examples)) for r in replies)
 
 
 def _all(replies: Sequence[SiteReply]) -> tuple[str, ...]:

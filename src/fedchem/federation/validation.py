@@ -50,12 +50,40 @@ def check_arrays(arrays: StateArrays, reference: StateArrays) -> str | None:
 
 
 def update_norm(arrays: StateArrays, reference: StateArrays) -> float:
-    """L2 distance of an update from the global model it started from, over all parameters."""
-    total = sum(
-        float(np.square(arrays[k].astype(np.float64) - reference[k].astype(np.float64)).sum())
-        for k in reference
-    )
+    """L2 distance of an update from the global model it started from, over all parameters
+    (in float64, a block of rows at a time: no copy of a whole array is made)."""
+    total = 0.0
+    for k, ref in reference.items():
+        a = np.asarray(arrays[k]).reshape(len(ref) if ref.ndim else 1, -1)
+        r = np.asarray(ref).reshape(a.shape)
+        for at in range(0, len(a), _BLOCK):
+            d = a[at : at + _BLOCK].astype(np.float64) - r[at : at + _BLOCK]
+            total += float(np.einsum("ij,ij->", d, d))
     return float(np.sqrt(total))
+
+
+#: rows of an array taken at a time by :func:`update_norm`
+_BLOCK = 256
+
+
+class UpdateChanged(IntegrityError):
+    """An accepted update read again for aggregation no longer hashes to its manifest."""
+
+    def __init__(self, site: str, why: str) -> None:
+        super().__init__(why)
+        self.site = site
+
+
+def _reader(
+    fetch: Callable[[SiteUpdateManifest], bytes], m: SiteUpdateManifest, reference: StateArrays
+) -> Callable[[], StateArrays]:
+    def read() -> StateArrays:
+        try:
+            return decode_update(fetch(m), reference)
+        except (IntegrityError, FileNotFoundError) as exc:
+            raise UpdateChanged(m.site, str(exc)) from exc
+
+    return read
 
 
 def screen_updates(
@@ -77,7 +105,8 @@ def screen_updates(
     global model may exceed."""
     out = Screened()
     seen: set[str] = set()
-    candidates: list[tuple[SiteUpdateManifest, StateArrays]] = []
+    candidates: list[SiteUpdateManifest] = []
+    norms: dict[str, float] = {}
     for m in replies:
         if m.site not in members:
             out.rejected[m.site] = "unknown site: not a member of this federation"
@@ -126,16 +155,17 @@ def screen_updates(
                     f"update exceeds the DP clip norm: {norm:.4g} > {max_delta_norm:g}"
                 )
                 continue
-        candidates.append((m, arrays))
-    norms = {m.site: update_norm(a, reference) for m, a in candidates}
+        norms[m.site] = update_norm(arrays, reference)
+        candidates.append(m)  # its weights are not kept: read again when aggregated
+        del arrays
     median = float(np.median(list(norms.values()))) if norms else 0.0
-    for m, arrays in candidates:
+    for m in candidates:
         if len(candidates) >= min_for_norm and norms[m.site] > max_norm_ratio * max(median, 1e-12):
             out.rejected[m.site] = (
                 f"update norm {norms[m.site]:.4g} is more than {max_norm_ratio:g}x the round's "
                 f"median {median:.4g}"
             )
             continue
-        out.accepted.append(SiteReply(m.site, arrays, m.n_examples))
+        out.accepted.append(SiteReply(m.site, _reader(fetch, m, reference), m.n_examples))
         out.manifests.append(m)
     return out
