@@ -16,6 +16,7 @@ path, summed over the number of workers for the parallel one) / N. Prints both a
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -24,7 +25,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedchem.config import ChemConfig, FederationConfig, ModelConfig, SimulationConfig, TrainConfig
+from fedchem.config import (
+    ChemConfig,
+    DeploymentConfig,
+    FederationConfig,
+    ModelConfig,
+    SimulationConfig,
+    TrainConfig,
+)
 from fedchem.data.prepare import prepare_site
 from fedchem.demo.sites import bundled_dataset, split_into_sites
 from fedchem.federation.commits import committed_rounds
@@ -81,6 +89,8 @@ def main() -> int:
                     train=TrainConfig(batch_size=128),
                     trust=split.trust,
                     simulation=SimulationConfig(engine=engine, workers=args.workers),
+                    # a site whose molecules share one scaffold has nothing to train on
+                    deployment=DeploymentConfig(min_sites=math.ceil(0.9 * n)),
                 )
                 t = time.perf_counter()
                 coordinator(config)
