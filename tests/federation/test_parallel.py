@@ -71,3 +71,20 @@ def test_the_engine_is_chosen_by_the_number_of_sites() -> None:
     assert not auto.uses_dask(8) and auto.uses_dask(9)
     assert SimulationConfig(engine="dask").uses_dask(2)
     assert not SimulationConfig(engine="subflows").uses_dask(100)
+
+
+def test_a_securely_aggregated_round_runs_its_steps_in_the_workers(
+    tox21_sites: PreparedSites,
+) -> None:
+    from fedchem.policy import SecAggPlan
+
+    config = tox21_sites.config("engine-secure", rounds=1, secure_aggregation=SecAggPlan(), **SMALL)
+    hub = HubStore(config.hub_url)
+    steps = CoordinatorSteps(config, hub)
+    first = start_run(hub, config, tox21_sites.label_stats, trust=steps.trust)
+    outcome = run_rounds(config, steps, DaskSites(config, workers=2, hub=hub), [first])
+    r1 = outcome.rounds[1]
+    assert r1.outcome == "aggregated" and r1.sites == ["site-a", "site-b", "site-c", "site-d"]
+    trust = tox21_sites.split.trust
+    keys = KeyRing({COORDINATOR: trust.coordinator, **trust.sites})
+    assert verify_run(hub, config.run_id, keys).problems == []
