@@ -147,18 +147,27 @@ def render_markdown(report: dict[str, Any]) -> str:
             + ", ".join(f"{s} {g:+.3f}" for s, g in sorted(gains.items())),
         ]
     cross = report.get("cross_site")
-    if cross:
+    sample = report.get("meta", {}).get("cross_site_sample")
+    if cross and sample:  # many sites: the pairs drawn, one a line (a matrix would be n/a)
+        lines += [
+            "",
+            f"Cross-site evaluation ({cross['metric']} on each site's test fold), sampled: each "
+            f"site scores {sample} other sites' local models:",
+            "",
+            "| site | local model | score |",
+            "|---|---|---|",
+        ]
+        for model, row in cross["matrix"].items():
+            if not model.startswith("local:"):
+                continue
+            for s in sites:
+                if row.get(s) is not None and f"local:{s}" != model:
+                    lines.append(f"| {s} | {model.removeprefix('local:')} | {row[s]:.3f} |")
+    elif cross:
         lines += [
             "",
             f"Cross-site evaluation ({cross['metric']} on each site's test fold; "
-            "rows: models, columns: sites"
-            + (
-                f"; sampled: each site scores {report['meta']['cross_site_sample']} other "
-                "sites' local models, n/a the pairs not drawn"
-                if report.get("meta", {}).get("cross_site_sample")
-                else ""
-            )
-            + "):",
+            "rows: models, columns: sites):",
             "",
             "| model | " + " | ".join(sites) + " |",
             "|" + "---|" * (len(sites) + 1),
