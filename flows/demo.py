@@ -26,7 +26,7 @@ from fedchem.config import (
     SiteConfig,
     TrainConfig,
 )
-from fedchem.demo.sites import model_name
+from fedchem.demo.sites import MANY_SITES, model_name
 from fedchem.flows.continual import continual
 from fedchem.flows.coordinator import coordinator
 from fedchem.flows.publish import publish
@@ -38,11 +38,10 @@ from fedchem.messages import EvalReport, RoundManifest
 from fedchem.policy import PrivacyConfig, SecAggPlan
 from fedchem.strategy_config import FedAvgMConfig, StrategyConfig
 from fedchem.tasks.demo import make_sites, pooled_baseline, release_rows, report
+from fedchem.types import Codec
 
 #: the full cross-site matrix up to this many sites; above, each site scores a sample
 CROSS_SITE_FULL, CROSS_SITE_SAMPLE = 16, 3
-#: above this many sites a round needs 90 % of them, not all
-MANY_SITES = 26
 
 
 @flow(name="demo", flow_run_name="demo/{run_id}")
@@ -65,7 +64,7 @@ def demo(
     hold_back: float = 0.3,
     privacy: PrivacyConfig = PrivacyConfig(),  # noqa: B008 (frozen pydantic model)
     secure_aggregation: bool = False,
-    compression: Literal["none", "fp16", "bf16", "int8"] = "none",
+    compression: Codec = "none",
     simulation: SimulationConfig = SimulationConfig(),  # noqa: B008 (frozen pydantic model)
 ) -> dict[str, Any]:
     # the cross-site matrix needs local models on the hub: only with shared heads, so that no

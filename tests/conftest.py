@@ -13,12 +13,18 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 
 from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
 
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, TrainConfig  # noqa: E402
 from fedchem.demo.sites import DemoSplit  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from fedchem.federation.driver import RunOutcome, SiteLauncher
+    from fedchem.storage.hub import HubStore
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACTS = REPO / "data_contracts"
@@ -76,6 +82,32 @@ class PreparedSites:
             **over,
         }
         return FederationConfig(**settings)
+
+    def federate(
+        self,
+        config: FederationConfig,
+        launcher: Callable[[FederationConfig, HubStore], SiteLauncher] | None = None,
+    ) -> tuple[RunOutcome, HubStore]:
+        """Round 0 on ``config``'s hub, then every round through the round driver with
+        ``launcher(config, hub)`` (default: the sites in this process, one after another)."""
+        from fedchem.federation.coordinator import start_run
+        from fedchem.federation.driver import CoordinatorSteps, InProcessSites, run_rounds
+        from fedchem.storage.hub import HubStore
+
+        hub = HubStore(config.hub_url)
+        steps = CoordinatorSteps(config, hub)
+        first = start_run(hub, config, self.label_stats, trust=steps.trust)
+        sites = launcher(config, hub) if launcher is not None else InProcessSites(config, hub)
+        return run_rounds(config, steps, sites, [first]), hub
+
+    def audit_problems(self, hub: HubStore, run_id: str) -> list[str]:
+        """What the audit finds wrong with a run (every party's chain and signatures)."""
+        from fedchem.trust.ledger import verify_run
+        from fedchem.trust.signing import COORDINATOR, KeyRing
+
+        trust = self.split.trust
+        keys = KeyRing({COORDINATOR: trust.coordinator, **trust.sites})
+        return list(verify_run(hub, run_id, keys).problems)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from fedchem.policy import SUM_STRATEGIES, PrivacyConfig, SecAggPlan, TrustConfig
 from fedchem.strategy_config import FedAvgMConfig, StrategyConfig
 from fedchem.strict import StrictModel
+from fedchem.types import Codec
 
 __all__ = [
     "ChemConfig",
@@ -427,7 +428,7 @@ class FederationConfig(StrictModel):
         "hub see masked updates and their sum only; needs trust (signed rounds) and a strategy "
         "that aggregates a sum",
     )
-    compression: Literal["none", "fp16", "bf16", "int8"] = Field(
+    compression: Codec = Field(
         "none",
         description="how the sites send their updates (fedchem.model.compress): the weights in "
         "fp32, or the delta in 16 or 8 bits with error feedback, all-zero rows left out",
@@ -615,7 +616,7 @@ class DemoConfig(StrictModel):
         description="aggregate the updates securely (the coordinator sees masked updates and "
         "their sum only; the cross-site matrix of local models is then left out)",
     )
-    compression: Literal["none", "fp16", "bf16", "int8"] = Field(
+    compression: Codec = Field(
         "none", description="how the sites send their updates (see FederationConfig)"
     )
     simulation: SimulationConfig = Field(

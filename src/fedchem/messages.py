@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from fedchem.policy import PrivacyConfig, SecAggPlan
 from fedchem.strict import StrictModel
+from fedchem.types import Codec
 
 __all__ = [
     "DPReport",
@@ -125,7 +126,7 @@ class RoundPlan(StrictModel):
     secure_aggregation: SecAggPlan | None = Field(
         None, description="the updates are aggregated securely (the coordinator sees the sum)"
     )
-    compression: str = Field(
+    compression: Codec = Field(
         "none", description="how updates travel: none (fp32 weights), fp16, bf16, int8 (deltas)"
     )
 
@@ -195,7 +196,7 @@ class SiteUpdateManifest(StrictModel):
     update_path: str
     update_sha256: str
     update_bytes: int = Field(0, ge=0, description="the update's size as sent")
-    codec: str = Field("none", description="none (fp32 weights) or the delta's codec")
+    codec: Codec = Field("none", description="none (fp32 weights) or the delta's codec")
     base_sha256: str = Field(description="hash of the global model this update started from")
     train_loss: float
     train_seconds: float

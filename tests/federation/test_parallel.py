@@ -8,12 +8,8 @@ import numpy as np
 
 from fedchem.config import DeploymentConfig, ModelConfig, SimulationConfig, TrainConfig
 from fedchem.federation.commits import read_round
-from fedchem.federation.coordinator import start_run
-from fedchem.federation.driver import CoordinatorSteps, InProcessSites, run_rounds
+from fedchem.federation.driver import InProcessSites
 from fedchem.federation.parallel import DaskSites
-from fedchem.storage.hub import HubStore
-from fedchem.trust.ledger import verify_run
-from fedchem.trust.signing import COORDINATOR, KeyRing
 from tests.conftest import PreparedSites
 
 SMALL = {"model": ModelConfig(hidden=16), "train": TrainConfig(batch_size=128)}
@@ -23,26 +19,20 @@ def test_sites_in_dask_workers_train_the_model_the_sequential_launcher_trains(
     tox21_sites: PreparedSites,
 ) -> None:
     models = {}
-    for engine in ("sequential", "dask"):
+    down = lambda rnd: ["site-b"] if rnd == 2 else []  # noqa: E731
+    launchers = {
+        "sequential": lambda config, hub: InProcessSites(config, hub, down=down),
+        "dask": lambda config, hub: DaskSites(config, workers=2, hub=hub, down=down),
+    }
+    for engine, launcher in launchers.items():
         config = tox21_sites.config(
             f"engine-{engine}", rounds=2, deployment=DeploymentConfig(min_sites=3), **SMALL
         )
-        hub = HubStore(config.hub_url)
-        steps = CoordinatorSteps(config, hub)
-        first = start_run(hub, config, tox21_sites.label_stats, trust=steps.trust)
-        down = lambda rnd: ["site-b"] if rnd == 2 else []  # noqa: E731
-        launcher = (
-            DaskSites(config, workers=2, hub=hub, down=down)
-            if engine == "dask"
-            else InProcessSites(config, hub, down=down)
-        )
-        outcome = run_rounds(config, steps, launcher, [first])
+        outcome, hub = tox21_sites.federate(config, launcher)
         r1, r2 = outcome.rounds[1:]
         assert r1.sites == ["site-a", "site-b", "site-c", "site-d"]
         assert r2.sites == ["site-a", "site-c", "site-d"] and r2.missing == ["site-b"]
-        trust = tox21_sites.split.trust
-        keys = KeyRing({COORDINATOR: trust.coordinator, **trust.sites})
-        assert verify_run(hub, config.run_id, keys).problems == []  # every party signed
+        assert tox21_sites.audit_problems(hub, config.run_id) == []  # every party signed
         models[engine] = read_round(hub, config.run_id, 2)[1]
     for name, value in models["sequential"].items():  # the same seeds, the same model
         np.testing.assert_allclose(models["dask"][name], value, rtol=1e-4, atol=1e-5)
@@ -56,14 +46,16 @@ def test_a_site_that_breaks_in_a_worker_is_missing_with_the_type_of_its_error(
     )
     broken = config.sites[2].model_copy(update={"workdir": tmp_path / "nothing-prepared"})
     config = config.model_copy(update={"sites": [*config.sites[:2], broken, config.sites[3]]})
-    hub = HubStore(config.hub_url)
-    steps = CoordinatorSteps(config, hub)
-    first = start_run(hub, config, tox21_sites.label_stats, trust=steps.trust)
-    launcher = DaskSites(config, workers=2, hub=hub)
-    outcome = run_rounds(config, steps, launcher, [first])
+    launchers: list[DaskSites] = []
+
+    def launcher(config, hub):  # type: ignore[no-untyped-def]
+        launchers.append(DaskSites(config, workers=2, hub=hub))
+        return launchers[-1]
+
+    outcome, _ = tox21_sites.federate(config, launcher)
     r1 = outcome.rounds[1]
     assert r1.sites == ["site-a", "site-b", "site-d"] and r1.missing == ["site-c"]
-    assert launcher.ended_states["site-c"].name == "Failed"
+    assert launchers[0].ended_states["site-c"].name == "Failed"
 
 
 def test_the_engine_is_chosen_by_the_number_of_sites() -> None:
@@ -79,12 +71,9 @@ def test_a_securely_aggregated_round_runs_its_steps_in_the_workers(
     from fedchem.policy import SecAggPlan
 
     config = tox21_sites.config("engine-secure", rounds=1, secure_aggregation=SecAggPlan(), **SMALL)
-    hub = HubStore(config.hub_url)
-    steps = CoordinatorSteps(config, hub)
-    first = start_run(hub, config, tox21_sites.label_stats, trust=steps.trust)
-    outcome = run_rounds(config, steps, DaskSites(config, workers=2, hub=hub), [first])
+    outcome, hub = tox21_sites.federate(
+        config, lambda config, hub: DaskSites(config, workers=2, hub=hub)
+    )
     r1 = outcome.rounds[1]
     assert r1.outcome == "aggregated" and r1.sites == ["site-a", "site-b", "site-c", "site-d"]
-    trust = tox21_sites.split.trust
-    keys = KeyRing({COORDINATOR: trust.coordinator, **trust.sites})
-    assert verify_run(hub, config.run_id, keys).problems == []
+    assert tox21_sites.audit_problems(hub, config.run_id) == []

@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 
 from fedchem.config import ModelConfig, TrainConfig
-from fedchem.federation.coordinator import start_run
-from fedchem.federation.driver import CoordinatorSteps, InProcessSites, run_rounds
-from fedchem.model.compress import decode_update, encode_update, update_codec
+from fedchem.model.compress import decode_update, encode_update
 from fedchem.model.state import dump_arrays
-from fedchem.storage.hub import HubLayout, HubStore
-from fedchem.trust.ledger import verify_run
-from fedchem.trust.signing import COORDINATOR, KeyRing
+from fedchem.storage.hub import HubLayout
 from tests.conftest import PreparedSites
 
 
@@ -36,8 +32,11 @@ def test_a_codec_gives_back_the_delta_within_its_step_in_a_fraction_of_the_bytes
     new = {k: v + rng.normal(0, 1e-3, v.shape).astype(v.dtype) for k, v in ref.items()}
     new["steps"] = np.array(8, dtype=np.int64)
     data, lost = encode_update(new, ref, codec)  # type: ignore[arg-type]
-    assert update_codec(data) == codec and update_codec(dump_arrays(ref)) == "none"
-    back = decode_update(data, ref)
+    back = decode_update(data, ref, codec)  # the codec its manifest names
+    with pytest.raises(ValueError, match=f"sent as {codec!r}, its manifest says 'none'"):
+        decode_update(data, ref, "none")
+    with pytest.raises(ValueError, match=f"sent as 'none', its manifest says {codec!r}"):
+        decode_update(dump_arrays(ref), ref, codec)
     assert back["steps"] == 8 and back["input.weight"].dtype == np.float32
     for k in ("input.weight", "input.bias", "head.weight"):
         delta = new[k] - ref[k]
@@ -101,23 +100,13 @@ def test_a_compressed_federation_sends_a_quarter_and_learns_as_fp32(
             train=TrainConfig(batch_size=128),
             compression=codec,
         )
-        hub = HubStore(config.hub_url)
-        steps = CoordinatorSteps(config, hub)
-        first = start_run(hub, config, tox21_sites.label_stats, trust=steps.trust)
-        outcome = run_rounds(config, steps, InProcessSites(config, hub), [first])
+        outcome, hub = tox21_sites.federate(config)
         last = outcome.rounds[-1]
         assert last.outcome == "aggregated" and len(last.sites) == 4
-        trust = tox21_sites.split.trust
-        keys = KeyRing({COORDINATOR: trust.coordinator, **trust.sites})
-        assert verify_run(hub, config.run_id, keys).problems == []  # signed as sent
-        sent = [
-            hub.get_json(HubLayout(config.run_id).site_manifest(3, s))["update_bytes"]
-            for s in last.sites
-        ]
-        codecs = {
-            hub.get_json(HubLayout(config.run_id).site_manifest(3, s))["codec"] for s in last.sites
-        }
-        assert codecs == {codec}
+        assert tox21_sites.audit_problems(hub, config.run_id) == []  # signed as sent
+        replies = [hub.get_json(HubLayout(config.run_id).site_manifest(3, s)) for s in last.sites]
+        assert {r["codec"] for r in replies} == {codec}
+        sent = [r["update_bytes"] for r in replies]
         auc = np.mean([v["mean_roc_auc"] for v in last.valid_summary.values()])
         runs[codec] = (sum(sent), auc)
     assert runs["int8"][0] <= 0.25 * runs["none"][0], runs

@@ -606,6 +606,11 @@ def test_drawings_and_the_rendered_card(service: Service):
     # nothing of the text after it
     assert svg[2] is not None and "script" not in svg[2]
     assert httpx.post(f"{service.url}/depict", json={"smiles": ["C"]}).status_code == 401
+    # the limits of a prediction request hold for drawings too
+    huge = httpx.post(f"{service.url}/depict", json={"smiles": ["C" * 5000]}, headers=alice)
+    assert huge.status_code == 422 and "over 1000 characters" in huge.json()["detail"]
+    many = httpx.post(f"{service.url}/depict", json={"smiles": ["C" * 600]}, headers=alice)
+    assert many.status_code == 422 and "over 500 heavy atoms" in many.json()["detail"]
     card = httpx.get(f"{service.url}/models/{NAME}/card?format=html", headers=alice)
     assert card.status_code == 200 and card.text.startswith(f"<h1>{NAME} v1</h1>")
     assert "<th>what it measures</th>" in card.text

@@ -7,7 +7,6 @@ import logging
 import secrets
 import sys
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -129,16 +128,16 @@ def _predict_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_tokens(path: Path) -> dict[str, Any]:
-    """``tokens.yaml`` -> {sha256: TokenGrant}: a list of entries (what ``fedchem token new``
-    prints, so that ``>>`` appends), or ``tokens:`` over that list; each holds a token's sha256
-    (or, for a local trial, the token itself), its holder's name, models, sites and optional
-    ``expires`` (ISO time). Two ``tokens:`` sections (the last would silently win) are an
-    error, and so is one token twice."""
-    from fedchem.serve.app import TokenGrant, hash_token
+def _sections(text: str) -> int:
+    """How many ``tokens:`` sections a tokens file holds."""
+    return sum(1 for line in text.splitlines() if line.startswith("tokens:"))
 
+
+def _token_entries(path: Path) -> list[dict[str, Any]]:
+    """The raw entries of a tokens file: a list, or ``tokens:`` over that list (one section
+    only: with two, the last would silently win)."""
     text = path.read_text()
-    sections = sum(1 for line in text.splitlines() if line.startswith("tokens:"))
+    sections = _sections(text)
     if sections > 1:
         raise ValueError(
             f"{path}: {sections} 'tokens:' sections (only the last would count); make it one "
@@ -148,9 +147,19 @@ def read_tokens(path: Path) -> dict[str, Any]:
     entries = doc.get("tokens", []) if isinstance(doc, dict) else doc
     if not isinstance(entries, list):
         raise ValueError(f"{path}: a list of token entries is expected")
+    return [dict(e) for e in entries]
+
+
+def read_tokens(path: Path) -> dict[str, Any]:
+    """``tokens.yaml`` -> {sha256: TokenGrant}: a list of entries (what ``fedchem token new``
+    prints, so that ``>>`` appends), or ``tokens:`` over that list; each holds a token's sha256
+    (or, for a local trial, the token itself), its holder's name, models, sites and optional
+    ``expires`` (ISO time). Two ``tokens:`` sections (the last would silently win) are an
+    error, and so is one token twice."""
+    from fedchem.serve.app import TokenGrant, hash_token
+
     out: dict[str, Any] = {}
-    for i, entry in enumerate(entries):
-        entry = dict(entry)
+    for i, entry in enumerate(_token_entries(path)):
         sha = entry.pop("token_sha256", None) or (
             hash_token(entry.pop("token")) if "token" in entry else None
         )
@@ -226,101 +235,100 @@ def _serve_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token_entries(path: Path) -> list[dict[str, Any]]:
-    doc = yaml.safe_load(path.read_text()) if path.exists() else None
-    entries = (doc or {}).get("tokens", []) if isinstance(doc, dict) else (doc or [])
-    return [dict(e) for e in entries]
+def _token_list(file: Path) -> int:
+    """Who holds what: a line per token, never the token."""
+    for sha, grant in read_tokens(file).items():
+        expires = grant.expires.isoformat() if grant.expires else "-"
+        print(
+            f"{grant.name}\tmodels={','.join(grant.models)}\tsites={','.join(grant.sites)}"
+            f"\texpires={expires}\t{'expired' if grant.expired() else 'valid'}"
+            f"\tsha256={sha[:12]}"
+        )
+    return 0
+
+
+def _token_revoke(file: Path, name: str) -> int:
+    """The file rewritten without ``name``'s tokens, under a lock, atomically."""
+    import fcntl
+
+    with open(file, "r+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = _token_entries(file)
+        kept = [e for e in entries if e.get("name") != name]
+        if len(kept) == len(entries):
+            raise ValueError(f"{file} holds no token of {name!r}")
+        tmp = file.with_name(f".{file.name}.new")
+        tmp.write_text(yaml.safe_dump(kept, sort_keys=False))
+        read_tokens(tmp)
+        tmp.replace(file)
+    print(f"revoked {len(entries) - len(kept)} token(s) of {name}", file=sys.stderr)
+    return 0
+
+
+def _token_append(file: Path, text: str) -> None:
+    """``text`` (list entries) appended to ``file`` under a lock, once the result reads."""
+    import fcntl
+
+    with open(file, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        before = fh.read()
+        if sections := _sections(before):
+            raise ValueError(
+                f"{file}: written as 'tokens:' ({sections} section(s)); entries cannot be "
+                "appended to it; make it a plain list first"
+            )
+        joined = before + ("\n" if before and not before.endswith("\n") else "") + text
+        check = file.with_name(f".{file.name}.check")
+        check.write_text(joined)
+        try:
+            read_tokens(check)
+        finally:
+            check.unlink()
+        fh.write(joined[len(before) :])
 
 
 def _token_cmd(args: argparse.Namespace) -> int:
     """``new``: a token, shown once; its entry printed (for ``>>``) or, with ``--file``,
     appended to the file under a lock and checked (an entry that would break the file is not
-    written). ``list``: who holds what, never a token. ``revoke NAME``: the file rewritten
-    without NAME's tokens, atomically (the service reloads it; no restart)."""
-    import fcntl
-
+    written). ``list``: who holds what, never a token. ``revoke``: the file rewritten without
+    NAME's tokens, atomically (the service reloads it; no restart)."""
     from fedchem.serve.app import hash_token
 
     file = Path(args.file) if args.file else None
-    if args.action in ("list", "revoke") and file is None:
-        print(f"error: token {args.action} needs --file", file=sys.stderr)
+    needs = {"list": ["file"], "revoke": ["file", "name"], "new": ["name", "models"]}
+    lacking = [k for k in needs[args.action] if not getattr(args, k)]
+    if lacking:
+        flags = " and ".join(f"--{k}" for k in lacking)
+        print(f"error: token {args.action} needs {flags}", file=sys.stderr)
         return 2
-    if args.action == "list":
-        assert file is not None
-        now = datetime.now(UTC)
-        for sha, grant in read_tokens(file).items():
-            expires = grant.expires
-            if expires is not None and expires.tzinfo is None:
-                expires = expires.replace(tzinfo=UTC)
-            state = "expired" if expires is not None and expires <= now else "valid"
-            print(
-                f"{grant.name}\tmodels={','.join(grant.models)}\tsites={','.join(grant.sites)}"
-                f"\texpires={expires.isoformat() if expires else '-'}\t{state}"
-                f"\tsha256={sha[:12]}"
-            )
-        return 0
-    if args.action == "revoke":
-        assert file is not None
-        if not args.name:
-            print("error: token revoke needs --name", file=sys.stderr)
-            return 2
-        try:
-            with open(file, "r+") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                entries = _token_entries(file)
-                kept = [e for e in entries if e.get("name") != args.name]
-                if len(kept) == len(entries):
-                    raise ValueError(f"{file} holds no token of {args.name!r}")
-                tmp = file.with_name(f".{file.name}.new")
-                tmp.write_text(yaml.safe_dump(kept, sort_keys=False))
-                read_tokens(tmp)
-                tmp.replace(file)
-        except (ValueError, OSError, yaml.YAMLError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"revoked {len(entries) - len(kept)} token(s) of {args.name}", file=sys.stderr)
-        return 0
-    if not args.name or not args.models:
-        print("error: token new needs --name and --models", file=sys.stderr)
-        return 2
-    token = secrets.token_urlsafe(32)
-    entry: dict[str, Any] = {
-        "name": args.name,
-        "token_sha256": hash_token(token),
-        "models": args.models,
-        "sites": args.sites or [],
-    }
-    if args.expires:
-        entry["expires"] = args.expires
-    text = yaml.safe_dump([entry], sort_keys=False)
-    if file is None:
-        print(f"token (give it to {args.name}; it is shown once): {token}", file=sys.stderr)
-        print(text.rstrip())
-        return 0
     try:
-        with open(file, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            fh.seek(0)
-            before = fh.read()
-            if sections := sum(1 for ln in before.splitlines() if ln.startswith("tokens:")):
-                raise ValueError(
-                    f"{file}: written as 'tokens:' ({sections} section(s)); entries cannot be "
-                    "appended to it; make it a plain list first"
-                )
-            check = file.with_name(f".{file.name}.check")
-            check.write_text(before + ("" if before.endswith("\n") or not before else "\n") + text)
-            try:
-                read_tokens(check)
-            finally:
-                check.unlink()
-            if before and not before.endswith("\n"):
-                fh.write("\n")
-            fh.write(text)
+        if args.action == "list":
+            assert file is not None
+            return _token_list(file)
+        if args.action == "revoke":
+            assert file is not None
+            return _token_revoke(file, args.name)
+        token = secrets.token_urlsafe(32)
+        entry: dict[str, Any] = {
+            "name": args.name,
+            "token_sha256": hash_token(token),
+            "models": args.models,
+            "sites": args.sites or [],
+        }
+        if args.expires:
+            entry["expires"] = args.expires
+        text = yaml.safe_dump([entry], sort_keys=False)
+        if file is not None:
+            _token_append(file, text)
     except (ValueError, OSError, yaml.YAMLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"token (give it to {args.name}; it is shown once): {token}", file=sys.stderr)
-    print(f"appended to {file}", file=sys.stderr)
+    if file is None:
+        print(text.rstrip())
+    else:
+        print(f"appended to {file}", file=sys.stderr)
     return 0
 
 

@@ -91,10 +91,15 @@ def model_name(dataset: Path) -> str:
     return re.sub(r"[^a-z0-9_.-]+", "-", stem).strip("-_.")[:64] or "model"
 
 
+#: above this many sites (the letters) a demo's sites are numbered, dealt 4 : 1 in size, and a
+#: round commits with 90 % of them
+MANY_SITES = 26
+
+
 def site_names(n: int) -> list[str]:
     """``site-a`` ... ``site-z`` up to 26 sites; above, ``site-001`` ... (zero-padded: the
     names sort as the sites are numbered)."""
-    if n <= 26:
+    if n <= MANY_SITES:
         return [f"site-{chr(ord('a') + i)}" for i in range(n)]
     width = len(str(n))
     return [f"site-{i + 1:0{width}d}" for i in range(n)]
@@ -194,7 +199,9 @@ def _deal_by_scaffold(smiles: pd.Series, n_sites: int, seed: int) -> np.ndarray:
     # largest groups first (random among equals), each to the site furthest below its target
     order = np.lexsort((rng.random(len(groups)), -sizes))
     weights = (
-        np.arange(n_sites, 0, -1, dtype=float) if n_sites <= 26 else np.linspace(4, 1, n_sites)
+        np.arange(n_sites, 0, -1, dtype=float)
+        if n_sites <= MANY_SITES
+        else np.linspace(4, 1, n_sites)
     )
     target = weights / weights.sum() * len(smiles)
     filled = np.zeros(n_sites)

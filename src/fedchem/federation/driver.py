@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fedchem.config import ChemConfig, FederationConfig, ModelConfig, SiteConfig, TrainConfig
 from fedchem.federation.commits import commit_failed_round, read_round
@@ -517,25 +517,17 @@ class InProcessSites:
             if state != "Completed":
                 self.gone.add(site.name)
 
+    def step_args(self, site: SiteConfig, rnd: int, step: str | None) -> tuple[Any, ...]:
+        """:func:`site_step`'s arguments for ``site`` in round ``rnd``."""
+        c = self.config
+        return (site, c.hub_url, c.run_id, rnd, self.ticket, c.chem, c.model, c.train, step)
+
     def run_sites(
         self, sites: Sequence[SiteConfig], rnd: int, step: str | None
     ) -> list[tuple[str, str | None]]:
         """Each site's step of round ``rnd``, one after another in this process: (its run's
         final state, the type of the exception it failed with)."""
-        return [
-            site_step(
-                site,
-                self.config.hub_url,
-                self.config.run_id,
-                rnd,
-                self.ticket,
-                self.config.chem,
-                self.config.model,
-                self.config.train,
-                step,
-            )
-            for site in sites
-        ]
+        return [site_step(*self.step_args(site, rnd, step)) for site in sites]
 
     def start(self, rnd: int, ticket: str, open_round: Callable[[], None]) -> RoundStart:
         open_round()

@@ -63,20 +63,12 @@ class DaskSites(InProcessSites):
     def run_sites(
         self, sites: Sequence[SiteConfig], rnd: int, step: str | None
     ) -> list[tuple[str, str | None]]:
-        c = self.config
+        run_id = self.config.run_id
         futures = [
             self._client.submit(
                 site_step,
-                site,
-                c.hub_url,
-                c.run_id,
-                rnd,
-                self.ticket,
-                c.chem,
-                c.model,
-                c.train,
-                step,
-                key=f"{c.run_id}/round-{rnd:02d}/{site.name}/{step or 'fit'}/{self.ticket}",
+                *self.step_args(site, rnd, step),
+                key=f"{run_id}/round-{rnd:02d}/{site.name}/{step or 'fit'}/{self.ticket}",
                 pure=False,
             )
             for site in sites

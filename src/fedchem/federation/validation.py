@@ -17,7 +17,7 @@ import numpy as np
 
 from fedchem.federation.strategies import SiteReply
 from fedchem.messages import SiteUpdateManifest
-from fedchem.model.compress import decode_update, update_codec
+from fedchem.model.compress import decode_update
 from fedchem.storage.hub import IntegrityError
 from fedchem.types import StateArrays
 
@@ -79,7 +79,7 @@ def _reader(
 ) -> Callable[[], StateArrays]:
     def read() -> StateArrays:
         try:
-            return decode_update(fetch(m), reference)
+            return decode_update(fetch(m), reference, m.codec)
         except (IntegrityError, FileNotFoundError) as exc:
             raise UpdateChanged(m.site, str(exc)) from exc
 
@@ -137,10 +137,7 @@ def screen_updates(
             out.rejected[m.site] = f"update missing: {exc}"[:300]
             continue
         try:
-            codec = update_codec(data)
-            if codec != m.codec:
-                raise ValueError(f"sent as {codec!r}, its manifest says {m.codec!r}")
-            arrays = decode_update(data, reference)  # a compressed delta: back to weights
+            arrays = decode_update(data, reference, m.codec)  # a compressed delta: to weights
         except (ValueError, OSError, KeyError) as exc:  # not an npz of arrays
             out.rejected[m.site] = f"unreadable update: {type(exc).__name__}: {exc}"[:300]
             continue

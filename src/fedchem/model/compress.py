@@ -21,18 +21,17 @@ over the bytes sent, norm screening, the strategies) is unchanged. Stored as npz
 from __future__ import annotations
 
 import io
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 import torch
 
 from fedchem.model.state import load_arrays
-from fedchem.types import StateArrays
+from fedchem.types import Codec, StateArrays
 
-__all__ = ["CODECS", "Codec", "decode_update", "encode_update", "update_codec"]
+__all__ = ["CODECS", "decode_update", "encode_update"]
 
-Codec = Literal["none", "fp16", "bf16", "int8"]
-CODECS: tuple[Codec, ...] = ("none", "fp16", "bf16", "int8")
+CODECS: tuple[Codec, ...] = get_args(Codec)
 _MARK = "__codec__"
 #: leave zero rows out only when at least this share of a 2-D delta's rows is zero
 _SPARSE_AT = 0.1
@@ -116,20 +115,17 @@ def encode_update(
     return buf.getvalue(), kept
 
 
-def update_codec(data: bytes) -> str:
-    """The codec an update was sent with (``none``: plain weights)."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return str(z[_MARK]) if _MARK in z.files else "none"
-
-
-def decode_update(data: bytes, reference: StateArrays) -> StateArrays:
+def decode_update(data: bytes, reference: StateArrays, expected: str | None = None) -> StateArrays:
     """An update's full weights: plain npz as it is, a compressed one as ``reference`` plus
-    its decoded delta. A part that does not fit ``reference`` raises ``ValueError``."""
+    its decoded delta. A part that does not fit ``reference``, or a codec other than
+    ``expected`` (what its manifest names), raises ``ValueError``."""
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        if _MARK not in z.files:
+        codec = str(z[_MARK]) if _MARK in z.files else "none"
+        if expected is not None and codec != expected:
+            raise ValueError(f"sent as {codec!r}, its manifest says {expected!r}")
+        if codec == "none":
             return load_arrays(data)
-        codec = str(z[_MARK])
-        if codec not in CODECS[1:]:
+        if codec not in CODECS:
             raise ValueError(f"unknown codec {codec!r}")
         parts: dict[str, dict[str, np.ndarray]] = {}
         for key in z.files:

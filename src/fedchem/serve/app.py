@@ -80,6 +80,13 @@ class TokenGrant(BaseModel):
     sites: list[str] = Field(default_factory=list, description="sites whose private heads")
     expires: datetime | None = Field(None, description="refused after this time (401)")
 
+    def expired(self, now: datetime | None = None) -> bool:
+        """Past its ``expires`` (a time without a zone is UTC)."""
+        if self.expires is None:
+            return False
+        at = self.expires if self.expires.tzinfo else self.expires.replace(tzinfo=UTC)
+        return at <= (now or datetime.now(UTC))
+
 
 @dataclass
 class ServiceConfig:
@@ -314,10 +321,8 @@ def _grant(
     found = request.app.state.config.tokens.get(hash_token(creds.credentials))
     if found is None:
         raise HTTPException(401, "unknown token", {"WWW-Authenticate": "Bearer"})
-    if found.expires is not None:
-        expires = found.expires if found.expires.tzinfo else found.expires.replace(tzinfo=UTC)
-        if expires <= datetime.now(UTC):
-            raise HTTPException(401, "this token has expired", {"WWW-Authenticate": "Bearer"})
+    if found.expired():
+        raise HTTPException(401, "this token has expired", {"WWW-Authenticate": "Bearer"})
     return found
 
 
@@ -424,6 +429,31 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         except ConsistencyError as exc:  # the service's set-up, not the caller: say so
             raise HTTPException(503, f"this service cannot serve {name}: {exc}") from exc
 
+    def check_molecules(smiles: list[str]) -> None:
+        """The limits on what one request may ask (413, 422), before any chemistry runs: a
+        SMILES too long is never parsed, and only one at least ``max_heavy_atoms`` characters
+        long can hold more heavy atoms than that (each takes a character at least)."""
+        if len(smiles) > cfg.max_batch:
+            raise HTTPException(413, f"{len(smiles)} molecules; at most {cfg.max_batch} a request")
+        long = [i + 1 for i, s in enumerate(smiles) if len(s) > cfg.max_smiles_length]
+        if long:
+            raise HTTPException(
+                422,
+                f"SMILES at positions {_some(long)} (1-based) are over "
+                f"{cfg.max_smiles_length} characters",
+            )
+        heavy = [
+            i + 1
+            for i, s in enumerate(smiles)
+            if len(s) > cfg.max_heavy_atoms and _heavy_atoms(s) > cfg.max_heavy_atoms
+        ]
+        if heavy:
+            raise HTTPException(
+                422,
+                f"SMILES at positions {_some(heavy)} (1-based) have over "
+                f"{cfg.max_heavy_atoms} heavy atoms",
+            )
+
     def run(
         p: Predictor,
         who: str,
@@ -432,24 +462,10 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         alpha: float | None,
         route: str,
     ) -> pd.DataFrame:
-        if len(smiles) > cfg.max_batch:
-            raise HTTPException(413, f"{len(smiles)} molecules; at most {cfg.max_batch} a request")
+        check_molecules(smiles)
         if ids is not None and len(ids) != len(smiles):
             raise HTTPException(422, f"{len(ids)} ids for {len(smiles)} SMILES")
-        long = [i + 1 for i, s in enumerate(smiles) if len(s) > cfg.max_smiles_length]
-        if long:
-            raise HTTPException(
-                422,
-                f"SMILES at positions {_some(long)} (1-based) are over "
-                f"{cfg.max_smiles_length} characters",
-            )
-        heavy = [i + 1 for i, s in enumerate(smiles) if _heavy_atoms(s) > cfg.max_heavy_atoms]
-        if heavy:
-            raise HTTPException(
-                422,
-                f"SMILES at positions {_some(heavy)} (1-based) have over "
-                f"{cfg.max_heavy_atoms} heavy atoms",
-            )
+        ids = ids if ids is not None else [str(i + 1) for i in range(len(smiles))]
         start = time.perf_counter()
         parts = []
         for at in range(0, max(len(smiles), 1), cfg.chunk):
@@ -459,12 +475,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
                     f"over {cfg.max_seconds:g} s after {at} of {len(smiles)} molecules; "
                     "send fewer molecules a request",
                 )
-            part_ids = ids[at : at + cfg.chunk] if ids is not None else None
-            part = p.predict(smiles[at : at + cfg.chunk], part_ids, alpha)
-            if ids is None:
-                part["id"] = [str(at + i + 1) for i in range(len(part))]
-            parts.append(part)
-        table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+            parts.append(p.predict(smiles[at : at + cfg.chunk], ids[at : at + cfg.chunk], alpha))
+        table = pd.concat(parts, ignore_index=True)
         n_err = int((table["status"] != "ok").sum())
         audit.record(who, p.name, p.version, smiles, n_err, route, time.perf_counter() - start)
         return table
@@ -567,18 +579,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     @app.post("/depict", tags=["predict"])
     def depict(body: DepictRequest, g: Grant) -> dict[str, list[str | None]]:
         """SVG drawings (RDKit's) of SMILES, for a page or a report: one per input, ``null``
-        for one RDKit cannot read. Any valid token; at most ``max_batch`` a request."""
-        if len(body.smiles) > cfg.max_batch:
-            raise HTTPException(
-                413, f"{len(body.smiles)} molecules; at most {cfg.max_batch} a request"
-            )
-        long = [i + 1 for i, s in enumerate(body.smiles) if len(s) > cfg.max_smiles_length]
-        if long:
-            raise HTTPException(
-                422,
-                f"SMILES at positions {_some(long)} (1-based) are over "
-                f"{cfg.max_smiles_length} characters",
-            )
+        for one RDKit cannot read. Any valid token; the limits of a prediction request."""
+        check_molecules(body.smiles)
         return {"svg": [depict_svg(s, body.width, body.height) for s in body.smiles]}
 
     columns_of: dict[tuple[str, int, str | None], list[dict[str, Any]]] = {}

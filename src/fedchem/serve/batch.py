@@ -191,7 +191,7 @@ def mark_unread(table: pd.DataFrame, errors: list[str]) -> None:
 def with_inputs(table: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
     """The prediction table with the input's other columns after ``id``, in their order; one
     whose name the table already uses is called ``input_<name>``."""
-    if extra.empty and not len(extra.columns):
+    if not len(extra.columns):
         return table
     renamed = extra.rename(columns=lambda c: f"input_{c}" if c in table.columns else c)
     renamed.index = table.index

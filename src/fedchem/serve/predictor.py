@@ -8,10 +8,10 @@ the site's private heads and its own calibration. :meth:`Predictor.predict` then
 standardization, featurizer and keyed column permutation as training did and returns one row
 per input row, in input order: the id (by default the row's 1-based position), the input and
 standardized SMILES, a status and an error for a row that cannot be predicted (never
-dropped), and per task the prediction in
-original units (classification: the model's score), for classification the calibrated
-probability of activity (Venn-ABERS on the conformal calibration counts) and the conformal set,
-for regression the conformal interval, and the molecule's applicability domain.
+dropped); per task the prediction in original units (classification: the model's score), for
+classification the calibrated probability of activity (Venn-ABERS on the conformal
+calibration counts) and the conformal set, for regression the conformal interval; and the
+molecule's applicability domain.
 """
 
 from __future__ import annotations
@@ -82,16 +82,12 @@ class _Calibration:
     def probability(self, p: np.ndarray) -> np.ndarray:
         """The calibrated probability of class 1 (Venn-ABERS on this calibration's counts)."""
         if self._venn_abers is None:
-            if self.scores is not None:  # a site's own exact scores, binned like the hosted
-                hist0 = conformal.class_histograms(
-                    np.zeros(len(self.scores["0"]), bool), np.asarray(self.scores["0"])
-                )["0"]
-                hist1 = conformal.class_histograms(
-                    np.ones(len(self.scores["1"]), bool), 1.0 - np.asarray(self.scores["1"])
-                )["1"]
-            else:
-                hist0, hist1 = self.hist["0"], self.hist["1"]
-            self._venn_abers = conformal.venn_abers_table(hist0, hist1)
+            hist = self.hist
+            if self.scores is not None:  # a site's own exact scores, binned like the hosted:
+                s0, s1 = np.asarray(self.scores["0"]), np.asarray(self.scores["1"])
+                y = np.r_[np.zeros(len(s0), bool), np.ones(len(s1), bool)]
+                hist = conformal.class_histograms(y, np.r_[s0, 1.0 - s1])  # (scores: p, 1 - p)
+            self._venn_abers = conformal.venn_abers_table(hist["0"], hist["1"])
         return conformal.venn_abers(p, self._venn_abers)[:, 0]
 
     def _one(self, cls: str | None, alpha: float, upper: float) -> float:
