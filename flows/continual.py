@@ -3,9 +3,11 @@
 The cycle warm-starts from ``production`` (when there is one), has every site prepare its data
 again (new or changed rows only are recomputed), runs the federation under the run id
 ``<run_id>-<cycle>``, publishes the result under ``candidate``, has every site score
-production and candidate on its own validation fold, and promotes the candidate to
-``production`` only when no site is worse by more than the policy's tolerance. The decision
-and its numbers go to the registry's history and to a Prefect artifact. A cycle run again
+production and candidate on the same molecules of its own validation fold (the paired
+difference and its bootstrap interval), and the policy decides: promoted (better overall with
+confidence, no site worse beyond its tolerance with confidence), refused, or not enough
+evidence (production stays). The decision and every number behind it go to the registry's
+history and to a Prefect artifact. A cycle run again
 (resumed, retried) continues its run id and publishes nothing twice.
 
 Deployed as ``continual/continual`` with a weekly schedule, inactive until an operator
@@ -21,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.deployments import run_deployment
 
 from fedchem.config import FederationConfig, PublishConfig, SiteConfig, WarmStart
-from fedchem.federation.continual import PromotionPolicy, decide_promotion
+from fedchem.federation.continual import PromotionPolicy, decide_promotion, decision_table
 from fedchem.flows.coordinator import coordinator
 from fedchem.flows.publish import publish
 from fedchem.flows.site_prepare import site_prepare
@@ -67,19 +69,27 @@ def _prepare(config: FederationConfig) -> None:
 
 
 def _validate(
-    config: FederationConfig, registry: str, refs: list[str]
+    config: FederationConfig, registry: str, refs: list[str], compare: PromotionPolicy
 ) -> dict[str, dict[str, EvalReport]]:
-    """site -> ref -> the site's validation report; a site that fails is left out."""
+    """site -> ref -> the site's validation report (the candidate's with its paired
+    comparison against production); a site that fails is left out."""
     out: dict[str, dict[str, EvalReport]] = {}
     for site in config.sites:
         if config.mode == "local" and isinstance(site, SiteConfig):
-            state = site_validate(site=site, registry=registry, refs=refs, return_state=True)
+            state = site_validate(
+                site=site, registry=registry, refs=refs, compare=compare, return_state=True
+            )
             if state.is_completed():
                 out[site.name] = state.result()
         else:
             run = run_deployment(
                 f"site-validate/{site.name}-validate",
-                parameters={"site": {"name": site.name}, "registry": registry, "refs": refs},
+                parameters={
+                    "site": {"name": site.name},
+                    "registry": registry,
+                    "refs": refs,
+                    "compare": compare.model_dump(mode="json"),
+                },
                 timeout=1800,
                 flow_run_name=f"validate/{site.name}",
             )
@@ -115,10 +125,11 @@ def continual(
     if (done := _decided(reg, name, candidate)) is not None:
         return dict(done["decision"])
     refs = [f"{name}:{candidate}"] + ([f"{name}:{production}"] if production else [])
-    scores = _validate(cfg, target.registry, refs)
+    scores = _validate(cfg, target.registry, refs, policy)
     cand = {s: r[refs[0]].summary for s, r in scores.items()}
     prod = {s: r[refs[1]].summary for s, r in scores.items()} if production else None
-    decision = decide_promotion(prod, cand, policy)
+    paired = {s: p for s, r in scores.items() if (p := r[refs[0]].paired) is not None}
+    decision = decide_promotion(prod, cand, policy, paired)
     reg.record(
         name,
         {
@@ -134,18 +145,11 @@ def continual(
     lines = [
         f"# {name}: cycle `{run_id}`",
         "",
-        f"Candidate `{name}:{candidate}` against production "
-        f"`{name}:{production}`: **{'promoted' if decision.promote else 'not promoted'}** "
-        f"({decision.reason}).",
+        f"Candidate `{name}:{candidate}` against production `{name}:{production}`: "
+        f"**{decision.outcome}** ({decision.reason}).",
         "",
-        "| site | production | candidate | change | ok |",
-        "|---|---|---|---|---|",
+        *decision_table(decision),
     ]
-    for site, row in decision.per_site.items():
-        lines.append(
-            f"| {site} | {row['production']:.4f} | {row['candidate']:.4f} | "
-            f"{row['change']:+.4f} | {'yes' if row['ok'] else 'no'} |"
-        )
     create_markdown_artifact(
         key=artifact_key(run_id, "decision"),
         markdown="\n".join(lines) + "\n",
@@ -156,7 +160,7 @@ def continual(
         run_id,
         name,
         candidate,
-        "promoted" if decision.promote else "not promoted",
+        decision.outcome,
         decision.reason,
     )
     return {

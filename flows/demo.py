@@ -27,6 +27,7 @@ from fedchem.config import (
     TrainConfig,
 )
 from fedchem.demo.sites import MANY_SITES, model_name
+from fedchem.federation.continual import decide_promotion
 from fedchem.flows.continual import continual
 from fedchem.flows.coordinator import coordinator
 from fedchem.flows.publish import publish
@@ -34,8 +35,9 @@ from fedchem.flows.site_cross_evaluate import site_cross_evaluate
 from fedchem.flows.site_evaluate import site_evaluate
 from fedchem.flows.site_local_baseline import site_local_baseline
 from fedchem.flows.site_prepare import site_prepare
+from fedchem.flows.site_validate import site_validate
 from fedchem.messages import EvalReport, RoundManifest
-from fedchem.policy import PrivacyConfig, SecAggPlan
+from fedchem.policy import PrivacyConfig, PromotionPolicy, SecAggPlan
 from fedchem.strategy_config import FedAvgMConfig, StrategyConfig
 from fedchem.tasks.demo import make_sites, pooled_baseline, release_rows, report
 from fedchem.types import Codec
@@ -66,6 +68,8 @@ def demo(
     secure_aggregation: bool = False,
     compression: Codec = "none",
     simulation: SimulationConfig = SimulationConfig(),  # noqa: B008 (frozen pydantic model)
+    promotion: PromotionPolicy = PromotionPolicy(),  # noqa: B008 (frozen pydantic model)
+    arrivals: Literal["measured", "shuffled"] = "measured",
 ) -> dict[str, Any]:
     # the cross-site matrix needs local models on the hub: only with shared heads, so that no
     # private head ever leaves its site, and not with secure aggregation (whose point is that
@@ -195,7 +199,7 @@ def demo(
     }
     meta["cycles"] = [_cycle_one(version, evals["federated"])]
     for c in range(2, cycles + 1):
-        meta["cycles"].append(_later_cycle(config, target, c, split.sites, evals["federated"]))
+        meta["cycles"].append(_later_cycle(config, target, c, split.sites, promotion, arrivals))
     return report(evals, meta, out, cross)
 
 
@@ -224,30 +228,46 @@ def _later_cycle(
     target: PublishConfig,
     c: int,
     sites: list[SiteConfig],
-    before: list[EvalReport],
+    promotion: PromotionPolicy,
+    arrivals: Literal["measured", "shuffled"],
 ) -> dict[str, Any]:
-    """Cycle ``c``: the held-back rows arrive, a warm-started candidate, the decision; the
-    candidate's test-fold scores beside the first cycle's (same sites, more data)."""
-    released = release_rows(sites, c)
-    decision = continual(config, target.model_copy(update={"alias": "candidate"}), f"cycle-{c}")
-    run_id = decision["run_id"]
-    test = [
-        site_evaluate(
-            site=s,
-            hub_url=config.hub_url,
-            run_id=run_id,
-            round=config.rounds,
-            chem=config.chem,
-            model=config.model,
+    """Cycle ``c``: the held-back rows arrive, a warm-started candidate, the decision; then
+    candidate and production on the same molecules of each site's test fold (what the decision
+    could not see: whether it was right), and what the threshold rule would have decided."""
+    released = release_rows(sites, c, arrivals == "shuffled")
+    decision = continual(
+        config, target.model_copy(update={"alias": "candidate"}), f"cycle-{c}", promotion
+    )
+    name, cand, prod = target.model_name, decision["candidate"], decision["production"]
+    refs = [f"{name}:{cand}", f"{name}:{prod}"]
+    test = {
+        s.name: site_validate(
+            site=s, registry=target.registry, refs=refs, fold="test", compare=promotion
         )
         for s in sites
-    ]
+    }
+    valid = decision["per_site"]
+    metric = decision["metric"] or "mean_roc_auc"
+    threshold = decide_promotion(
+        {s: {metric: float(r["production"])} for s, r in valid.items()},
+        {s: {metric: float(r["candidate"])} for s, r in valid.items()},
+        promotion.model_copy(update={"rule": "threshold", "metric": metric}),
+    )
     return {
         "cycle": c,
-        "version": decision["candidate"],
+        "version": cand,
+        "production": prod,
+        "arrivals": arrivals,
         "promoted": decision["promote"],
+        "outcome": decision["outcome"],
         "decision": decision["reason"],
-        "per_site": decision["per_site"],
+        "rule": decision["rule"],
+        "metric": metric,
+        "per_site": valid,
+        "overall": decision["overall"],
+        "threshold_rule": {"promote": threshold.promote, "reason": threshold.reason},
         "rows_added": released,
-        "test": {r.site: r.summary for r in test},
+        "test": {s: r[refs[0]].summary for s, r in test.items()},
+        "test_production": {s: r[refs[1]].summary for s, r in test.items()},
+        "test_paired": {s: r[refs[0]].paired for s, r in test.items()},
     }

@@ -35,9 +35,10 @@ def make_sites(
 
 
 @task(cache_policy=NO_CACHE)
-def release_rows(sites: list[SiteConfig], cycle: int) -> dict[str, int]:
-    """The rows each site held back for ``cycle`` join its export (counts only)."""
-    return {s.name: release_held_back(s, cycle) for s in sites}
+def release_rows(sites: list[SiteConfig], cycle: int, shuffled: bool = False) -> dict[str, int]:
+    """The rows each site held back for ``cycle`` join its export (counts only); ``shuffled``:
+    with their values shuffled within each assay (the promotion gate's drill)."""
+    return {s.name: release_held_back(s, cycle, shuffled) for s in sites}
 
 
 @task(cache_policy=NO_CACHE)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fedchem.config import SiteConfig, SiteRef
 from fedchem.data.prepare import read_key
+from fedchem.federation.continual import PromotionPolicy
 from fedchem.federation.finetune import FinetuneConfig
 from fedchem.messages import EvalReport
 from fedchem.registry.model import ModelSpec, load_weights
@@ -112,10 +114,17 @@ def finetune_at_site(
 
 @task(cache_policy=NO_CACHE)
 def validate_registered(
-    site: SiteConfig | SiteRef, registry: str, refs: list[str]
+    site: SiteConfig | SiteRef,
+    registry: str,
+    refs: list[str],
+    fold: Literal["valid", "test"] = "valid",
+    compare: PromotionPolicy | None = None,
 ) -> dict[str, EvalReport]:
-    """Each registered version of ``refs`` on the site's current validation fold (aggregates)."""
-    from fedchem.federation.continual import evaluate_registered
+    """Each registered version of ``refs`` on the site's current validation (or test) fold
+    (aggregates). ``compare`` with two refs (candidate, production) and the confidence rule:
+    the candidate's report carries the paired comparison with production on the same
+    molecules (the difference and its bootstrap interval)."""
+    from fedchem.federation.continual import compare_registered, evaluate_registered
     from fedchem.federation.site import load_site_dataset
 
     site = own_site(site, registries=[registry])
@@ -123,8 +132,26 @@ def validate_registered(
     reg, mine = Registry(registry), Registry(site.registry_url())
     ds = load_site_dataset(site)
     out = {}
-    for ref in refs:
-        name, version = reg.resolve(ref)
+    versions = {ref: reg.resolve(ref) for ref in refs}
+    for ref, (name, version) in versions.items():
         spec = ModelSpec.model_validate(reg.read_json(name, version, "spec.json"))
-        out[ref] = evaluate_registered(reg, name, version, ds, spec.chem, site.name, mine)
+        out[ref] = evaluate_registered(reg, name, version, ds, spec.chem, site.name, mine, fold)
+    if compare is not None and compare.rule == "confidence" and len(refs) == 2:
+        cand, prod = versions[refs[0]], versions[refs[1]]
+        spec = ModelSpec.model_validate(reg.read_json(*cand, "spec.json"))
+        paired = compare_registered(reg, cand, prod, ds, spec.chem, site.name, compare, mine, fold)
+        out[refs[0]] = out[refs[0]].model_copy(update={"paired": paired.as_dict()})
+        get_run_logger().info(
+            "site %s: %s against %s on %d molecules: %s change %+.4f (%.0f%% interval "
+            "[%+.4f, %+.4f])",
+            site.name,
+            refs[0],
+            refs[1],
+            paired.n_molecules,
+            paired.metric,
+            paired.difference,
+            100 * paired.confidence,
+            paired.lower,
+            paired.upper,
+        )
     return out

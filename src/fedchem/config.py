@@ -13,7 +13,13 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from fedchem.policy import SUM_STRATEGIES, PrivacyConfig, SecAggPlan, TrustConfig
+from fedchem.policy import (
+    SUM_STRATEGIES,
+    PrivacyConfig,
+    PromotionPolicy,
+    SecAggPlan,
+    TrustConfig,
+)
 from fedchem.strategy_config import FedAvgMConfig, StrategyConfig
 from fedchem.strict import StrictModel
 from fedchem.types import Codec
@@ -596,8 +602,18 @@ class DemoConfig(StrictModel):
         ge=1,
         le=5,
         description="turns of the federation that keeps learning: from cycle 2 "
-        "on, the sites' held-back rows arrive, a warm-started candidate is trained and promoted "
-        "to production only if no site's validation metric is worse by more than 0.01",
+        "on, the sites' held-back rows arrive, a warm-started candidate is trained and the "
+        "promotion policy decides whether it becomes production",
+    )
+    promotion: PromotionPolicy = Field(
+        default_factory=PromotionPolicy,
+        description="when a cycle's candidate becomes production (with cycles > 1)",
+    )
+    arrivals: Literal["measured", "shuffled"] = Field(
+        "measured",
+        description="with cycles > 1: the later cycles' rows as measured, or (a drill for the "
+        "promotion gate) with their values shuffled within each assay: a candidate trained on "
+        "them must not be promoted",
     )
     hold_back: float = Field(
         0.3,

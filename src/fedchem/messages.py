@@ -167,6 +167,12 @@ class EvalReport(StrictModel):
         "on this fold: mean coverage and efficiency (share of single-class sets), interval "
         "coverage and width (in units of the task's scale)",
     )
+    paired: dict[str, float | int | str] | None = Field(
+        None,
+        description="a candidate's report when the site compared it with production on the "
+        "same molecules: the metric, both values, the difference (> 0: the candidate is "
+        "better), its bootstrap standard error and interval",
+    )
 
 
 class DPReport(StrictModel):

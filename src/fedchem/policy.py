@@ -12,10 +12,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fedchem.strict import StrictModel
+from fedchem.types import PairedMetric
 
 __all__ = [
     "DPPolicy",
     "PrivacyConfig",
+    "PromotionPolicy",
     "SecAggPlan",
     "SecAggPolicy",
     "SitePolicy",
@@ -226,3 +228,60 @@ class SitePolicy(StrictModel):
         if not self.allowed_strategies:
             raise ValueError("allowed_strategies is empty: the site would refuse every round")
         return self
+
+
+class PromotionPolicy(StrictModel):
+    """When a candidate becomes production.
+
+    ``rule: confidence`` (the default) reads each site's paired comparison of candidate and
+    production on its validation fold (the difference and its bootstrap interval): the
+    candidate is **promoted** when it is better over all sites with confidence (the lower end
+    of the pooled interval above ``min_gain``) and no site is worse beyond its tolerance with
+    confidence; **refused** when a site is (its whole interval below minus its tolerance) or
+    the candidate is worse overall with confidence; otherwise the outcome is **not enough
+    evidence** and production stays. ``rule: threshold`` is the gate before: each site's
+    validation mean compared as two numbers, refused when one drops by more than
+    ``tolerance``."""
+
+    rule: Literal["confidence", "threshold"] = Field(
+        "confidence", description="confidence: paired intervals; threshold: two numbers"
+    )
+    tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="how much worse than production any site may be (ROC-AUC points, or RMSE "
+        "in the task's units)",
+    )
+    site_tolerance: dict[str, float] = Field(
+        default_factory=dict, description="a site's own tolerance where it differs"
+    )
+    confidence: float = Field(0.95, ge=0.5, le=0.999, description="the intervals' confidence level")
+    n_bootstrap: int = Field(
+        2000, ge=100, le=20000, description="bootstrap resamples of each site's fold"
+    )
+    min_gain: float = Field(
+        0.0, ge=0, description="how much better overall the candidate must be, with confidence"
+    )
+    metric: str | None = Field(
+        None,
+        description="the validation summary metric (default: mean_roc_auc, else "
+        "mean_pr_auc, mean_r2, mean_rmse for the threshold rule; mean_roc_auc else mean_rmse "
+        "for the confidence rule: the first that every site reports)",
+    )
+
+    def tolerance_at(self, site: str) -> float:
+        return self.site_tolerance.get(site, self.tolerance)
+
+    def paired_metric(self, kinds: tuple[str, ...]) -> PairedMetric:
+        """The metric a site compares the two models on (its tasks' kinds decide the
+        default)."""
+        if self.metric is not None:
+            if self.metric not in _PAIRED:
+                raise ValueError(
+                    f"the confidence rule compares {sorted(_PAIRED)}, not {self.metric!r}"
+                )
+            return _PAIRED[self.metric]
+        return "roc_auc" if "classification" in kinds else "rmse"
+
+
+_PAIRED: dict[str, PairedMetric] = {"mean_roc_auc": "roc_auc", "mean_rmse": "rmse"}

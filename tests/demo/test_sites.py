@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fedchem.demo.report import cross_site_matrix
-from fedchem.demo.sites import resolve_dataset, split_into_sites
+from fedchem.demo.sites import release_held_back, resolve_dataset, split_into_sites
 from fedchem.messages import EvalReport
 
 
@@ -83,3 +83,29 @@ def test_cross_site_matrix_rows_are_models_and_columns_sites():
     assert m["local:a"] == {"a": 0.6, "b": 0.52}
     assert m["local:b"] == {"a": 0.55, "b": None}  # NaN (no scorable task) → n/a
     assert list(m) == ["federated", "local:a", "local:b", "pooled"]
+
+
+def test_held_back_rows_arrive_as_measured_or_shuffled_within_each_assay(tmp_path: Path):
+    """The promotion gate's drill: the same rows arrive, each assay's values permuted among
+    them (the counts per value stay, the pairing with molecules is gone)."""
+    data = tmp_path / "tox21.csv"
+    pd.read_csv(resolve_dataset("tox21", None)[0]).head(600).to_csv(data, index=False)
+    arrived = {}
+    for mode in ("measured", "shuffled"):
+        split = split_into_sites(data, "smiles", 2, tmp_path / mode, 0, cycles=2, hold_back=0.4)
+        site = split.sites[0]
+        before = len(pd.read_csv(site.measurements))
+        n = release_held_back(site, 2, shuffled=mode == "shuffled")
+        rows = pd.read_csv(site.measurements).iloc[before:]
+        assert n == len(rows) > 50
+        arrived[mode] = rows.reset_index(drop=True)
+    m, s = arrived["measured"], arrived["shuffled"]
+    assert (
+        (m[["compound_id", "smiles", "assay_id"]] == s[["compound_id", "smiles", "assay_id"]])
+        .all()
+        .all()
+    )
+    for _, g in m.groupby("assay_id"):
+        assert sorted(g["value"]) == sorted(s.loc[g.index, "value"])
+    assert (m["value"] != s["value"]).mean() > 0.05  # the labels moved
+    assert release_held_back(site, 3) == 0  # nothing held back for a cycle that is not one

@@ -127,6 +127,8 @@ def _demo(args: argparse.Namespace) -> int:
         secure_aggregation=cfg.secure_aggregation,
         compression=cfg.compression,
         simulation=cfg.simulation,
+        promotion=cfg.promotion,
+        arrivals=cfg.arrivals,
     )
     print(render_markdown(report))
     print(

@@ -197,7 +197,8 @@ def _privacy_lines(privacy: dict[str, Any]) -> list[str]:
 
 def _cycle_lines(cycles: list[dict[str, Any]], sites: list[str]) -> list[str]:
     """The federation that keeps learning, cycle by cycle: each version's test-fold score per
-    site, and whether it became production."""
+    site and the decision; then, per later cycle, the numbers the decision read (validation,
+    paired) beside what it could not see (the same comparison on the test fold)."""
     if len(cycles) < 2:
         return []
     metric = next(
@@ -209,8 +210,7 @@ def _cycle_lines(cycles: list[dict[str, Any]], sites: list[str]) -> list[str]:
         "",
         f"Cycles (a federation that keeps learning; {metric.removeprefix('mean_')} on each "
         "site's test fold; cycle 2 on: the held-back rows arrive, the candidate starts from "
-        "production and is promoted only if no site's validation score drops by more than "
-        "0.01):",
+        "production and each site compares the two on the same validation molecules):",
         "",
         "| cycle | version | " + " | ".join(sites) + " | production? |",
         "|" + "---|" * (len(sites) + 3),
@@ -219,6 +219,35 @@ def _cycle_lines(cycles: list[dict[str, Any]], sites: list[str]) -> list[str]:
         vals = " | ".join(f"{c['test'].get(s, {}).get(metric, float('nan')):.3f}" for s in sites)
         verdict = "yes" if c["promoted"] else f"no: {c['decision']}"
         out.append(f"| {c['cycle']} | {c['version']} | {vals} | {verdict} |")
+    for c in cycles[1:]:
+        if not c.get("test_paired"):
+            continue
+        arrivals = " (their values shuffled: a drill)" if c.get("arrivals") == "shuffled" else ""
+        old = c["threshold_rule"]
+        out += [
+            "",
+            f"Cycle {c['cycle']}{arrivals}: candidate {c['version']} against production "
+            f"{c['production']}, **{c['outcome']}**; the threshold rule (each site's validation "
+            f"score against a fixed tolerance) would have "
+            f"{'promoted' if old['promote'] else 'refused'}. Change > 0: the candidate is "
+            "better; intervals from the paired bootstrap at each site:",
+            "",
+            "| site | validation change [interval] | worse beyond tolerance | "
+            "test change [interval] |",
+            "|---|---|---|---|",
+        ]
+        for s in sites:
+            v, t = c["per_site"].get(s, {}), c["test_paired"].get(s) or {}
+            valid = (
+                f"{v['change']:+.4f} [{v['lower']:+.4f}, {v['upper']:+.4f}]"
+                if "lower" in v
+                else f"{v.get('change', float('nan')):+.4f}"
+            )
+            test = f"{t['difference']:+.4f} [{t['lower']:+.4f}, {t['upper']:+.4f}]" if t else ""
+            worse = "" if not v else ("no" if v.get("ok") else "yes")
+            out.append(f"| {s} | {valid} | {worse} | {test} |")
+        if o := c.get("overall"):
+            out.append(f"| all | {o['change']:+.4f} [{o['lower']:+.4f}, {o['upper']:+.4f}] | | |")
     return out
 
 

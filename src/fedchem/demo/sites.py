@@ -70,13 +70,25 @@ def resolve_dataset(dataset: str, smiles_col: str | None) -> tuple[Path, str]:
 HELD_BACK = "held_back.csv"
 
 
-def release_held_back(site: SiteConfig, cycle: int) -> int:
-    """Append the rows held back for ``cycle`` to the site's export; returns how many."""
+def release_held_back(site: SiteConfig, cycle: int, shuffled: bool = False) -> int:
+    """Append the rows held back for ``cycle`` to the site's export; returns how many.
+
+    ``shuffled``: a drill for the promotion gate; the rows arrive with their values (and
+    qualifiers) permuted within each assay, seeded by the site and cycle, so that they carry
+    no signal (what a broken upstream pipeline or a swapped plate map delivers)."""
     held = site.measurements.parent / HELD_BACK
     if not held.exists():
         return 0
     rows = pd.read_csv(held, dtype=str, keep_default_na=False)
     due = rows[rows["cycle"].astype(int) == cycle].drop(columns="cycle")
+    if shuffled and len(due):
+        seed = int.from_bytes(hashlib.sha256(f"{site.name}:{cycle}".encode()).digest()[:8], "big")
+        rng = np.random.default_rng(seed)
+        due = due.copy()
+        for _, idx in due.groupby("assay_id").groups.items():
+            perm = rng.permutation(len(idx))
+            for col in ("value", "qualifier"):
+                due.loc[idx, col] = due.loc[idx, col].to_numpy()[perm]
     if len(due):
         due.to_csv(site.measurements, mode="a", header=False, index=False)
     return len(due)
