@@ -28,6 +28,7 @@ from fedchem.config import (
 )
 from fedchem.demo.sites import MANY_SITES, model_name
 from fedchem.federation.continual import decide_promotion
+from fedchem.federation.finetune import FinetuneConfig
 from fedchem.flows.continual import continual
 from fedchem.flows.coordinator import coordinator
 from fedchem.flows.publish import publish
@@ -40,6 +41,7 @@ from fedchem.messages import EvalReport, RoundManifest
 from fedchem.policy import PrivacyConfig, PromotionPolicy, SecAggPlan
 from fedchem.strategy_config import FedAvgMConfig, StrategyConfig
 from fedchem.tasks.demo import make_sites, pooled_baseline, release_rows, report
+from fedchem.tasks.serve import personalize_at_site
 from fedchem.types import Codec
 
 #: the full cross-site matrix up to this many sites; above, each site scores a sample
@@ -70,6 +72,7 @@ def demo(
     simulation: SimulationConfig = SimulationConfig(),  # noqa: B008 (frozen pydantic model)
     promotion: PromotionPolicy = PromotionPolicy(),  # noqa: B008 (frozen pydantic model)
     arrivals: Literal["measured", "shuffled"] = "measured",
+    personalize: bool = True,
 ) -> dict[str, Any]:
     # the cross-site matrix needs local models on the hub: only with shared heads, so that no
     # private head ever leaves its site, and not with secure aggregation (whose point is that
@@ -150,6 +153,19 @@ def demo(
     # site's part (its private heads, its calibration) in <out>/sites/<site>/registry
     target = PublishConfig(registry=str(out / "registry"), model_name=model_name(dataset))
     version = publish(config, target, evals=evals["federated"])
+    personalized = []
+    if personalize and n_sites <= CROSS_SITE_FULL:
+        # each site makes the federated model its own, chosen on its validation fold
+        personalized = [
+            personalize_at_site(
+                s,
+                target.registry,
+                f"{target.model_name}:{version}",
+                FinetuneConfig(seed=train.seed),
+            )
+            for s in split.sites
+        ]
+        evals["personalized"] = [p.test for p in personalized]
     names = [s.name for s in split.sites]
     cross = []
     # above CROSS_SITE_FULL sites, each site scores a seeded sample of the others' models
@@ -196,6 +212,9 @@ def demo(
         "secure_aggregation": secure_aggregation,
         "cross_site_sample": sample if cross_site else None,
         "compression": compression,
+        "personalized": {
+            p.site: {"choice": p.choice, "metric": p.metric, "valid": p.valid} for p in personalized
+        },
     }
     meta["cycles"] = [_cycle_one(version, evals["federated"])]
     for c in range(2, cycles + 1):

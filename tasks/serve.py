@@ -12,7 +12,7 @@ from fedchem.config import SiteConfig, SiteRef
 from fedchem.data.prepare import read_key
 from fedchem.federation.continual import PromotionPolicy
 from fedchem.federation.finetune import FinetuneConfig
-from fedchem.messages import EvalReport
+from fedchem.messages import EvalReport, PersonalizedReport
 from fedchem.registry.model import ModelSpec, load_weights
 from fedchem.registry.store import Registry
 from fedchem.serve.batch import ScoredFile, predict_file
@@ -21,7 +21,12 @@ from fedchem.tasks.progress import ArtifactProgress
 from fedchem.tasks.site import guard_site_logs
 from fedchem.trust.sovereign import check_featurizer, own_site
 
-__all__ = ["finetune_at_site", "score_file", "validate_registered"]
+__all__ = [
+    "finetune_at_site",
+    "personalize_at_site",
+    "score_file",
+    "validate_registered",
+]
 
 
 @task(cache_policy=NO_CACHE)
@@ -110,6 +115,42 @@ def finetune_at_site(
         result.local.summary.get("mean_roc_auc", result.local.summary.get("mean_rmse")),
     )
     return {"finetuned": result.finetuned, "federated": result.federated, "local": result.local}
+
+
+@task(cache_policy=NO_CACHE)
+def personalize_at_site(
+    site: SiteConfig | SiteRef, registry: str, model: str, config: FinetuneConfig
+) -> PersonalizedReport:
+    """The registered federated model made the site's own (as it is, heads, or heads and last
+    layer: chosen on its validation fold); returns the aggregates, the model stays here."""
+    from fedchem.federation.finetune import personalize
+    from fedchem.federation.site import load_site_dataset
+
+    site = own_site(site, registries=[registry])
+    guard_site_logs(site)
+    reg = Registry(registry)
+    name, version = reg.resolve(model)
+    spec = ModelSpec.model_validate(reg.read_json(name, version, "spec.json"))
+    check_featurizer(site, spec.chem)
+    check_consistency(spec, read_key(site))
+    arrays = load_weights(reg.read(name, version, "model.safetensors"))
+    result = personalize(arrays, spec, load_site_dataset(site), site.name, config)
+    get_run_logger().info(
+        "site %s: %s:%d personalized as %r (validation %s: %s)",
+        site.name,
+        name,
+        version,
+        result.choice,
+        result.metric,
+        ", ".join(f"{k} {v:.4f}" for k, v in result.valid.items()),
+    )
+    return PersonalizedReport(
+        site=site.name,
+        choice=result.choice,
+        metric=result.metric,
+        valid=result.valid,
+        test=result.test,
+    )
 
 
 @task(cache_policy=NO_CACHE)

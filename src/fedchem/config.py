@@ -609,6 +609,11 @@ class DemoConfig(StrictModel):
         default_factory=PromotionPolicy,
         description="when a cycle's candidate becomes production (with cycles > 1)",
     )
+    personalize: bool = Field(
+        True,
+        description="each site also makes the federated model its own (as it is, heads, or "
+        "heads and last layer fine-tuned, chosen on its validation fold), up to 16 sites",
+    )
     arrivals: Literal["measured", "shuffled"] = Field(
         "measured",
         description="with cycles > 1: the later cycles' rows as measured, or (a drill for the "

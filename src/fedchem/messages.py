@@ -175,6 +175,18 @@ class EvalReport(StrictModel):
     )
 
 
+class PersonalizedReport(StrictModel):
+    """A site's personalized federated model: the option its validation fold chose (the
+    federated model as it is, its heads fine-tuned, or heads and last layer), each option's
+    validation score, and the chosen model on the test fold. Aggregates only."""
+
+    site: str
+    choice: str
+    metric: str
+    valid: dict[str, float]
+    test: EvalReport
+
+
 class DPReport(StrictModel):
     """The differential privacy a site's update was made under, and its budget so far."""
 

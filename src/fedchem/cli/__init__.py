@@ -129,6 +129,7 @@ def _demo(args: argparse.Namespace) -> int:
         simulation=cfg.simulation,
         promotion=cfg.promotion,
         arrivals=cfg.arrivals,
+        personalize=cfg.personalize,
     )
     print(render_markdown(report))
     print(

@@ -18,7 +18,8 @@ from fedchem.model.metrics import improve_to_perfect
 
 __all__ = ["build_report", "cross_site_matrix", "render_markdown", "write_report"]
 
-MODELS = ("federated", "local", "pooled")
+#: the demo's models, in the order its tables list them (personalized: where the demo ran it)
+MODELS = ("federated", "personalized", "local", "pooled")
 
 
 def _metric_keys(reports: Sequence[EvalReport]) -> list[str]:
@@ -60,7 +61,7 @@ def build_report(
     local models scored at each site (the off-diagonal of the cross-site matrix)."""
     keys = _metric_keys([r for rs in evals.values() for r in rs])
     out: dict[str, Any] = {"meta": meta, "metrics": [k.removeprefix("mean_") for k in keys]}
-    for model in MODELS:
+    for model in (m for m in MODELS if m in evals):
         per_site: dict[str, dict[str, Any]] = {
             r.site: {k.removeprefix("mean_"): r.summary.get(k) for k in keys}
             | {
@@ -93,6 +94,7 @@ def build_report(
 
 def render_markdown(report: dict[str, Any]) -> str:
     metrics = report["metrics"]
+    models = [m for m in MODELS if m in report]
     sites = sorted(report["federated"]["per_site"])
     lines = ["# fedchem demo: federated vs local-only vs pooled", ""]
     meta = report["meta"]
@@ -104,12 +106,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if meta.get("select") == "best_valid":
         picked = {
             m: sorted({p.get("selected") for p in report[m]["per_site"].values()} - {None})
-            for m in MODELS
+            for m in models
         }
         lines.append(
             "Every model is the one best on the validation fold: the federated model's round "
             "chosen by each site on its own, the baselines' epoch likewise (chosen: "
-            + "; ".join(f"{m} {', '.join(map(str, picked[m])) or 'n/a'}" for m in MODELS)
+            + "; ".join(f"{m} {', '.join(map(str, picked[m])) or 'n/a'}" for m in models)
             + ")."
         )
     lines += _privacy_lines(meta.get("privacy") or {})
@@ -123,14 +125,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append("")
     header = "| model | site | " + " | ".join(metrics) + " |"
     lines += [header, "|" + "---|" * (len(metrics) + 2)]
-    for model in MODELS:
+    for model in models:
         o = report[model]["overall"]
         lines.append(f"| {model} | **all** | " + " | ".join(f"{o[m]:.3f}" for m in metrics) + " |")
     for site in sites:
-        for model in MODELS:
+        for model in models:
             p = report[model]["per_site"][site]
             vals = " | ".join("n/a" if p.get(m) is None else f"{p[m]:.3f}" for m in metrics)
             lines.append(f"| {model} | {site} | {vals} |")
+    lines += _personalized_lines(report, sites)
     lines += _conformal_lines(report, sites)
     lines += _cycle_lines(meta.get("cycles") or [], sites)
     if meta.get("registered"):
@@ -251,13 +254,38 @@ def _cycle_lines(cycles: list[dict[str, Any]], sites: list[str]) -> list[str]:
     return out
 
 
+def _personalized_lines(report: dict[str, Any], sites: list[str]) -> list[str]:
+    """Each site's personalization (chosen on its validation fold) and how it compares with
+    the pooled model on the site's test fold."""
+    chosen = report["meta"].get("personalized") or {}
+    if not chosen or "personalized" not in report:
+        return []
+    metric = "roc_auc" if "roc_auc" in report["metrics"] else "rmse"
+    higher = metric == "roc_auc"
+    at_least = [
+        s
+        for s in sites
+        if (p := report["personalized"]["per_site"][s].get(metric)) is not None
+        and (q := report["pooled"]["per_site"][s].get(metric)) is not None
+        and (p >= q if higher else p <= q)
+    ]
+    return [
+        "",
+        "Personalized: each site's choice on its validation fold (the federated model as it "
+        "is, its heads, or heads and last layer fine-tuned on the site's own rows): "
+        + ", ".join(f"{s} {chosen[s]['choice']}" for s in sites if s in chosen)
+        + f". At least as good as pooled ({metric}, test fold): {len(at_least)} of "
+        f"{len(sites)} sites.",
+    ]
+
+
 def _conformal_lines(report: dict[str, Any], sites: list[str]) -> list[str]:
     """Conformal prediction per site and model (α = 0.1, calibrated on the site's validation
     fold, measured on its test fold): MELLODDY compared the efficiency of federated and
     single-partner models this way."""
     rows = []
     for site in sites:
-        for model in MODELS:
+        for model in (m for m in MODELS if m in report):
             c = report[model]["per_site"][site].get("conformal") or {}
             if not c:
                 continue

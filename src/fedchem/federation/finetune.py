@@ -24,7 +24,7 @@ from fedchem.messages import EvalReport
 from fedchem.model.calibrate import calibrate, conformal_report
 from fedchem.model.evaluate import evaluate_at_site
 from fedchem.model.network import MultitaskNet, build_model
-from fedchem.model.selection import BestSoFar
+from fedchem.model.selection import BestSoFar, pick_best
 from fedchem.model.state import model_to_arrays
 from fedchem.model.train import train_epochs
 from fedchem.registry.model import Lineage, ModelSpec, TaskEntry, dumps, save_weights
@@ -32,7 +32,15 @@ from fedchem.registry.store import Registry
 from fedchem.strict import StrictModel
 from fedchem.types import StateArrays
 
-__all__ = ["FinetuneConfig", "Finetuned", "finetune", "register_finetuned"]
+__all__ = [
+    "PERSONALIZATIONS",
+    "FinetuneConfig",
+    "Finetuned",
+    "Personalized",
+    "finetune",
+    "personalize",
+    "register_finetuned",
+]
 
 
 class FinetuneConfig(StrictModel):
@@ -184,6 +192,76 @@ def finetune(
         federated=federated,
         local=local_report,
         calibration={"tasks": exact, "source": f"site {site}"},
+    )
+
+
+#: what a site may personalize, in the order a tie goes: the federated model as it is first
+PERSONALIZATIONS = ("federated", "heads", "heads+last layer")
+
+
+@dataclass
+class Personalized:
+    """The site's personalized federated model: which option its validation fold chose, each
+    option's validation score, and the chosen model on the test fold."""
+
+    model: MultitaskNet
+    choice: str
+    valid: dict[str, float]
+    metric: str
+    epochs: int
+    test: EvalReport
+
+
+def personalize(
+    arrays: StateArrays,
+    spec: ModelSpec,
+    ds: SiteDataset,
+    site: str,
+    cfg: FinetuneConfig,
+    label_stats: dict[str, dict[str, float]] | None = None,
+) -> Personalized:
+    """The federated model made the site's own: as it is, its heads fine-tuned, or its heads
+    and the trunk's last layer fine-tuned on the site's training folds (early stopping on the
+    validation fold), whichever scores best on the validation fold (as it is where the fold
+    scores nothing); the test fold is touched only to report the choice."""
+    if spec.architecture != "fedchem.multitask":
+        raise ValueError(f"personalizing needs the federation's network, not {spec.architecture!r}")
+    chem, stats = spec.chem, label_stats or {}
+    valid = ds.folds([chem.valid_fold])
+    options: dict[str, tuple[MultitaskNet, int]] = {}
+    for option in PERSONALIZATIONS:
+        model = _from_registered(arrays, spec, ds, stats)
+        epochs = 0
+        if option != "federated":
+            _trainable(model, train_trunk=option == "heads+last layer")
+            epochs = _fit(model, ds, chem, cfg, site)
+        model.eval()
+        options[option] = (model, epochs)
+    summaries = [
+        evaluate_at_site(m, valid, site=site, model_name=o, fold="valid").summary
+        for o, (m, _) in options.items()
+    ]
+    # no validation metric (a fold without a task of both classes): nothing to choose on, and
+    # the federated model stays as it is
+    index, metric, _ = pick_best(summaries) or (0, "none", float("nan"))
+    choice = PERSONALIZATIONS[index]
+    model, epochs = options[choice]
+    test = ds.folds([chem.test_fold])
+    report = evaluate_at_site(model, test, site=site, model_name="personalized", fold="test")
+    own, _ = calibrate(model, valid)
+    report = report.model_copy(
+        update={"conformal": conformal_report(model, test, own), "selected": epochs or None}
+    )
+    return Personalized(
+        model=model,
+        choice=choice,
+        valid={
+            o: float(s.get(metric, float("nan")))
+            for o, s in zip(PERSONALIZATIONS, summaries, strict=True)
+        },
+        metric=metric,
+        epochs=epochs,
+        test=report,
     )
 
 
