@@ -15,7 +15,9 @@ most sites, *worse* when it is worse at most, *mixed* otherwise.
 
 Prints one line a run and a table of counts, old gate against new (promotions of better
 candidates, promotions of worse or shuffled ones), and the ratio of right decisions. Each run
-also appends its cycle-2 record to ``<out>/runs.jsonl``.
+appends its cycle-2 record to ``<out>/runs.jsonl`` and its files (1.6 GB a run: every
+round's models) are deleted unless ``--keep``; a run already in ``runs.jsonl`` is not run
+again (an interrupted benchmark resumes), and the table counts every run there.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +55,7 @@ def _run(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         hold_back=cfg.hold_back,
         promotion=cfg.promotion,
         arrivals=cfg.arrivals,
+        personalize=False,
     )
     cycle: dict[str, Any] = report["meta"]["cycles"][1]
     return cycle
@@ -73,14 +77,20 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--dataset", default="tox21")
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--out", help="keep the runs here (default: a temporary directory)")
+    ap.add_argument(
+        "--out", help="runs.jsonl (and kept runs) here (default: a temporary directory)"
+    )
+    ap.add_argument("--keep", action="store_true", help="keep each run's files")
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fedchem-gate-"))
     root.mkdir(parents=True, exist_ok=True)
-    rows = []
+    log = root / "runs.jsonl"
+    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     for seed in args.seeds:
         for arrivals in ("measured", "shuffled"):
+            if any(r["seed"] == seed and r["arrivals"] == arrivals for r in done):
+                continue
             cfg = DemoConfig(
                 dataset=args.dataset,
                 seed=seed,
@@ -90,7 +100,10 @@ def main() -> int:
                 train={"seed": seed},
             )
             start = time.perf_counter()
-            cycle = _run(cfg, root / f"{arrivals}-s{seed}")
+            run_dir = root / f"{arrivals}-s{seed}"
+            cycle = _run(cfg, run_dir)
+            if not args.keep:
+                shutil.rmtree(run_dir)
             label, better, mean = _truth(cycle)
             truth = "shuffled" if arrivals == "shuffled" else label
             row = {
@@ -104,8 +117,8 @@ def main() -> int:
                 "valid_overall": cycle["overall"],
                 "seconds": time.perf_counter() - start,
             }
-            rows.append(row)
-            with (root / "runs.jsonl").open("a") as fh:
+            done.append(row)
+            with log.open("a") as fh:
                 fh.write(json.dumps({**row, "cycle": cycle}) + "\n")
             o = cycle["overall"]
             print(
@@ -115,6 +128,7 @@ def main() -> int:
                 f"{row['old']} | {row['seconds']:.0f} s",
                 flush=True,
             )
+    rows = [r for r in done if r["seed"] in args.seeds]
     print()
     print(
         "| candidate (by the test folds) | runs | old gate: promoted | new gate: promoted | "
@@ -144,7 +158,7 @@ def main() -> int:
         f"{sum(r['old'] == 'promoted' for r in rows if r['truth'] == 'shuffled')}, new "
         f"{sum(r['new'] == 'promoted' for r in rows if r['truth'] == 'shuffled')}"
     )
-    print(f"runs kept in {root}")
+    print(f"runs.jsonl in {root}")
     return 0
 
 

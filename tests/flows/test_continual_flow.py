@@ -67,7 +67,57 @@ def test_a_second_cycle_warm_starts_decides_and_is_not_published_twice(
     assert all(np.array_equal(start[k], v1[k]) for k in v1)
     decisions = [e for e in reg.history("loop") if e["event"] == "decision"]
     assert len(decisions) == 1 and decisions[0]["decision"]["promote"] == first["promote"]
+    # the confidence rule: each site's paired difference and interval, and the overall one,
+    # are in the registry's history; the outcome follows from them
+    recorded = decisions[0]["decision"]
+    assert recorded["rule"] == "confidence" and recorded["outcome"] == first["outcome"]
+    for row in recorded["per_site"].values():
+        assert row["lower"] <= row["change"] <= row["upper"] and row["n_molecules"] > 0
+    overall = recorded["overall"]
+    assert overall["lower"] <= overall["change"] <= overall["upper"]
+    assert first["promote"] == (
+        overall["lower"] > 0 and all(r["ok"] for r in recorded["per_site"].values())
+    )
     # run again (a retried or resumed cycle): nothing new is published or decided
     again = continual(config, candidate, cycle="c2")
     assert reg.versions("loop") == [1, 2] and again["promote"] == first["promote"]
     assert len([e for e in reg.history("loop") if e["event"] == "decision"]) == 1
+
+
+def test_a_candidate_trained_on_shuffled_arrivals_is_not_promoted(
+    prefect_api: None, tmp_path: Path
+):
+    """The drill: 60 % of each site's molecules arrive in cycle 2 with their values shuffled
+    within each assay. The candidate, trained on them from production, must stay a candidate;
+    the gate says why with its numbers."""
+    from fedchem.flows.continual import continual
+    from fedchem.flows.coordinator import coordinator
+    from fedchem.flows.publish import publish
+    from fedchem.flows.site_prepare import site_prepare
+
+    data = tmp_path / "tox21.csv"
+    pd.read_csv(bundled_dataset()).head(1600).to_csv(data, index=False)
+    split = split_into_sites(data, "smiles", 2, tmp_path / "sites", 0, cycles=2, hold_back=0.6)
+    chem, hub = ChemConfig(fp_size=512), str(tmp_path / "hub")
+    for s in split.sites:
+        site_prepare(site=s, chem=chem, tasks=split.tasks, hub_url=hub)
+    config = FederationConfig(
+        run_id="drill",
+        hub_url=hub,
+        sites=split.sites,
+        tasks=split.tasks,
+        rounds=3,
+        chem=chem,
+        model=ModelConfig(hidden=64),
+        train=TrainConfig(batch_size=32),
+        trust=split.trust,
+    )
+    coordinator(config)
+    target = PublishConfig(registry=str(tmp_path / "registry"), model_name="drill")
+    publish(config, target)
+    for s in split.sites:
+        assert release_held_back(s, 2, shuffled=True) > 0
+    decision = continual(config, target.model_copy(update={"alias": "candidate"}), cycle="c2")
+    assert not decision["promote"] and decision["outcome"] in ("refused", "not enough evidence")
+    assert decision["overall"]["lower"] <= 0, decision["overall"]
+    assert Registry(target.registry).aliases("drill")["production"] == 1
