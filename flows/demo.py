@@ -213,7 +213,13 @@ def demo(
         "cross_site_sample": sample if cross_site else None,
         "compression": compression,
         "personalized": {
-            p.site: {"choice": p.choice, "metric": p.metric, "valid": p.valid} for p in personalized
+            p.site: {
+                "choice": p.choice,
+                "metric": p.metric,
+                "valid": p.valid,
+                "gain_lower": p.gain_lower,
+            }
+            for p in personalized
         },
     }
     meta["cycles"] = [_cycle_one(version, evals["federated"])]

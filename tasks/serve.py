@@ -149,6 +149,7 @@ def personalize_at_site(
         choice=result.choice,
         metric=result.metric,
         valid=result.valid,
+        gain_lower=result.gain_lower,
         test=result.test,
     )
 

@@ -177,13 +177,19 @@ class EvalReport(StrictModel):
 
 class PersonalizedReport(StrictModel):
     """A site's personalized federated model: the option its validation fold chose (the
-    federated model as it is, its heads fine-tuned, or heads and last layer), each option's
-    validation score, and the chosen model on the test fold. Aggregates only."""
+    federated model as it is, or its heads, or heads and last layer, fine-tuned: only when
+    better with confidence), each option's validation score, and the chosen model on the test
+    fold. Aggregates only."""
 
     site: str
     choice: str
     metric: str
     valid: dict[str, float]
+    gain_lower: dict[str, float] = Field(
+        default_factory=dict,
+        description="each fine-tuned option's gain over the federated model on validation: "
+        "the lower end of its one-sided interval (> 0: better with confidence)",
+    )
     test: EvalReport
 
 

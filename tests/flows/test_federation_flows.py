@@ -211,14 +211,15 @@ def test_demo_flow_writes_the_comparison(prefect_api: None, tiny_dataset: Path, 
             assert again.summary["mean_roc_auc"] == pytest.approx(row["roc_auc"], abs=1e-12)
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| federated | **all** |" in md
-    # each site personalized the published model; the choice is the one best on validation
+    # each site personalized the published model; it left the federated model as it is unless
+    # a fine-tuned option was better on validation with confidence
     from fedchem.federation.finetune import PERSONALIZATIONS
 
     chosen = saved["meta"]["personalized"]
     assert set(chosen) == set(saved["personalized"]["per_site"]) == {"site-a", "site-b"}
     for c in chosen.values():
         assert c["choice"] in PERSONALIZATIONS
-        assert all(c["valid"][c["choice"]] >= v for v in c["valid"].values() if v == v)
+        assert c["choice"] == "federated" or c["gain_lower"][c["choice"]] > 0
     assert "| personalized | **all** |" in md and "Personalized: each site's choice" in md
     # the cross-site matrix: every model on every site's test fold; its diagonal of local
     # models and its federated row are the per-site numbers above

@@ -271,8 +271,9 @@ def _personalized_lines(report: dict[str, Any], sites: list[str]) -> list[str]:
     ]
     return [
         "",
-        "Personalized: each site's choice on its validation fold (the federated model as it "
-        "is, its heads, or heads and last layer fine-tuned on the site's own rows): "
+        "Personalized: each site's choice on its validation fold (its heads, or heads and "
+        "last layer, fine-tuned on the site's own rows where better than the federated model "
+        "with 90 % confidence; else the federated model as it is): "
         + ", ".join(f"{s} {chosen[s]['choice']}" for s in sites if s in chosen)
         + f". At least as good as pooled ({metric}, test fold): {len(at_least)} of "
         f"{len(sites)} sites.",

@@ -10,6 +10,7 @@ model of the same architecture and budget, trained from scratch the same way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 
@@ -24,13 +25,14 @@ from fedchem.messages import EvalReport
 from fedchem.model.calibrate import calibrate, conformal_report
 from fedchem.model.evaluate import evaluate_at_site
 from fedchem.model.network import MultitaskNet, build_model
-from fedchem.model.selection import BestSoFar, pick_best
+from fedchem.model.paired import PairedDifference, paired_bootstrap
+from fedchem.model.selection import BestSoFar
 from fedchem.model.state import model_to_arrays
-from fedchem.model.train import train_epochs
+from fedchem.model.train import predict, train_epochs
 from fedchem.registry.model import Lineage, ModelSpec, TaskEntry, dumps, save_weights
 from fedchem.registry.store import Registry
 from fedchem.strict import StrictModel
-from fedchem.types import StateArrays
+from fedchem.types import PairedMetric, StateArrays
 
 __all__ = [
     "PERSONALIZATIONS",
@@ -55,6 +57,13 @@ class FinetuneConfig(StrictModel):
         False, description="also the trunk's last layer (the input layer for depth 1)"
     )
     seed: int = 0
+    switch_confidence: float = Field(
+        0.9,
+        ge=0.75,
+        lt=1,
+        description="personalizing: leave the federated model as it is unless a fine-tuned "
+        "option is better on the validation fold with this confidence (paired bootstrap)",
+    )
 
 
 @dataclass
@@ -206,7 +215,11 @@ class Personalized:
 
     model: MultitaskNet
     choice: str
+    #: each option's validation score (the mean over tasks of ``metric``)
     valid: dict[str, float]
+    #: each fine-tuned option's gain over the federated model on validation: the lower end of
+    #: its one-sided interval at ``switch_confidence``
+    gain_lower: dict[str, float]
     metric: str
     epochs: int
     test: EvalReport
@@ -220,10 +233,11 @@ def personalize(
     cfg: FinetuneConfig,
     label_stats: dict[str, dict[str, float]] | None = None,
 ) -> Personalized:
-    """The federated model made the site's own: as it is, its heads fine-tuned, or its heads
-    and the trunk's last layer fine-tuned on the site's training folds (early stopping on the
-    validation fold), whichever scores best on the validation fold (as it is where the fold
-    scores nothing); the test fold is touched only to report the choice."""
+    """The federated model made the site's own: its heads, or its heads and the trunk's last
+    layer, fine-tuned on the site's training folds (early stopping on the validation fold);
+    the option better than the federated model as it is on the validation fold with
+    ``cfg.switch_confidence`` (paired bootstrap; the larger gain of the two), else the
+    federated model as it is. The test fold is touched only to report the choice."""
     if spec.architecture != "fedchem.multitask":
         raise ValueError(f"personalizing needs the federation's network, not {spec.architecture!r}")
     chem, stats = spec.chem, label_stats or {}
@@ -237,14 +251,29 @@ def personalize(
             epochs = _fit(model, ds, chem, cfg, site)
         model.eval()
         options[option] = (model, epochs)
-    summaries = [
-        evaluate_at_site(m, valid, site=site, model_name=o, fold="valid").summary
-        for o, (m, _) in options.items()
-    ]
-    # no validation metric (a fold without a task of both classes): nothing to choose on, and
-    # the federated model stays as it is
-    index, metric, _ = pick_best(summaries) or (0, "none", float("nan"))
-    choice = PERSONALIZATIONS[index]
+    # each fine-tuned option against the federated model on the same validation molecules;
+    # the site switches only to an option better with confidence (its fold is small, and an
+    # option's epochs were chosen on it too, so its point score flatters it)
+    metric: PairedMetric = "roc_auc" if "classification" in valid.task_kinds else "rmse"
+    base = predict(options["federated"][0], valid).astype(np.float64)
+    compared: dict[str, PairedDifference] = {}
+    for option in PERSONALIZATIONS[1:]:
+        pred = predict(options[option][0], valid).astype(np.float64)
+        # no task the fold can score: nothing to choose on, the federated model stays
+        with contextlib.suppress(ValueError):
+            compared[option] = paired_bootstrap(
+                valid.y,
+                valid.censor,
+                valid.task_kinds,
+                pred,
+                base,
+                metric=metric,
+                n_bootstrap=1000,
+                confidence=2 * cfg.switch_confidence - 1,  # one-sided: the lower end
+                seed=cfg.seed,
+            )
+    better = [o for o, r in compared.items() if r.lower > 0]
+    choice = max(better, key=lambda o: compared[o].difference) if better else "federated"
     model, epochs = options[choice]
     test = ds.folds([chem.test_fold])
     report = evaluate_at_site(model, test, site=site, model_name="personalized", fold="test")
@@ -252,14 +281,14 @@ def personalize(
     report = report.model_copy(
         update={"conformal": conformal_report(model, test, own), "selected": epochs or None}
     )
+    valid_scores = {"federated": next(iter(compared.values())).production} if compared else {}
+    valid_scores |= {o: r.candidate for o, r in compared.items()}
     return Personalized(
         model=model,
         choice=choice,
-        valid={
-            o: float(s.get(metric, float("nan")))
-            for o, s in zip(PERSONALIZATIONS, summaries, strict=True)
-        },
-        metric=metric,
+        valid=valid_scores,
+        gain_lower={o: r.lower for o, r in compared.items()},
+        metric=f"mean_{metric}",
         epochs=epochs,
         test=report,
     )
