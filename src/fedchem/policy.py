@@ -1,5 +1,6 @@
 """What the parties configure for trust: the coordinator's allowlist of keys, the federation's
-differential privacy, and each site's own privacy policy (its admin's file, on its own disk).
+differential privacy, each site's own privacy policy (its admin's file, on its own disk), and
+the consortium's rule for promoting a candidate model.
 
 Plain pydantic: the coordinator and the messages import it without cryptography or torch.
 """
