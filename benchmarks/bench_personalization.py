@@ -26,33 +26,10 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from fedchem.config import DemoConfig
-from fedchem.demo.sites import resolve_dataset
 
 MODELS = ("federated", "personalized", "local", "pooled")
-
-
-def _run(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    from fedchem.flows.demo import demo
-
-    dataset, smiles_col = resolve_dataset(cfg.dataset, cfg.smiles_col)
-    report: dict[str, Any] = demo(
-        dataset=dataset,
-        smiles_col=smiles_col,
-        n_sites=cfg.sites,
-        rounds=cfg.rounds,
-        out=out,
-        seed=cfg.seed,
-        run_id=f"personal-{cfg.dataset}-t{cfg.train.seed}",
-        chem=cfg.chem,
-        model=cfg.model,
-        train=cfg.train,
-        strategy=cfg.strategy,
-        personalize=True,
-    )
-    return report
 
 
 def _fmt(values: list[float]) -> str:
@@ -72,6 +49,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep each run's files")
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from fedchem.flows.demo import demo_from_config  # Prefect, after its settings
+
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fedchem-personal-"))
     root.mkdir(parents=True, exist_ok=True)
     log = root / "runs.jsonl"
@@ -83,7 +62,7 @@ def main() -> int:
             cfg = DemoConfig(dataset=name, seed=0, rounds=args.rounds, train={"seed": seed})
             start = time.perf_counter()
             run_dir = root / f"{name}-t{seed}"
-            rep = _run(cfg, run_dir)
+            rep = demo_from_config(cfg, run_dir, f"personal-{name}-t{seed}")
             if not args.keep:
                 shutil.rmtree(run_dir)
             metric = "roc_auc" if "roc_auc" in rep["metrics"] else "rmse"

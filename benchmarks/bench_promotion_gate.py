@@ -32,33 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from fedchem.config import DemoConfig
-from fedchem.demo.sites import resolve_dataset
-
-
-def _run(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    from fedchem.flows.demo import demo
-
-    dataset, smiles_col = resolve_dataset(cfg.dataset, cfg.smiles_col)
-    report = demo(
-        dataset=dataset,
-        smiles_col=smiles_col,
-        n_sites=cfg.sites,
-        rounds=cfg.rounds,
-        out=out,
-        seed=cfg.seed,
-        run_id=f"gate-{cfg.arrivals}-s{cfg.seed}",
-        chem=cfg.chem,
-        model=cfg.model,
-        train=cfg.train,
-        strategy=cfg.strategy,
-        cycles=cfg.cycles,
-        hold_back=cfg.hold_back,
-        promotion=cfg.promotion,
-        arrivals=cfg.arrivals,
-        personalize=False,
-    )
-    cycle: dict[str, Any] = report["meta"]["cycles"][1]
-    return cycle
 
 
 def _truth(cycle: dict[str, Any]) -> tuple[str, int, float]:
@@ -83,6 +56,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep each run's files")
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from fedchem.flows.demo import demo_from_config  # Prefect, after its settings
+
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fedchem-gate-"))
     root.mkdir(parents=True, exist_ok=True)
     log = root / "runs.jsonl"
@@ -97,11 +72,13 @@ def main() -> int:
                 rounds=args.rounds,
                 cycles=2,
                 arrivals=arrivals,
+                personalize=False,
                 train={"seed": seed},
             )
             start = time.perf_counter()
             run_dir = root / f"{arrivals}-s{seed}"
-            cycle = _run(cfg, run_dir)
+            report = demo_from_config(cfg, run_dir, f"gate-{arrivals}-s{seed}")
+            cycle: dict[str, Any] = report["meta"]["cycles"][1]
             if not args.keep:
                 shutil.rmtree(run_dir)
             label, better, mean = _truth(cycle)

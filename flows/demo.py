@@ -18,6 +18,7 @@ from prefect import flow
 
 from fedchem.config import (
     ChemConfig,
+    DemoConfig,
     DeploymentConfig,
     FederationConfig,
     ModelConfig,
@@ -26,7 +27,7 @@ from fedchem.config import (
     SiteConfig,
     TrainConfig,
 )
-from fedchem.demo.sites import MANY_SITES, model_name
+from fedchem.demo.sites import MANY_SITES, model_name, resolve_dataset
 from fedchem.federation.continual import decide_promotion
 from fedchem.federation.finetune import FinetuneConfig
 from fedchem.flows.continual import continual
@@ -226,6 +227,37 @@ def demo(
     for c in range(2, cycles + 1):
         meta["cycles"].append(_later_cycle(config, target, c, split.sites, promotion, arrivals))
     return report(evals, meta, out, cross)
+
+
+def demo_from_config(cfg: DemoConfig, out: Path, run_id: str) -> dict[str, Any]:
+    """The demo flow with a ``DemoConfig``'s settings (``fedchem demo``, the benchmarks)."""
+    dataset, smiles_col = resolve_dataset(cfg.dataset, cfg.smiles_col)
+    report: dict[str, Any] = demo(
+        dataset=dataset,
+        smiles_col=smiles_col,
+        n_sites=cfg.sites,
+        rounds=cfg.rounds,
+        out=out,
+        seed=cfg.seed,
+        run_id=run_id,
+        chem=cfg.chem,
+        model=cfg.model,
+        train=cfg.train,
+        strategy=cfg.strategy,
+        heads=cfg.heads,
+        task_split=cfg.task_split,
+        continuous_as=cfg.continuous_as,
+        cycles=cfg.cycles,
+        hold_back=cfg.hold_back,
+        privacy=cfg.privacy,
+        secure_aggregation=cfg.secure_aggregation,
+        compression=cfg.compression,
+        simulation=cfg.simulation,
+        promotion=cfg.promotion,
+        arrivals=cfg.arrivals,
+        personalize=cfg.personalize,
+    )
+    return report
 
 
 def _privacy_spent(privacy: PrivacyConfig, last: RoundManifest) -> dict[str, Any]:

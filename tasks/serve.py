@@ -166,22 +166,18 @@ def validate_registered(
     (aggregates). ``compare`` with two refs (candidate, production) and the confidence rule:
     the candidate's report carries the paired comparison with production on the same
     molecules (the difference and its bootstrap interval)."""
-    from fedchem.federation.continual import compare_registered, evaluate_registered
+    from fedchem.federation.continual import score_registered
     from fedchem.federation.site import load_site_dataset
 
     site = own_site(site, registries=[registry])
     guard_site_logs(site)
     reg, mine = Registry(registry), Registry(site.registry_url())
-    ds = load_site_dataset(site)
-    out = {}
-    versions = {ref: reg.resolve(ref) for ref in refs}
-    for ref, (name, version) in versions.items():
-        spec = ModelSpec.model_validate(reg.read_json(name, version, "spec.json"))
-        out[ref] = evaluate_registered(reg, name, version, ds, spec.chem, site.name, mine, fold)
-    if compare is not None and compare.rule == "confidence" and len(refs) == 2:
-        cand, prod = versions[refs[0]], versions[refs[1]]
-        spec = ModelSpec.model_validate(reg.read_json(*cand, "spec.json"))
-        paired = compare_registered(reg, cand, prod, ds, spec.chem, site.name, compare, mine, fold)
+    versions = [reg.resolve(ref) for ref in refs]
+    reports, paired = score_registered(
+        reg, versions, load_site_dataset(site), site.name, mine, fold, compare
+    )
+    out = dict(zip(refs, reports, strict=True))
+    if paired is not None:
         out[refs[0]] = out[refs[0]].model_copy(update={"paired": paired.as_dict()})
         get_run_logger().info(
             "site %s: %s against %s on %d molecules: %s change %+.4f (%.0f%% interval "

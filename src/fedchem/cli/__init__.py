@@ -97,40 +97,16 @@ def _demo(args: argparse.Namespace) -> int:
 
     try:
         cfg = demo_config(args)
-        dataset, smiles_col = resolve_dataset(cfg.dataset, cfg.smiles_col)
+        resolve_dataset(cfg.dataset, cfg.smiles_col)  # a missing dataset: said before Prefect
     except (ConfigFileError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from fedchem.flows.demo import demo  # Prefect: only the commands that run flows load it
+    from fedchem.flows.demo import demo_from_config  # Prefect: only the commands that run flows
 
     out = Path(args.out).resolve()
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}"
     start = time.perf_counter()
-    report = demo(
-        dataset=dataset,
-        smiles_col=smiles_col,
-        n_sites=cfg.sites,
-        rounds=cfg.rounds,
-        out=out,
-        seed=cfg.seed,
-        run_id=run_id,
-        chem=cfg.chem,
-        model=cfg.model,
-        train=cfg.train,
-        strategy=cfg.strategy,
-        heads=cfg.heads,
-        task_split=cfg.task_split,
-        continuous_as=cfg.continuous_as,
-        cycles=cfg.cycles,
-        hold_back=cfg.hold_back,
-        privacy=cfg.privacy,
-        secure_aggregation=cfg.secure_aggregation,
-        compression=cfg.compression,
-        simulation=cfg.simulation,
-        promotion=cfg.promotion,
-        arrivals=cfg.arrivals,
-        personalize=cfg.personalize,
-    )
+    report = demo_from_config(cfg, out, run_id)
     print(render_markdown(report))
     print(
         f"wrote {out / 'report.json'} and {out / 'report.md'} in {time.perf_counter() - start:.0f}s"

@@ -3,7 +3,7 @@
 A cycle warm-starts from ``production``, lets the sites bring their new rows, trains, and
 registers the result under ``candidate``. Every site then scores both versions on the same
 molecules of its own validation fold and sends the paired difference with its bootstrap
-interval (:func:`compare_registered`; aggregates only leave it). :func:`decide_promotion`
+interval (:func:`score_registered`; aggregates only leave it). :func:`decide_promotion`
 promotes when the candidate is better over all sites with confidence and no site is worse
 beyond its tolerance with confidence, refuses when one is (or when it is worse overall), and
 otherwise says there is not enough evidence: production stays. A fold of a few hundred
@@ -23,11 +23,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from fedchem.config import ChemConfig
 from fedchem.data.dataset import SiteDataset
 from fedchem.messages import EvalReport
 from fedchem.model.architectures import build_architecture
-from fedchem.model.evaluate import evaluate_at_site
+from fedchem.model.evaluate import report_predictions
 from fedchem.model.paired import PairedDifference, paired_bootstrap, z_value
 from fedchem.model.selection import SELECTION_METRICS
 from fedchem.model.train import predict
@@ -38,11 +37,10 @@ from fedchem.registry.store import Registry, RegistryError
 __all__ = [
     "Decision",
     "PromotionPolicy",
-    "compare_registered",
     "decide_promotion",
     "decision_table",
-    "evaluate_registered",
     "registered_model",
+    "score_registered",
 ]
 
 
@@ -247,9 +245,9 @@ def registered_model(
     version: int,
     ds: SiteDataset,
     site_registry: Registry | None = None,
-) -> torch.nn.Module:
+) -> tuple[torch.nn.Module, ModelSpec]:
     """Version ``name:version`` ready to predict at a site (its own heads where it has a part
-    for that version); the dataset's tasks must be the model's."""
+    for that version), and its spec; the dataset's tasks must be the model's."""
     spec = ModelSpec.model_validate(registry.read_json(name, version, "spec.json"))
     if tuple(spec.task_names()) != ds.task_names:
         raise ValueError(
@@ -272,59 +270,50 @@ def registered_model(
                 head.weight[rows] = torch.from_numpy(heads["weight"])
                 head.bias[rows] = torch.from_numpy(heads["bias"])
     model.eval()
-    return model
+    return model, spec
 
 
-def _fold(ds: SiteDataset, chem: ChemConfig, fold: Fold) -> SiteDataset:
-    return ds.folds([chem.valid_fold if fold == "valid" else chem.test_fold])
-
-
-def evaluate_registered(
+def score_registered(
     registry: Registry,
-    name: str,
-    version: int,
+    versions: list[tuple[str, int]],
     ds: SiteDataset,
-    chem: ChemConfig,
     site: str,
     site_registry: Registry | None = None,
     fold: Fold = "valid",
-) -> EvalReport:
-    """Version ``name:version`` on the site's validation (or test) fold."""
-    model = registered_model(registry, name, version, ds, site_registry)
-    return evaluate_at_site(
-        model, _fold(ds, chem, fold), site=site, model_name=f"{name}:{version}", fold=fold
-    )
-
-
-def compare_registered(
-    registry: Registry,
-    candidate: tuple[str, int],
-    production: tuple[str, int],
-    ds: SiteDataset,
-    chem: ChemConfig,
-    site: str,
-    policy: PromotionPolicy,
-    site_registry: Registry | None = None,
-    fold: Fold = "valid",
-) -> PairedDifference:
-    """Candidate against production on the same molecules of the site's fold: the paired
-    bootstrap's difference and interval (aggregates only). The resamples are seeded by the
-    site and the two versions, so the same comparison gives the same numbers again."""
-    part = _fold(ds, chem, fold)
-    preds = [
-        predict(registered_model(registry, n, v, ds, site_registry), part)
-        for n, v in (candidate, production)
+    compare: PromotionPolicy | None = None,
+) -> tuple[list[EvalReport], PairedDifference | None]:
+    """Each version on the site's validation (or test) fold, each loaded and predicting once;
+    with ``compare`` (the confidence rule) and two versions (candidate, production), their
+    paired bootstrap on the same molecules too (aggregates only; the resamples are seeded by
+    the site and the two versions, so the same comparison gives the same numbers again)."""
+    preds, part = [], None
+    for name, version in versions:
+        model, spec = registered_model(registry, name, version, ds, site_registry)
+        if part is None:  # the fold as the first version's featurizer and folds define it
+            chem = spec.chem
+            part = ds.folds([chem.valid_fold if fold == "valid" else chem.test_fold])
+        preds.append(predict(model, part).astype(np.float64))
+    if part is None:
+        return [], None
+    reports = [
+        report_predictions(p, part, site=site, model_name=f"{n}:{v}", fold=fold)
+        for p, (n, v) in zip(preds, versions, strict=True)
     ]
-    tag = f"{site}:{candidate[0]}:{candidate[1]}:{production[0]}:{production[1]}:{fold}"
-    seed = int.from_bytes(hashlib.sha256(tag.encode()).digest()[:8], "big")
-    return paired_bootstrap(
+    if compare is None or compare.rule != "confidence" or len(versions) != 2:
+        return reports, None
+    (cn, cv), (pn, pv) = versions
+    seed = int.from_bytes(
+        hashlib.sha256(f"{site}:{cn}:{cv}:{pn}:{pv}:{fold}".encode()).digest()[:8]
+    )
+    paired = paired_bootstrap(
         part.y,
         part.censor,
         part.task_kinds,
-        preds[0].astype(np.float64),
-        preds[1].astype(np.float64),
-        metric=policy.paired_metric(part.task_kinds),
-        n_bootstrap=policy.n_bootstrap,
-        confidence=policy.confidence,
+        preds[0],
+        preds[1],
+        metric=compare.paired_metric(part.task_kinds),
+        n_bootstrap=compare.n_bootstrap,
+        confidence=compare.confidence,
         seed=seed,
     )
+    return reports, paired
