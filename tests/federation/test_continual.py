@@ -112,3 +112,13 @@ def test_a_site_that_sent_no_comparison_blocks_and_the_first_version_goes_in():
     assert decide_promotion(None, prod, CONFIDENT).outcome == "promoted"
     with pytest.raises(ValueError, match="compares"):
         PromotionPolicy(metric="mean_pr_auc").paired_metric(("classification",))
+
+
+def test_a_caller_cannot_make_a_site_bootstrap_without_bound():
+    """The comparison's settings come from whoever triggers the site's flow: their bounds are
+    in the parameter's type, so a hostile caller's request fails validation at the site."""
+    from pydantic import ValidationError
+
+    for bad in ({"n_bootstrap": 10**9}, {"confidence": 1.0}, {"tolerance": -1}, {"x": 1}):
+        with pytest.raises(ValidationError):
+            PromotionPolicy.model_validate(bad)
