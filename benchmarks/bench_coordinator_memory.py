@@ -10,7 +10,12 @@ included) of screening and aggregating them with FedAvg:
   and kept, screened, then summed from the list;
 - the streaming path (``screen_updates`` + the strategy, as ``aggregate_round`` calls them):
   norms in one pass keeping nothing, then each accepted update read again and added to the
-  running sum, one at a time.
+  running sum, one at a time; each read goes through a verified temporary file (hashed as it
+  is copied from the hub, then read an array at a time), so no whole copy of its bytes is
+  held; the float64 running sum is added to a block at a time.
+
+Both are measured beside the global model the round starts from, which the coordinator holds
+in either case (and, for FedAvgM, its momentum: the server state).
 
 Prints the peak in MB and in models (peak / one model's bytes) for both, and their ratio. The
 result of both paths is checked to be the same model.
@@ -109,7 +114,7 @@ def main() -> int:
                 base_sha256="base",
                 reference=ref,
                 members=members,
-                fetch=fetch,
+                fetch=lambda m: hub.get_verified_file(m.update_path, m.update_sha256, m.site),
                 max_norm_ratio=10.0,
             )
             streamed = FedAvg().aggregate_fit(1, ref, {}, screened.accepted, []).arrays
@@ -121,7 +126,8 @@ def main() -> int:
             print(
                 f"{n:4d} sites: every update held {peak_all / 1e6:8.1f} MB "
                 f"({peak_all / one:5.1f} models); streaming {peak_stream / 1e6:6.1f} MB "
-                f"({peak_stream / one:4.1f} models); ratio {peak_stream / peak_all:.3f}",
+                f"({peak_stream / one:4.2f} models = 3 models {(peak_stream - 3 * one) / 1e6:+.2f} "
+                f"MB); ratio {peak_stream / peak_all:.3f}",
                 flush=True,
             )
     return 0

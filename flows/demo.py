@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +29,10 @@ from fedchem.config import (
     TrainConfig,
 )
 from fedchem.demo.sites import MANY_SITES, model_name, resolve_dataset
+from fedchem.federation import steps
 from fedchem.federation.continual import decide_promotion
 from fedchem.federation.finetune import FinetuneConfig
+from fedchem.federation.parallel import SiteStepFailed, sites_engine
 from fedchem.flows.continual import continual
 from fedchem.flows.coordinator import coordinator
 from fedchem.flows.publish import publish
@@ -43,6 +46,7 @@ from fedchem.policy import PrivacyConfig, PromotionPolicy, SecAggPlan
 from fedchem.strategy_config import FedAvgMConfig, StrategyConfig
 from fedchem.tasks.demo import make_sites, pooled_baseline, release_rows, report
 from fedchem.tasks.serve import personalize_at_site
+from fedchem.tasks.site import at_sites, prepare_sites
 from fedchem.types import Codec
 
 #: the full cross-site matrix up to this many sites; above, each site scores a sample
@@ -79,154 +83,218 @@ def demo(
     # private head ever leaves its site, and not with secure aggregation (whose point is that
     # no single site's model is readable)
     cross_site = heads == "shared" and n_sites > 1 and not secure_aggregation
-    split = make_sites(
-        dataset,
-        smiles_col,
-        n_sites,
-        out / "sites",
-        seed,
-        task_split,
-        continuous_as,
-        cycles,
-        hold_back if cycles > 1 else 0.0,
-    )
-    hub_url = str((out / "hub").resolve())
-    prepared = [
-        site_prepare(site=s, chem=chem, tasks=split.tasks, hub_url=hub_url) for s in split.sites
-    ]
-    config = FederationConfig(
-        run_id=run_id,
-        hub_url=hub_url,
-        sites=split.sites,
-        tasks=split.tasks,
-        rounds=rounds,
-        chem=chem,
-        model=model,
-        train=train,
-        strategy=strategy,
-        heads=heads,
-        trust=split.trust,  # every update, opening and commit signed; every party's ledger
-        privacy=privacy,
-        secure_aggregation=SecAggPlan() if secure_aggregation else None,
-        compression=compression,
-        simulation=simulation,
-        # many sites: a round commits with 90 % of them (a site whose molecules all share a
-        # scaffold has all of them in its test and validation folds, nothing to train on)
-        deployment=DeploymentConfig(
-            min_sites=math.ceil(0.9 * n_sites) if n_sites > MANY_SITES else None
-        ),
-    )
-    # the run's federation YAML (its pinned keys, its hub): what `fedchem audit verify` checks
-    (out / "federation.yaml").write_text(
-        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    )
-    committed = coordinator(config)
-    budget = rounds * train.local_epochs
-    stats = [p.label_stats for p in prepared]
-    evals = {
-        "federated": [
-            site_evaluate(
-                site=s,
-                hub_url=hub_url,
-                run_id=run_id,
-                round=rounds,
-                chem=chem,
-                model=model,
-                select=train.select,
+    with sites_engine(simulation, n_sites) as address:
+        split = make_sites(
+            dataset,
+            smiles_col,
+            n_sites,
+            out / "sites",
+            seed,
+            task_split,
+            continuous_as,
+            cycles,
+            hold_back if cycles > 1 else 0.0,
+        )
+        hub_url = str((out / "hub").resolve())
+        if address is None:
+            prepared = [
+                site_prepare(site=s, chem=chem, tasks=split.tasks, hub_url=hub_url)
+                for s in split.sites
+            ]
+        else:  # many sites: no subflow per site
+            prepared = prepare_sites(split.sites, n_sites, chem, split.tasks, hub_url)
+        config = FederationConfig(
+            run_id=run_id,
+            hub_url=hub_url,
+            sites=split.sites,
+            tasks=split.tasks,
+            rounds=rounds,
+            chem=chem,
+            model=model,
+            train=train,
+            strategy=strategy,
+            heads=heads,
+            trust=split.trust,  # every update, opening and commit signed; every party's ledger
+            privacy=privacy,
+            secure_aggregation=SecAggPlan() if secure_aggregation else None,
+            compression=compression,
+            simulation=simulation,  # as configured (the run's YAML below)
+            # many sites: a round commits with 90 % of them (a site whose molecules all share a
+            # scaffold has all of them in its test and validation folds, nothing to train on)
+            deployment=DeploymentConfig(
+                min_sites=math.ceil(0.9 * n_sites) if n_sites > MANY_SITES else None
+            ),
+        )
+        # the run's federation YAML (its pinned keys, its hub): what `fedchem audit verify` checks
+        (out / "federation.yaml").write_text(
+            yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+        )
+        # the coordinator's Dask sites use the demo's cluster (one for every step)
+        sim = (
+            simulation
+            if address is None
+            else simulation.model_copy(update={"dask_address": address})
+        )
+        run_config = config.model_copy(update={"simulation": sim})
+        committed = coordinator(run_config)
+        budget = rounds * train.local_epochs
+        stats = [p.label_stats for p in prepared]
+        publish_to = (hub_url, run_id) if cross_site else None
+        if address is None:
+            federated = [
+                site_evaluate(
+                    site=s,
+                    hub_url=hub_url,
+                    run_id=run_id,
+                    round=rounds,
+                    chem=chem,
+                    model=model,
+                    select=train.select,
+                )
+                for s in split.sites
+            ]
+            local = [
+                site_local_baseline(
+                    site=s,
+                    chem=chem,
+                    model=model,
+                    train=train,
+                    epochs=budget,
+                    label_stats=p.label_stats,
+                    publish_to=publish_to,
+                )
+                for s, p in zip(split.sites, prepared, strict=True)
+            ]
+        else:  # many sites: each step one task, the sites' calls in Dask workers
+            federated = _every(
+                "evaluate",
+                steps.evaluate_global,
+                [(s, (s, hub_url, run_id, rounds, chem, model, train.select)) for s in split.sites],
+                address,
             )
-            for s in split.sites
-        ],
-        "local": [
-            site_local_baseline(
-                site=s,
-                chem=chem,
-                model=model,
-                train=train,
-                epochs=budget,
-                label_stats=p.label_stats,
-                publish_to=(hub_url, run_id) if cross_site else None,
+            local = _every(
+                "local-baseline",
+                steps.train_local_baseline,
+                [
+                    (s, (s, chem, model, train, budget, p.label_stats, publish_to))
+                    for s, p in zip(split.sites, prepared, strict=True)
+                ],
+                address,
             )
-            for s, p in zip(split.sites, prepared, strict=True)
-        ],
-        "pooled": pooled_baseline(split.sites, chem, model, train, budget, stats),
-    }
-    # the chosen round becomes a registered model: the hosted part in <out>/registry, each
-    # site's part (its private heads, its calibration) in <out>/sites/<site>/registry
-    target = PublishConfig(registry=str(out / "registry"), model_name=model_name(dataset))
-    version = publish(config, target, evals=evals["federated"])
-    personalized = []
-    if personalize and n_sites <= CROSS_SITE_FULL:
-        # each site makes the federated model its own, chosen on its validation fold
-        personalized = [
-            personalize_at_site(
-                s,
-                target.registry,
-                f"{target.model_name}:{version}",
-                FinetuneConfig(seed=train.seed),
+        evals = {
+            "federated": federated,
+            "local": local,
+            "pooled": pooled_baseline(split.sites, chem, model, train, budget, stats),
+        }
+        # the chosen round becomes a registered model: the hosted part in <out>/registry, each
+        # site's part (its private heads, its calibration) in <out>/sites/<site>/registry
+        target = PublishConfig(registry=str(out / "registry"), model_name=model_name(dataset))
+        version = publish(run_config, target, evals=evals["federated"])
+        personalized = []
+        if personalize and n_sites <= CROSS_SITE_FULL:
+            # each site makes the federated model its own, chosen on its validation fold
+            personalized = [
+                personalize_at_site(
+                    s,
+                    target.registry,
+                    f"{target.model_name}:{version}",
+                    FinetuneConfig(seed=train.seed),
+                )
+                for s in split.sites
+            ]
+            evals["personalized"] = [p.test for p in personalized]
+        names = [s.name for s in split.sites]
+        cross = []
+        # above CROSS_SITE_FULL sites, each site scores a seeded sample of the others' models
+        sample = CROSS_SITE_SAMPLE if n_sites > CROSS_SITE_FULL else None
+        rng = random.Random(seed)
+        if cross_site:
+            owners = {}
+            for s in split.sites:
+                others = [n for n in names if n != s.name]
+                owners[s.name] = (
+                    sorted(rng.sample(others, sample)) if sample is not None else others
+                )
+            if address is None:
+                for s in split.sites:
+                    cross += site_cross_evaluate(
+                        site=s,
+                        hub_url=hub_url,
+                        run_id=run_id,
+                        owners=owners[s.name],
+                        chem=chem,
+                        model=model,
+                    )
+            else:
+                calls = [
+                    (s, (s, hub_url, run_id, owners[s.name], chem, model)) for s in split.sites
+                ]
+                cross = [
+                    r
+                    for rs in _every("cross-evaluate", steps.evaluate_baselines, calls, address)
+                    for r in rs
+                ]
+        meta = {
+            "dataset": dataset.name,
+            "smiles_col": smiles_col,
+            "sites": n_sites,
+            "rounds": rounds,
+            "local_epochs": train.local_epochs,
+            "seed": seed,
+            "train_seed": train.seed,
+            "run_id": run_id,
+            "strategy": strategy.model_dump(),
+            "heads": heads,
+            "molecules_per_site": split.molecules_per_site,
+            "task_split": task_split,
+            "tasks_per_site": split.tasks_per_site,
+            "continuous_as": continuous_as,
+            "prepared": {
+                p.site: {
+                    "rows_in": p.rows_in,
+                    "accepted": p.rows_accepted,
+                    "quarantined": p.rows_quarantined,
+                    "fold_shares": p.fold_shares,
+                    "warnings": p.warnings,
+                }
+                for p in prepared
+            },
+            "budget_epochs": budget,
+            "registered": f"{target.model_name}:{version}",
+            "registry": target.registry,
+            "select": train.select,
+            "privacy": _privacy_spent(privacy, committed[-1]),
+            "secure_aggregation": secure_aggregation,
+            "cross_site_sample": sample if cross_site else None,
+            "compression": compression,
+            "personalized": {
+                p.site: {
+                    "choice": p.choice,
+                    "metric": p.metric,
+                    "valid": p.valid,
+                    "gain_lower": p.gain_lower,
+                }
+                for p in personalized
+            },
+        }
+        meta["cycles"] = [_cycle_one(version, evals["federated"])]
+        for c in range(2, cycles + 1):
+            meta["cycles"].append(
+                _later_cycle(run_config, target, c, split.sites, promotion, arrivals)
             )
-            for s in split.sites
-        ]
-        evals["personalized"] = [p.test for p in personalized]
-    names = [s.name for s in split.sites]
-    cross = []
-    # above CROSS_SITE_FULL sites, each site scores a seeded sample of the others' models
-    sample = CROSS_SITE_SAMPLE if n_sites > CROSS_SITE_FULL else None
-    rng = random.Random(seed)
-    if cross_site:
-        for s in split.sites:
-            others = [n for n in names if n != s.name]
-            if sample is not None:
-                others = sorted(rng.sample(others, sample))
-            cross += site_cross_evaluate(
-                site=s, hub_url=hub_url, run_id=run_id, owners=others, chem=chem, model=model
-            )
-    meta = {
-        "dataset": dataset.name,
-        "smiles_col": smiles_col,
-        "sites": n_sites,
-        "rounds": rounds,
-        "local_epochs": train.local_epochs,
-        "seed": seed,
-        "train_seed": train.seed,
-        "run_id": run_id,
-        "strategy": strategy.model_dump(),
-        "heads": heads,
-        "molecules_per_site": split.molecules_per_site,
-        "task_split": task_split,
-        "tasks_per_site": split.tasks_per_site,
-        "continuous_as": continuous_as,
-        "prepared": {
-            p.site: {
-                "rows_in": p.rows_in,
-                "accepted": p.rows_accepted,
-                "quarantined": p.rows_quarantined,
-                "fold_shares": p.fold_shares,
-                "warnings": p.warnings,
-            }
-            for p in prepared
-        },
-        "budget_epochs": budget,
-        "registered": f"{target.model_name}:{version}",
-        "registry": target.registry,
-        "select": train.select,
-        "privacy": _privacy_spent(privacy, committed[-1]),
-        "secure_aggregation": secure_aggregation,
-        "cross_site_sample": sample if cross_site else None,
-        "compression": compression,
-        "personalized": {
-            p.site: {
-                "choice": p.choice,
-                "metric": p.metric,
-                "valid": p.valid,
-                "gain_lower": p.gain_lower,
-            }
-            for p in personalized
-        },
-    }
-    meta["cycles"] = [_cycle_one(version, evals["federated"])]
-    for c in range(2, cycles + 1):
-        meta["cycles"].append(_later_cycle(config, target, c, split.sites, promotion, arrivals))
-    return report(evals, meta, out, cross)
+        return report(evals, meta, out, cross)
+
+
+def _every(
+    step: str, fn: Callable[..., Any], calls: list[tuple[SiteConfig, tuple[Any, ...]]], address: str
+) -> list[Any]:
+    """``fn`` at every site in Dask workers (one task run); a site that failed fails the demo,
+    as its subflow would."""
+    results = at_sites(step, len(calls), fn, [(s.name, args) for s, args in calls], address)
+    for r in results:
+        if isinstance(r, SiteStepFailed):
+            raise r
+    return results
 
 
 def demo_from_config(cfg: DemoConfig, out: Path, run_id: str) -> dict[str, Any]:

@@ -14,11 +14,13 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from fedchem.config import FederationConfig, PublishConfig, SiteConfig
+from fedchem.federation import steps
 from fedchem.flows.site_calibrate import site_calibrate
 from fedchem.messages import EvalReport, SiteCalibration
 from fedchem.storage.hub import HubLayout, HubStore
 from fedchem.tasks.coordinator import read_prepare_reports
 from fedchem.tasks.registry import publish_model, round_to_publish
+from fedchem.tasks.site import at_sites
 
 
 @flow(name="publish", flow_run_name="publish/{target.model_name}")
@@ -45,7 +47,35 @@ def _calibrate(config: FederationConfig, target: PublishConfig, rnd: int) -> lis
         "model_name": target.model_name,
         "private_tasks": config.private_tasks(),
     }
-    for site in config.sites:
+    sites = config.sites
+    local = [s for s in sites if isinstance(s, SiteConfig)] if config.mode == "local" else []
+    if len(local) == len(sites) and config.simulation.uses_dask(len(sites)):
+        # many sites: one task, the sites' calibrations in Dask workers (failures logged)
+        at_sites(
+            "calibrate",
+            len(local),
+            steps.calibrate_for_serving,
+            [
+                (
+                    s.name,
+                    (
+                        s,
+                        config.hub_url,
+                        config.run_id,
+                        rnd,
+                        config.chem,
+                        config.model,
+                        config.private_tasks(),
+                        target.model_name,
+                    ),
+                )
+                for s in local
+            ],
+            config.simulation.dask_address,
+            config.simulation.workers,
+        )
+        sites = []
+    for site in sites:
         if config.mode == "local" and isinstance(site, SiteConfig):
             state = site_calibrate.with_options(flow_run_name=f"calibrate/{site.name}")(
                 site=site,

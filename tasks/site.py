@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
@@ -17,7 +18,7 @@ from fedchem.config import (
     TaskSpec,
     TrainConfig,
 )
-from fedchem.federation import baselines
+from fedchem.federation import parallel, steps
 from fedchem.federation import site as site_lib
 from fedchem.federation.rounds import RoundSuperseded, RoundWithdrawn, await_round_open
 from fedchem.messages import (
@@ -27,23 +28,24 @@ from fedchem.messages import (
     SiteRefusal,
     SiteUpdateManifest,
 )
-from fedchem.storage.hub import HubLayout, HubStore, json_bytes
+from fedchem.storage.hub import HubStore
 from fedchem.tasks.progress import ArtifactProgress
-from fedchem.trust.ledger import SITE_SCOPE, Ledger
 from fedchem.trust.redact import SiteDataFilter, site_strings
-from fedchem.trust.site import PolicyRefused, SiteGuard, site_signer
-from fedchem.trust.sovereign import check_featurizer, own_site
+from fedchem.trust.site import PolicyRefused
+from fedchem.trust.sovereign import own_site
 
 if TYPE_CHECKING:
     from fedchem.messages import PrepareReport
 
 __all__ = [
+    "at_sites",
     "await_round",
     "calibrate_for_serving",
     "evaluate_baselines",
     "evaluate_global",
     "guard_site_logs",
     "prepare",
+    "prepare_sites",
     "publish_prepare_report",
     "train_local_baseline",
     "train_round",
@@ -90,28 +92,23 @@ def prepare(
     tasks: list[TaskSpec] | None,
     hub_url: str | None = None,
 ) -> PrepareReport:
-    """Prepare the site's own data; the site's config, not the caller's (``hub_url``: the
-    hub the report will go to, checked before anything runs)."""
-    from fedchem.data.prepare import (
-        prepare_site,  # RDKit + Dask: only the preparing step needs them
-    )
-
-    site = _own(site, hub_url=hub_url)  # on its worker: its own config file only
-    check_featurizer(site, chem)
-    report = prepare_site(
+    """Prepare the site's own data (:func:`fedchem.federation.steps.prepare`)."""
+    own = _own(site, hub_url=hub_url)
+    report = steps.prepare(
         site,
         chem,
         tasks,
+        hub_url,
         progress=ArtifactProgress(
-            f"prepare-{site.name}", site.name + ": featurized {done}/{total} partitions"
+            f"prepare-{own.name}", own.name + ": featurized {done}/{total} partitions"
         ),
     )
     logger = get_run_logger()
     for warning in report.warnings:  # aggregate words only (fold shares, counts)
-        logger.warning("site %s: %s", site.name, warning)
+        logger.warning("site %s: %s", own.name, warning)
     logger.info(
         "site %s: %d rows in, %d accepted, %d quarantined; %d molecules (cache %s)",
-        site.name,
+        own.name,
         report.rows_in,
         report.rows_accepted,
         report.rows_quarantined,
@@ -119,22 +116,6 @@ def prepare(
         "hit" if report.cache_hit else "miss",
     )
     return report
-
-
-def _ledger(site: SiteConfig, hub: HubStore, scope: str) -> Ledger | None:
-    """The site's ledger in ``scope`` (a copy kept under its workdir); None without a key."""
-    signer = site_signer(site)
-    return None if signer is None else Ledger(hub, scope, signer, site.workdir / "ledger")
-
-
-def _record_reports(site: SiteConfig, hub_url: str, run_id: str, reports: list[EvalReport]) -> None:
-    """Evaluation reports leave the site as flow results, not hub objects: their hashes go
-    into the site's ledger all the same (what left, and when)."""
-    ledger = _ledger(site, HubStore(hub_url), run_id)
-    for r in reports if ledger is not None else []:
-        assert ledger is not None
-        data = json_bytes(r.model_dump(mode="json"))
-        ledger.append("eval-report", data=data, note=f"{r.model} on {r.fold}")
 
 
 @task(
@@ -146,22 +127,11 @@ def _record_reports(site: SiteConfig, hub_url: str, run_id: str, reports: list[E
 def publish_prepare_report(
     hub_url: str, report: PrepareReport, site: SiteConfig | SiteRef | None = None
 ) -> str:
-    """Put the site's counts on the hub (the coordinator's only view of site data); signed
-    and recorded in the site's ledger when ``site`` (its own config) has a signing key."""
-    path = HubLayout.site_prepared(report.site)
-    hub = HubStore(hub_url)
-    own = _own(site, hub_url=hub_url) if site is not None else None
-    signer = site_signer(own) if own is not None else None
-    if own is None or signer is None:
-        hub.put_json(path, report.model_dump(mode="json"))
-        return path
-    report = signer.sign("prepare-report", report)
-    data = json_bytes(report.model_dump(mode="json"))
-    Ledger(hub, SITE_SCOPE, signer, own.workdir / "ledger").append(
-        "prepare-report", path=path, data=data
-    )
-    hub.put_bytes(path, data)
-    return path
+    """Put the site's counts on the hub, signed
+    (:func:`fedchem.federation.steps.publish_prepare_report`)."""
+    if site is not None:
+        _own(site, hub_url=hub_url)
+    return steps.publish_prepare_report(hub_url, report, site)
 
 
 @task(cache_policy=NO_CACHE)
@@ -243,12 +213,8 @@ def evaluate_global(
     model: ModelConfig,
     select: Selection = "last",
 ) -> EvalReport:
-    site = _own(site, hub_url=hub_url)
-    report = site_lib.evaluate_global_at_site(
-        site, HubStore(hub_url), run_id, rnd, chem, model, select
-    )
-    _record_reports(site, hub_url, run_id, [report])
-    return report
+    _own(site, hub_url=hub_url)
+    return steps.evaluate_global(site, hub_url, run_id, rnd, chem, model, select)
 
 
 @task(cache_policy=NO_CACHE)
@@ -261,17 +227,9 @@ def train_local_baseline(
     label_stats: dict[str, dict[str, float]],
     publish_to: tuple[str, str] | None = None,
 ) -> EvalReport:
-    """The site's local-only model; ``publish_to=(hub_url, run_id)`` also puts its weights on
-    the hub for the cross-site evaluation (shared heads only)."""
-    site = _own(site, hub_url=publish_to[0] if publish_to is not None else None)
-    if publish_to is not None:  # before training: the policy may not let the model leave
-        SiteGuard.load(site).check_share_local_models()
-    report, arrays = baselines.train_local_only(site, chem, model, train, epochs, label_stats)
-    if publish_to is not None:
-        hub_url, run_id = publish_to
-        hub = HubStore(hub_url)
-        baselines.publish_baseline(hub, run_id, site.name, arrays, _ledger(site, hub, run_id))
-    return report
+    """The site's local-only model (:func:`fedchem.federation.steps.train_local_baseline`)."""
+    _own(site, hub_url=publish_to[0] if publish_to is not None else None)
+    return steps.train_local_baseline(site, chem, model, train, epochs, label_stats, publish_to)
 
 
 @task(cache_policy=NO_CACHE)
@@ -284,14 +242,8 @@ def evaluate_baselines(
     model: ModelConfig,
 ) -> list[EvalReport]:
     """Other sites' published local-only models, scored on this site's test fold."""
-    site = _own(site, hub_url=hub_url)
-    hub = HubStore(hub_url)
-    reports = [
-        baselines.evaluate_baseline_at_site(site, hub, run_id, owner, chem, model)
-        for owner in owners
-    ]
-    _record_reports(site, hub_url, run_id, reports)
-    return reports
+    _own(site, hub_url=hub_url)
+    return steps.evaluate_baselines(site, hub_url, run_id, owners, chem, model)
 
 
 @task(cache_policy=NO_CACHE)
@@ -307,27 +259,67 @@ def calibrate_for_serving(
 ) -> SiteCalibration:
     """The site's calibration of round ``rnd``'s model: counts to the hub, its exact scores
     and private heads to its own registry (they stay at the site)."""
-    from fedchem.federation.calibration import calibrate_site, publish_site_part
-    from fedchem.registry.store import Registry
-
-    site = _own(site, hub_url=hub_url)
-    hub = HubStore(hub_url)
-    result = calibrate_site(site, hub, run_id, rnd, chem, model, private_tasks)
-    signer, path = site_signer(site), HubLayout(run_id).site_calibration(site.name)
-    message = result.message if signer is None else signer.sign("calibration", result.message)
-    data = json_bytes(message.model_dump(mode="json"))
-    ledger = _ledger(site, hub, run_id)
-    if ledger is not None:
-        ledger.append("calibration", round=rnd, path=path, data=data)
-    hub.put_bytes(path, data)
-    version = publish_site_part(Registry(site.registry_url()), model_name, result)
+    own = _own(site, hub_url=hub_url)
+    message, version = steps.calibrate_for_serving(
+        site, hub_url, run_id, rnd, chem, model, private_tasks, model_name
+    )
     get_run_logger().info(
         "site %s: calibrated round %d on %d validation molecules (%d tasks); its part is "
         "version %d of its own registry",
-        site.name,
+        own.name,
         rnd,
-        result.message.n_valid,
-        len(result.message.tasks),
+        message.n_valid,
+        len(message.tasks),
         version,
     )
-    return result.message
+    return message
+
+
+@task(cache_policy=NO_CACHE, task_run_name="{step} at {n_sites} sites")
+def at_sites(
+    step: str,
+    n_sites: int,
+    fn: Callable[..., Any],
+    calls: list[tuple[str, tuple[Any, ...]]],
+    dask_address: str | None,
+    workers: int | None = None,
+) -> list[Any]:
+    """Many sites: one step at every site in one task run, each site's call in a Dask worker
+    (:func:`fedchem.federation.parallel.at_sites`), not a subflow per site. A site that
+    failed is named with the error's type (its message stays in the worker's log)."""
+    results = parallel.at_sites(step, fn, calls, dask_address, workers)
+    failed = [r for r in results if isinstance(r, parallel.SiteStepFailed)]
+    logger = get_run_logger()
+    logger.info("%s: %d of %d sites done", step, n_sites - len(failed), n_sites)
+    for f in failed:
+        logger.warning("%s", f)
+    return results
+
+
+@task(cache_policy=NO_CACHE, task_run_name="prepare {n_sites} sites")
+def prepare_sites(
+    sites: list[SiteConfig],
+    n_sites: int,
+    chem: ChemConfig,
+    tasks: list[TaskSpec] | None,
+    hub_url: str,
+) -> list[PrepareReport]:
+    """Many sites: each prepared in turn in one task run (each with its own Dask pool for its
+    partitions), its counts published, signed; no subflow per site."""
+    logger = get_run_logger()
+    out = []
+    for site in sites:
+        own = _own(site, hub_url=hub_url)
+        report = steps.prepare(site, chem, tasks, hub_url)
+        steps.publish_prepare_report(hub_url, report, site)
+        for warning in report.warnings:  # aggregate words only (fold shares, counts)
+            logger.warning("site %s: %s", own.name, warning)
+        logger.info(
+            "site %s: %d rows in, %d accepted, %d quarantined",
+            own.name,
+            report.rows_in,
+            report.rows_accepted,
+            report.rows_quarantined,
+        )
+        out.append(report)
+    return out

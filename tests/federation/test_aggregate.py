@@ -104,3 +104,29 @@ def test_adam_and_yogi_second_moments_differ():
     # Adam: 0.5*0.5 + 0.5*0.01 = 0.255; Yogi: 0.5 - 0.5*0.01*sign(0.5-0.01) = 0.495
     np.testing.assert_allclose(sa2["v/w"], [0.255])
     np.testing.assert_allclose(sy2["v/w"], [0.495])
+
+
+def test_fedavg_holds_the_running_sum_and_one_update_not_all_of_them():
+    """Memory of a streamed FedAvg (tracemalloc: numpy's arrays are counted): the float64
+    running sum (two models) and the update being added (one), whatever the number of
+    updates; the old path (``sum += x * w``) also held a whole temporary per array."""
+    import tracemalloc
+
+    shape = (1024, 256)  # one model: 1 MiB of float32
+    one = 4 * shape[0] * shape[1]
+
+    def updates(n: int):
+        for i in range(n):
+            yield {"w": np.full(shape, float(i), dtype=np.float32)}, float(i + 1)
+
+    peaks = []
+    for n in (4, 32):
+        tracemalloc.start()
+        out = aggregate_weighted(updates(n))
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        peaks.append(peak)
+        expect = sum(i * (i + 1) for i in range(n)) / sum(i + 1 for i in range(n))
+        np.testing.assert_allclose(out["w"], expect, rtol=1e-6)
+    assert max(peaks) < 3 * one + 2**20  # three models and a constant, not n of them
+    assert abs(peaks[1] - peaks[0]) < 0.1 * one

@@ -485,3 +485,65 @@ def test_a_secure_round_through_prefect_runs_the_same_protocol(
     assert set(stored) == {"masked"}
     for name in ("roster", "cohort", "survivors", "consistent"):
         assert hub.exists(HubLayout("secure").secagg(1, name))
+
+
+async def _flow_run_names_since(t0: object) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=t0)),
+            limit=200,
+        )
+    return [r.name for r in runs]
+
+
+def test_the_demo_at_many_sites_runs_each_site_step_as_one_task_not_a_subflow_per_site(
+    prefect_api: None, tiny_dataset: Path, tmp_path: Path
+):
+    """``simulation.engine: dask``: preparing, the rounds, evaluating, the local baselines,
+    the cross-site scores and the calibrations run in Dask workers, one task run a step; the
+    report, the signed audit trail and the logs are what the subflow path gives."""
+    from datetime import UTC, datetime
+
+    from fedchem.cli import main as cli_main
+    from fedchem.config import SimulationConfig
+    from fedchem.flows.demo import demo
+
+    t0 = datetime.now(UTC)
+    rep = demo(
+        dataset=tiny_dataset,
+        smiles_col="smiles",
+        n_sites=3,
+        rounds=1,
+        out=tmp_path / "out",
+        seed=0,
+        run_id="demo-dask",
+        chem=ChemConfig(fp_size=512),
+        model=ModelConfig(hidden=32),
+        train=TrainConfig(batch_size=32),
+        simulation=SimulationConfig(engine="dask", workers=2),
+        personalize=False,
+    )
+    names = asyncio.run(_flow_run_names_since(t0))
+    # the demo, its coordinator and publish flows; not one run per site step
+    assert sorted(names) == ["demo/demo-dask", "federation/demo-dask", "publish/tox21_tiny"]
+    sites = {"site-a", "site-b", "site-c"}
+    for model in ("federated", "local", "pooled"):
+        assert set(rep[model]["per_site"]) == sites
+    matrix = rep["cross_site"]["matrix"]
+    assert set(matrix) == {"federated", "pooled", *(f"local:{s}" for s in sites)}
+    assert all(set(row) == sites for row in matrix.values())
+    # every site calibrated (in its worker), signed: the audit checks every party's chain
+    hub = HubStore(str(tmp_path / "out" / "hub"))
+    assert all(hub.exists(HubLayout("demo-dask").site_calibration(s)) for s in sites)
+    copies = [
+        f"--site-copy={s}={tmp_path / 'out' / 'sites' / s / 'work' / 'ledger'}" for s in sites
+    ]
+    fed_yaml = str(tmp_path / "out" / "federation.yaml")
+    assert cli_main(["audit", "verify", "--config", fed_yaml, *copies]) == 0
+    private = _private_strings([tmp_path / "out" / "sites" / s for s in sites])
+    logs = asyncio.run(_all_logs())
+    assert any("evaluate: 3 of 3 sites done" in line for line in logs)
+    assert not [line for line in logs for p in private if p in line]

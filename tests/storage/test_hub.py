@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedchem.storage.hub import HubLayout, HubStore
+from fedchem.storage.hub import HubLayout, HubStore, IntegrityError
 
 
 def _free_port() -> int:
@@ -60,6 +61,18 @@ def _roundtrip(hub: HubStore) -> None:
     assert hub.list_files("runs") == [layout.global_model(0), layout.round_manifest(0)]
     assert hub.list_files(layout.round_dir(1)) == []  # nothing there yet: polled like this
     assert len(hub.list_files()) == 3
+    # an object read as a verified temporary file, in chunks (several here), hash checked
+    big = os.urandom(3 * 2**20 + 17)
+    hub.put_bytes(layout.site_update(1, "a"), big)
+    digest = hashlib.sha256(big).hexdigest()
+    with hub.get_verified_file(layout.site_update(1, "a"), digest, "update of a") as fh:
+        assert fh.read() == big
+    with pytest.raises(IntegrityError, match=r"update of a .* does not match its manifest"):
+        hub.get_verified_file(
+            layout.site_update(1, "a"), hashlib.sha256(b"x").hexdigest(), "update of a"
+        )
+    with pytest.raises(FileNotFoundError):
+        hub.get_verified_file(layout.site_update(1, "b"), digest, "update of b")
 
 
 def test_local_hub_roundtrip_leaves_no_temporary_files(tmp_path: Path):

@@ -63,8 +63,10 @@ def aggregate_weighted(updates: Iterable[tuple[StateArrays, float]]) -> StateArr
             x = arrays[n]
             if x.shape != a.shape:
                 raise ValueError(f"{n}: shapes differ across updates")
-            a += x * np.float32(w)  # cast to float64 as it is added: no float64 copy of x
+            _add_scaled(a, x, w)
+            del x
         total += w
+        del arrays  # the update is let go before the next is read
     if not acc:
         raise ValueError("nothing to aggregate")
     out: StateArrays = {}
@@ -74,6 +76,18 @@ def aggregate_weighted(updates: Iterable[tuple[StateArrays, float]]) -> StateArr
         out[n] = a.astype(dtypes[n])
         del a
     return out
+
+
+#: elements of an array scaled and added at a time by :func:`_add_scaled`
+_BLOCK = 1 << 16
+
+
+def _add_scaled(acc: F64, x: npt.NDArray[Any], w: float) -> None:
+    """``acc += x * w`` a block at a time (``x * w`` in ``x``'s precision, cast to float64 as
+    it is added): no temporary copy of a whole array."""
+    flat, xs, wf = acc.reshape(-1), np.asarray(x).reshape(-1), np.float32(w)
+    for at in range(0, flat.size, _BLOCK):
+        flat[at : at + _BLOCK] += xs[at : at + _BLOCK] * wf
 
 
 def _stack(updates: Sequence[StateArrays], name: str) -> F64:

@@ -286,7 +286,10 @@ def aggregate_round(
         base_sha256=previous.global_sha256,
         reference=current,
         members=list(members) if members is not None else [m.site for m in replies],
-        fetch=lambda m: hub.get_verified(m.update_path, m.update_sha256, f"update of {m.site}"),
+        # read through a verified temporary file: no whole copy of an update's bytes in memory
+        fetch=lambda m: hub.get_verified_file(
+            m.update_path, m.update_sha256, f"update of {m.site}"
+        ),
         max_norm_ratio=faults.max_norm_ratio,
         min_for_norm=faults.min_for_norm_check,
         max_delta_norm=privacy.clip if privacy is not None and privacy.level == "site" else None,

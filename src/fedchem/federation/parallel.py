@@ -9,19 +9,27 @@ cores), or the cluster at ``address`` to go beyond one machine (its workers must
 sites' files and the hub). What comes back from a worker is the site's final state and, for
 a failure, the exception's type: never a value of the site's. No Prefect: the coordinator flow
 records the federation and every round; the sites' steps are not subflows here.
+
+:func:`at_sites` does the same for the steps beside the rounds (evaluation, the local-only
+baselines, the cross-site scores, calibration: :mod:`fedchem.federation.steps`), and
+:func:`sites_engine` gives a simulation one cluster for all of them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from fedchem.config import FederationConfig, SiteConfig
+from fedchem.config import FederationConfig, SimulationConfig, SiteConfig
 from fedchem.federation.driver import InProcessSites, site_step
 from fedchem.storage.hub import HubStore
 
-__all__ = ["DaskSites", "local_cluster"]
+__all__ = ["DaskSites", "SiteStepFailed", "at_sites", "local_cluster", "sites_engine"]
+
+_log = logging.getLogger(__name__)
 
 #: environment of local workers: one thread of math each (N processes on N cores)
 _ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
@@ -85,3 +93,74 @@ class DaskSites(InProcessSites):
         self._client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+class SiteStepFailed(RuntimeError):
+    """A site's step failed in its worker. Only the exception's type travels back (the
+    message may quote the site's data); the whole error is in the worker's own log."""
+
+    def __init__(self, site: str, step: str, kind: str) -> None:
+        super().__init__(site, step, kind)
+        self.site, self.step, self.kind = site, step, kind
+
+    def __str__(self) -> str:
+        return f"site {self.site}: {self.step} failed ({self.kind}; see the site's log)"
+
+
+def _site_step(step: str, site: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        _log.exception("site %s: %s failed", site, step)  # in the site's (the worker's) log
+        raise SiteStepFailed(site, step, type(exc).__name__) from None
+
+
+def at_sites(
+    step: str,
+    fn: Callable[..., Any],
+    calls: Sequence[tuple[str, tuple[Any, ...]]],
+    address: str | None = None,
+    workers: int | None = None,
+) -> list[Any]:
+    """``fn(*args)`` for every ``(site, args)`` of ``calls``, all submitted at once to the Dask
+    cluster at ``address`` (a local one of ``workers`` processes, started and stopped here,
+    without one); in order, each a result or the site's :class:`SiteStepFailed`. ``fn`` is a
+    library step (:mod:`fedchem.federation.steps`) that runs under the site's own config."""
+    from distributed import Client
+
+    cluster = None if address else local_cluster(workers)
+    try:
+        with Client(address or cluster) as client:
+            futures = [
+                client.submit(_site_step, step, site, fn, *args, pure=False) for site, args in calls
+            ]
+            out: list[Any] = []
+            for (site, _), f in zip(calls, futures, strict=True):
+                try:
+                    out.append(f.result())
+                except SiteStepFailed as exc:
+                    out.append(exc)
+                except Exception as exc:  # the worker itself died
+                    out.append(SiteStepFailed(site, step, type(exc).__name__))
+            return out
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+@contextmanager
+def sites_engine(simulation: SimulationConfig, n_sites: int) -> Iterator[str | None]:
+    """The Dask scheduler that a simulation of ``n_sites`` runs its sites' steps on, for the
+    with-block: the configured address, or a local cluster started here and stopped after;
+    None where the configuration runs the sites' steps as subflows."""
+    if not simulation.uses_dask(n_sites):
+        yield None
+        return
+    if simulation.dask_address is not None:
+        yield simulation.dask_address
+        return
+    cluster = local_cluster(simulation.workers)
+    try:
+        yield str(cluster.scheduler_address)
+    finally:
+        cluster.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 
@@ -74,14 +75,27 @@ class UpdateChanged(IntegrityError):
         self.site = site
 
 
+#: how a screen reads an update: its verified bytes, or a verified file it then closes
+Fetch = Callable[[SiteUpdateManifest], bytes | IO[bytes]]
+
+
+def _decode(data: bytes | IO[bytes], reference: StateArrays, codec: str) -> StateArrays:
+    try:
+        return decode_update(data, reference, codec)
+    finally:
+        if not isinstance(data, bytes):
+            data.close()
+
+
 def _reader(
-    fetch: Callable[[SiteUpdateManifest], bytes], m: SiteUpdateManifest, reference: StateArrays
+    fetch: Fetch, m: SiteUpdateManifest, reference: StateArrays
 ) -> Callable[[], StateArrays]:
     def read() -> StateArrays:
         try:
-            return decode_update(fetch(m), reference, m.codec)
+            data = fetch(m)
         except (IntegrityError, FileNotFoundError) as exc:
             raise UpdateChanged(m.site, str(exc)) from exc
+        return _decode(data, reference, m.codec)
 
     return read
 
@@ -94,13 +108,13 @@ def screen_updates(
     base_sha256: str,
     reference: StateArrays,
     members: Sequence[str],
-    fetch: Callable[[SiteUpdateManifest], bytes],
+    fetch: Fetch,
     max_norm_ratio: float = 10.0,
     min_for_norm: int = 3,
     max_delta_norm: float | None = None,
 ) -> Screened:
-    """Check every reply of round ``rnd``; ``fetch`` returns an update's verified bytes (and
-    raises :class:`~fedchem.storage.hub.IntegrityError` on a hash mismatch).
+    """Check every reply of round ``rnd``; ``fetch`` returns an update's verified bytes or
+    file (and raises :class:`~fedchem.storage.hub.IntegrityError` on a hash mismatch).
     ``max_delta_norm``: site-level DP's clip norm, which no update's distance from the
     global model may exceed."""
     out = Screened()
@@ -137,7 +151,7 @@ def screen_updates(
             out.rejected[m.site] = f"update missing: {exc}"[:300]
             continue
         try:
-            arrays = decode_update(data, reference, m.codec)  # a compressed delta: to weights
+            arrays = _decode(data, reference, m.codec)  # a compressed delta: to weights
         except (ValueError, OSError, KeyError) as exc:  # not an npz of arrays
             out.rejected[m.site] = f"unreadable update: {type(exc).__name__}: {exc}"[:300]
             continue

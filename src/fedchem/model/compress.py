@@ -21,12 +21,12 @@ over the bytes sent, norm screening, the strategies) is unchanged. Stored as npz
 from __future__ import annotations
 
 import io
-from typing import get_args
+from typing import IO, get_args
 
 import numpy as np
 import torch
 
-from fedchem.model.state import load_arrays
+from fedchem.model.state import npz_source
 from fedchem.types import Codec, StateArrays
 
 __all__ = ["CODECS", "decode_update", "encode_update"]
@@ -69,7 +69,9 @@ def _dequantize(parts: dict[str, np.ndarray], codec: str, shape: tuple[int, ...]
     if codec == "bf16":
         return _from_bf16(v).reshape(shape)
     scale = parts["s"].astype(np.float32)
-    return (v.astype(np.float32) * scale.reshape(len(scale), *([1] * (v.ndim - 1)))).reshape(shape)
+    out = v.astype(np.float32)
+    out *= scale.reshape(len(scale), *([1] * (v.ndim - 1)))  # in place: one float copy
+    return out.reshape(shape)
 
 
 def encode_update(
@@ -115,16 +117,19 @@ def encode_update(
     return buf.getvalue(), kept
 
 
-def decode_update(data: bytes, reference: StateArrays, expected: str | None = None) -> StateArrays:
-    """An update's full weights: plain npz as it is, a compressed one as ``reference`` plus
-    its decoded delta. A part that does not fit ``reference``, or a codec other than
-    ``expected`` (what its manifest names), raises ``ValueError``."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+def decode_update(
+    data: bytes | IO[bytes], reference: StateArrays, expected: str | None = None
+) -> StateArrays:
+    """An update's full weights (from its npz bytes or open file): plain npz as it is, a
+    compressed one as ``reference`` plus its decoded delta. A part that does not fit
+    ``reference``, or a codec other than ``expected`` (what its manifest names), raises
+    ``ValueError``."""
+    with np.load(npz_source(data), allow_pickle=False) as z:
         codec = str(z[_MARK]) if _MARK in z.files else "none"
         if expected is not None and codec != expected:
             raise ValueError(f"sent as {codec!r}, its manifest says {expected!r}")
         if codec == "none":
-            return load_arrays(data)
+            return {k: z[k] for k in z.files}
         if codec not in CODECS:
             raise ValueError(f"unknown codec {codec!r}")
         parts: dict[str, dict[str, np.ndarray]] = {}
@@ -152,5 +157,6 @@ def decode_update(data: bytes, reference: StateArrays, expected: str | None = No
                 raise ValueError(f"{name}: row indices outside the array")
             delta = np.zeros(shape, dtype=np.float32)
             delta[rows] = _dequantize(p, codec, (len(rows), *shape[1:]))
-        out[name] = (ref.astype(np.float32) + delta).astype(ref.dtype)
+        delta += ref  # in place (the coordinator holds one decoded update at a time)
+        out[name] = delta if delta.dtype == ref.dtype else delta.astype(ref.dtype)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import IO
 
 import numpy as np
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from fedchem.types import StateArrays
 
-__all__ = ["arrays_to_model", "dump_arrays", "load_arrays", "model_to_arrays"]
+__all__ = ["arrays_to_model", "dump_arrays", "load_arrays", "model_to_arrays", "npz_source"]
 
 
 def model_to_arrays(model: nn.Module) -> StateArrays:
@@ -35,6 +36,15 @@ def dump_arrays(arrays: StateArrays) -> bytes:
     return buf.getvalue()
 
 
-def load_arrays(data: bytes) -> StateArrays:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+def npz_source(data: bytes | IO[bytes]) -> IO[bytes]:
+    """What ``np.load`` reads: the bytes, or the file from its start."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return io.BytesIO(data)
+    data.seek(0)
+    return data
+
+
+def load_arrays(data: bytes | IO[bytes]) -> StateArrays:
+    """Named arrays from npz bytes or an open npz file (read one array at a time)."""
+    with np.load(npz_source(data), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}

@@ -34,11 +34,12 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import fsspec
 import tenacity
@@ -55,6 +56,8 @@ __all__ = [
 
 _log = logging.getLogger("fedchem.hub")
 _T = TypeVar("_T")
+#: bytes read at a time by :meth:`HubStore.get_verified_file`
+_CHUNK = 1 << 20
 
 #: errors of the S3 stack (botocore, aiohttp) that mean "try again", by class name
 _TRANSIENT_NAMES = frozenset(
@@ -288,6 +291,33 @@ class HubStore:
                 f"(sha256 {digest[:12]} != {sha256[:12]}): refusing it"
             )
         return data
+
+    def get_verified_file(self, rel: str, sha256: str, what: str) -> IO[bytes]:
+        """``rel``'s content as a temporary file on local disk (deleted when closed), read in
+        chunks and refused unless it hashes to ``sha256``: what is checked is what is then
+        read, and no copy of the whole object is held in memory."""
+
+        def fetch() -> IO[bytes]:
+            out = tempfile.TemporaryFile(prefix="fedchem-hub-")  # noqa: SIM115 (returned open)
+            digest = hashlib.sha256()
+            try:
+                with self.fs.open(self._path(rel), "rb") as src:
+                    while chunk := src.read(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+            except BaseException:
+                out.close()
+                raise
+            if digest.hexdigest() != sha256:
+                out.close()
+                raise IntegrityError(
+                    f"{what} at {rel} does not match its manifest "
+                    f"(sha256 {digest.hexdigest()[:12]} != {sha256[:12]}): refusing it"
+                )
+            out.seek(0)
+            return out
+
+        return self.retry.call(fetch, f"get {rel}")
 
     def put_json(self, rel: str, obj: Any) -> bytes:
         """Write ``obj`` as JSON; returns the bytes written (what a ledger entry hashes)."""
