@@ -217,6 +217,12 @@ class SiteUpdateManifest(StrictModel):
     site: str
     n_examples: int = Field(gt=0, description="training molecules: the FedAvg weight")
     n_labels: int
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimizer steps taken this round: the norm screen compares updates per "
+        "step (a site with ten times the molecules moves about ten times as far)",
+    )
     update_path: str
     update_sha256: str
     update_bytes: int = Field(0, ge=0, description="the update's size as sent")

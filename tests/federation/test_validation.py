@@ -162,7 +162,39 @@ def test_the_norm_check_needs_enough_updates_and_respects_its_ratio():
         assert {r.site for r in screened.accepted} == expect
 
 
-def _manifest(site: str) -> SiteUpdateManifest:
+def test_the_norm_check_compares_sites_per_optimizer_step():
+    """A site with many molecules takes many steps and moves far: not an outlier per step (a
+    many-site federation's largest sites were refused by the plain norm); an update that moves
+    far for its steps still is."""
+    ref = _global()
+    ups = {"a": _near(0.1), "b": _near(0.12), "c": _near(1.2), "d": _near(0.11)}
+    for steps, refused in (({"a": 1, "b": 1, "c": 10, "d": 1}, set()), (None, {"c"})):
+        steps_of = steps or {}
+        screened = screen_updates(
+            [_manifest(s, steps_of.get(s)) for s in ups],
+            run_id=RUN,
+            rnd=1,
+            base_sha256="x",
+            reference=ref,
+            members=MEMBERS,
+            fetch=lambda m: dump_arrays(ups[m.site]),
+            max_norm_ratio=5.0,
+        )
+        assert set(screened.rejected) == refused
+    screened = screen_updates(
+        [_manifest(s, 1) for s in ups],  # c claims one step: ten times the others' distance
+        run_id=RUN,
+        rnd=1,
+        base_sha256="x",
+        reference=ref,
+        members=MEMBERS,
+        fetch=lambda m: dump_arrays(ups[m.site]),
+        max_norm_ratio=5.0,
+    )
+    assert screened.rejected["c"].startswith("update norm a step 4.648 is more than 5x")
+
+
+def _manifest(site: str, steps: int | None = None) -> SiteUpdateManifest:
     valid = EvalReport(site=site, model="m", fold="valid", n_molecules=1, per_task={}, summary={})
     return SiteUpdateManifest(
         run_id=RUN,
@@ -170,6 +202,7 @@ def _manifest(site: str) -> SiteUpdateManifest:
         site=site,
         n_examples=1,
         n_labels=1,
+        steps=steps,
         base_sha256="x",
         update_path="u",
         update_sha256="s",

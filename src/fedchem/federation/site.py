@@ -331,6 +331,7 @@ def run_site_round(
         site=site.name,
         n_examples=len(train),
         n_labels=train.n_labels(),
+        steps=max(stats.steps, 1),
         update_path=layout.site_update(rnd, site.name),
         update_sha256=hashlib.sha256(data).hexdigest(),
         update_bytes=len(data),

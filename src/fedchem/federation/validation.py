@@ -5,7 +5,10 @@ the round manifest): the site must be a member and reply once; the manifest must
 run and round and start from the committed global model; the file must match its hash and load;
 names, shapes and dtypes must match the global model; every value must be finite; and, with
 at least ``min_for_norm`` such updates, the distance from the global model must not exceed
-``max_norm_ratio`` times the round's median distance.
+``max_norm_ratio`` times the round's median distance (per optimizer step, when every update's
+manifest states its steps: sites of very different sizes take very different numbers of
+steps; a site can overstate its steps as it can its molecules, which its weight already
+trusts, so this screen catches broken updates, not a Byzantine one: that is Krum's job).
 """
 
 from __future__ import annotations
@@ -169,12 +172,17 @@ def screen_updates(
         norms[m.site] = update_norm(arrays, reference)
         candidates.append(m)  # its weights are not kept: read again when aggregated
         del arrays
-    median = float(np.median(list(norms.values()))) if norms else 0.0
+    # per optimizer step when every candidate says its steps: a site with ten times the
+    # molecules takes ten times the steps and moves about ten times as far
+    per_step = bool(candidates) and all(m.steps for m in candidates)
+    scaled = {m.site: norms[m.site] / ((m.steps or 1) if per_step else 1) for m in candidates}
+    unit = " a step" if per_step else ""
+    median = float(np.median(list(scaled.values()))) if scaled else 0.0
     for m in candidates:
-        if len(candidates) >= min_for_norm and norms[m.site] > max_norm_ratio * max(median, 1e-12):
+        if len(candidates) >= min_for_norm and scaled[m.site] > max_norm_ratio * max(median, 1e-12):
             out.rejected[m.site] = (
-                f"update norm {norms[m.site]:.4g} is more than {max_norm_ratio:g}x the round's "
-                f"median {median:.4g}"
+                f"update norm{unit} {scaled[m.site]:.4g} is more than {max_norm_ratio:g}x the "
+                f"round's median {median:.4g}"
             )
             continue
         out.accepted.append(SiteReply(m.site, _reader(fetch, m, reference), m.n_examples))
