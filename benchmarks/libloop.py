@@ -14,7 +14,7 @@ import yaml
 
 from fedchem.config import ChemConfig, DemoConfig, FederationConfig, SiteConfig
 from fedchem.data.prepare import prepare_site
-from fedchem.demo.sites import DemoSplit, bundled_dataset, split_into_sites
+from fedchem.demo.sites import DemoSplit, resolve_dataset, split_into_sites
 from fedchem.federation.coordinator import start_run
 from fedchem.federation.driver import CoordinatorSteps, InProcessSites, run_rounds
 from fedchem.federation.site import evaluate_global_at_site
@@ -30,14 +30,17 @@ class Sites:
     label_stats: list[dict[str, dict[str, float]]]
 
 
-def prepare_sites(out: Path, n_sites: int = 4, head: int | None = None, seed: int = 0) -> Sites:
-    """The demo's split of bundled Tox21 (``head``: its first rows only), prepared."""
-    data = bundled_dataset()
+def prepare_sites(
+    out: Path, n_sites: int = 4, head: int | None = None, seed: int = 0, dataset: str = "tox21"
+) -> Sites:
+    """The demo's split of a bundled set, Tox21 by default (``head``: its first rows only),
+    prepared."""
+    data, smiles_col = resolve_dataset(dataset, None)
     if head is not None:
-        small = out / "tox21-head.csv"
+        small = out / f"{dataset}-head.csv"
         pd.read_csv(data).head(head).to_csv(small, index=False)
         data = small
-    split = split_into_sites(data, "smiles", n_sites, out / "sites", seed)
+    split = split_into_sites(data, smiles_col, n_sites, out / "sites", seed)
     chem = DemoConfig().chem
     reports = [prepare_site(s, chem, split.tasks) for s in split.sites]
     return Sites(split, chem, [r.label_stats for r in reports])

@@ -77,3 +77,21 @@ def test_a_securely_aggregated_round_runs_its_steps_in_the_workers(
     r1 = outcome.rounds[1]
     assert r1.outcome == "aggregated" and r1.sites == ["site-a", "site-b", "site-c", "site-d"]
     assert tox21_sites.audit_problems(hub, config.run_id) == []
+
+
+def _step_that_breaks(site: str) -> str:
+    if site == "site-b":
+        raise ValueError("row 7: CC(=O)Oc1ccccc1C(=O)O is not a valid value")  # site data
+    return f"{site} done"
+
+
+def test_a_site_step_in_a_worker_returns_its_result_or_only_the_type_of_its_error() -> None:
+    from fedchem.federation.parallel import SiteStepFailed, at_sites
+
+    calls = [(s, (s,)) for s in ("site-a", "site-b", "site-c")]
+    out = at_sites("evaluate", _step_that_breaks, calls, workers=2)
+    assert out[0] == "site-a done" and out[2] == "site-c done"
+    failed = out[1]
+    assert isinstance(failed, SiteStepFailed)
+    assert (failed.site, failed.step, failed.kind) == ("site-b", "evaluate", "ValueError")
+    assert "CC(=O)" not in str(failed) and "row 7" not in str(failed)
