@@ -35,18 +35,29 @@ _log = logging.getLogger(__name__)
 _ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
 
+#: glibc's allocator in local workers, set before they start (Dask's
+#: ``distributed.nanny.pre-spawn-environ``): Dask's default trims the heap back to the OS at
+#: every free (``MALLOC_TRIM_THRESHOLD_=65536``), so the training step's model-sized buffers
+#: are page-faulted in afresh at every step, which halved a worker's molecules a second
+#: (``benchmarks/bench_moses_federation.py``); here freed memory stays for the next step.
+_ALLOCATOR = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(64 << 20)}
+
+
 def local_cluster(workers: int | None = None) -> Any:
     """A Dask cluster of ``workers`` processes on this machine (default: one per core)."""
+    import dask
     from distributed import LocalCluster
 
     n = workers or os.cpu_count() or 1
-    return LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        env=_ONE_THREAD,
-    )
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **_ALLOCATOR}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env=_ONE_THREAD,
+        )
 
 
 class DaskSites(InProcessSites):

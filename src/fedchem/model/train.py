@@ -77,11 +77,15 @@ def trainable_parameters(model: torch.nn.Module, which: str) -> list[torch.nn.Pa
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (fused: one kernel a step over each parameter, where the default's per-op
+    temporaries of the 4,096 x 512 input layer cost more than the batch itself on a CPU:
+    about 2x the molecules a second, ``benchmarks/bench_moses_federation.py``), or SGD with
+    momentum."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def train_epochs(
