@@ -50,24 +50,28 @@ def multitask_loss(
     y_mean: torch.Tensor,
     y_std: torch.Tensor,
     task_weights: torch.Tensor | None = None,
+    kinds: tuple[bool, bool] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Mean loss over the observed labels of a batch, and how many there were.
 
     ``y`` holds raw labels with NaN where unobserved; regression labels are standardized with
     ``y_mean``/``y_std`` so both kinds of task weigh alike; ``task_weights`` (``T``) scale
-    each task's terms.
+    each task's terms. ``kinds``: whether there are (regression, classification) tasks at
+    all, when the caller knows (a training loop asks once, not at every batch).
     """
     observed = torch.isfinite(y)
-    reg = observed & is_regression
-    cls = observed & ~is_regression
-    y_std_safe = torch.where(y_std > 0, y_std, torch.ones_like(y_std))
-    y_reg = (torch.nan_to_num(y) - y_mean) / y_std_safe
-    if task_weights is not None:
-        w = task_weights.to(out.dtype)
-        total = masked_bce(out, torch.nan_to_num(y), cls, w) + censored_mse(
-            out, y_reg, censor, reg, w
-        )
-    else:
-        total = masked_bce(out, torch.nan_to_num(y), cls) + censored_mse(out, y_reg, censor, reg)
+    w = task_weights.to(out.dtype) if task_weights is not None else None
+    y0 = torch.nan_to_num(y)
+    kinds = (
+        kinds if kinds is not None else (bool(is_regression.any()), bool((~is_regression).any()))
+    )
+    total = out.new_zeros(())
+    if kinds[1]:  # classification tasks (a batch's sums over the other kind would be zeros)
+        cls = observed & ~is_regression if kinds[0] else observed
+        total = total + masked_bce(out, y0, cls, w)
+    if kinds[0]:
+        reg = observed & is_regression if kinds[1] else observed
+        y_std_safe = torch.where(y_std > 0, y_std, torch.ones_like(y_std))
+        total = total + censored_mse(out, (y0 - y_mean) / y_std_safe, censor, reg, w)
     n = int(observed.sum())
     return total / max(n, 1), n

@@ -127,6 +127,7 @@ def train_epochs(
         if ds.task_weights is not None and not np.all(ds.task_weights == 1)
         else None
     )
+    kinds = (bool(is_reg.any()), bool((~is_reg).any()))
     amp = cfg.bf16 and device.type == "cuda"
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
@@ -139,7 +140,9 @@ def train_epochs(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = model(b.indices, b.offsets, b.weights)
             out = out.float()  # the loss in float32, whatever the forward pass ran in
-            loss, n = multitask_loss(out, b.y, b.censor, is_reg, model.y_mean, model.y_std, weights)
+            loss, n = multitask_loss(
+                out, b.y, b.censor, is_reg, model.y_mean, model.y_std, weights, kinds
+            )
             if n == 0:
                 continue
             data_loss = float(loss.detach())
