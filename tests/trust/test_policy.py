@@ -11,7 +11,7 @@ import yaml
 
 from fedchem.config import SiteConfig
 from fedchem.messages import FitInstructions, RoundOpen, RoundPlan
-from fedchem.policy import PrivacyConfig
+from fedchem.policy import PrivacyConfig, SecAggPlan
 from fedchem.trust.budget import PrivacyBudget
 from fedchem.trust.keys import new_key_pair
 from fedchem.trust.signing import COORDINATOR, Signer
@@ -143,6 +143,12 @@ def test_an_opening_not_signed_by_the_pinned_coordinator_is_refused(tmp_path, ke
             "dp.delta",
         ),
         ({"dp": {"max_epsilon": 8}}, {}, "dp.max_epsilon"),
+        # a hostile plan no honest config makes: a compressed update in a secure round
+        (
+            {"members": {"site-b": "b", "site-c": "c"}},
+            {"secure_aggregation": SecAggPlan(), "compression": "int8"},
+            "secure_aggregation",
+        ),
     ],
 )
 def test_every_clause_refuses_the_round_that_breaks_it(tmp_path, keys, policy, plan, clause):

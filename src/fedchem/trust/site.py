@@ -206,6 +206,12 @@ class SiteGuard:
                     f"{len(plan.sites)} sites in the round; the policy unmasks no fewer than "
                     f"{p.secure_aggregation.min_cohort}",
                 )
+            if plan.compression != "none":  # what no honest config asks (refused there too)
+                raise PolicyRefused(
+                    "secure_aggregation",
+                    f"compression {plan.compression!r} in a secure round: the site sends its "
+                    "masked update in the protocol's fixed-point ring only",
+                )
         level = plan.privacy.level
         if p.dp.required and level == "none":
             raise PolicyRefused("dp.required", "the round has no differential privacy")
