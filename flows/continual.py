@@ -23,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.deployments import run_deployment
 
 from fedchem.config import FederationConfig, PublishConfig, SiteConfig, WarmStart
+from fedchem.federation import steps
 from fedchem.federation.continual import PromotionPolicy, decide_promotion, decision_table
 from fedchem.flows.coordinator import coordinator
 from fedchem.flows.publish import publish
@@ -31,6 +32,7 @@ from fedchem.flows.site_validate import site_validate
 from fedchem.messages import EvalReport
 from fedchem.registry.store import Registry
 from fedchem.tasks.coordinator import artifact_key
+from fedchem.tasks.site import at_sites, prepare_sites
 
 
 def _cycle_name(cycle: str | None) -> str:
@@ -55,8 +57,20 @@ def _decided(reg: Registry, name: str, version: int) -> dict[str, Any] | None:
     return None
 
 
+def _many(config: FederationConfig) -> list[SiteConfig] | None:
+    """The sites, where a local simulation runs their steps in Dask (no subflow per site)."""
+    local = [s for s in config.sites if isinstance(s, SiteConfig)] if config.mode == "local" else []
+    many = len(local) == len(config.sites) and config.simulation.uses_dask(len(local))
+    return local if many else None
+
+
 def _prepare(config: FederationConfig) -> None:
-    """Every site prepares its current data (a subflow here, its own deployment deployed)."""
+    """Every site prepares its current data (a subflow here, its own deployment deployed;
+    many sites: one task run)."""
+    many = _many(config)
+    if many is not None:
+        prepare_sites(many, len(many), config.chem, config.tasks, config.hub_url)
+        return
     for site in config.sites:
         if config.mode == "local" and isinstance(site, SiteConfig):
             site_prepare(site=site, chem=config.chem, tasks=config.tasks, hub_url=config.hub_url)
@@ -74,6 +88,18 @@ def _validate(
     """site -> ref -> the site's validation report (the candidate's with its paired
     comparison against production); a site that fails is left out."""
     out: dict[str, dict[str, EvalReport]] = {}
+    many = _many(config)
+    if many is not None:  # one task run, the sites' calls in Dask workers
+        calls = [(s.name, (s, registry, refs, "valid", compare)) for s in many]
+        results = at_sites(
+            "validate",
+            len(many),
+            steps.validate_registered,
+            calls,
+            config.simulation.dask_address,
+            config.simulation.workers,
+        )
+        return {s.name: r[0] for s, r in zip(many, results, strict=True) if isinstance(r, tuple)}
     for site in config.sites:
         if config.mode == "local" and isinstance(site, SiteConfig):
             state = site_validate(

@@ -286,7 +286,10 @@ def demo(
 
 
 def _every(
-    step: str, fn: Callable[..., Any], calls: list[tuple[SiteConfig, tuple[Any, ...]]], address: str
+    step: str,
+    fn: Callable[..., Any],
+    calls: list[tuple[SiteConfig, tuple[Any, ...]]],
+    address: str | None,
 ) -> list[Any]:
     """``fn`` at every site in Dask workers (one task run); a site that failed fails the demo,
     as its subflow would."""
@@ -365,12 +368,28 @@ def _later_cycle(
     )
     name, cand, prod = target.model_name, decision["candidate"], decision["production"]
     refs = [f"{name}:{cand}", f"{name}:{prod}"]
-    test = {
-        s.name: site_validate(
-            site=s, registry=target.registry, refs=refs, fold="test", compare=promotion
-        )
-        for s in sites
-    }
+    if config.simulation.uses_dask(len(sites)):  # one task run, the sites in Dask workers
+        calls = [(s, (s, target.registry, refs, "test", promotion)) for s in sites]
+        test = {
+            s.name: r[0]
+            for s, r in zip(
+                sites,
+                _every(
+                    "validate-test",
+                    steps.validate_registered,
+                    calls,
+                    config.simulation.dask_address,
+                ),
+                strict=True,
+            )
+        }
+    else:
+        test = {
+            s.name: site_validate(
+                site=s, registry=target.registry, refs=refs, fold="test", compare=promotion
+            )
+            for s in sites
+        }
     valid = decision["per_site"]
     metric = decision["metric"] or "mean_roc_auc"
     threshold = decide_promotion(

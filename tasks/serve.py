@@ -166,23 +166,16 @@ def validate_registered(
     (aggregates). ``compare`` with two refs (candidate, production) and the confidence rule:
     the candidate's report carries the paired comparison with production on the same
     molecules (the difference and its bootstrap interval)."""
-    from fedchem.federation.continual import score_registered
-    from fedchem.federation.site import load_site_dataset
+    from fedchem.federation import steps
 
-    site = own_site(site, registries=[registry])
-    guard_site_logs(site)
-    reg, mine = Registry(registry), Registry(site.registry_url())
-    versions = [reg.resolve(ref) for ref in refs]
-    reports, paired = score_registered(
-        reg, versions, load_site_dataset(site), site.name, mine, fold, compare
-    )
-    out = dict(zip(refs, reports, strict=True))
+    own = own_site(site, registries=[registry])
+    guard_site_logs(own)
+    out, paired = steps.validate_registered(site, registry, refs, fold, compare)
     if paired is not None:
-        out[refs[0]] = out[refs[0]].model_copy(update={"paired": paired.as_dict()})
         get_run_logger().info(
             "site %s: %s against %s on %d molecules: %s change %+.4f (%.0f%% interval "
             "[%+.4f, %+.4f])",
-            site.name,
+            own.name,
             refs[0],
             refs[1],
             paired.n_molecules,

@@ -500,7 +500,7 @@ async def _flow_run_names_since(t0: object) -> list[str]:
 
 
 def test_the_demo_at_many_sites_runs_each_site_step_as_one_task_not_a_subflow_per_site(
-    prefect_api: None, tiny_dataset: Path, tmp_path: Path
+    prefect_api: None, tmp_path: Path
 ):
     """``simulation.engine: dask``: preparing, the rounds, evaluating, the local baselines,
     the cross-site scores and the calibrations run in Dask workers, one task run a step; the
@@ -511,9 +511,11 @@ def test_the_demo_at_many_sites_runs_each_site_step_as_one_task_not_a_subflow_pe
     from fedchem.config import SimulationConfig
     from fedchem.flows.demo import demo
 
+    data = tmp_path / "tox21_small.csv"  # folds large enough to compare versions on
+    pd.read_csv(bundled_dataset()).head(1500).to_csv(data, index=False)
     t0 = datetime.now(UTC)
     rep = demo(
-        dataset=tiny_dataset,
+        dataset=data,
         smiles_col="smiles",
         n_sites=3,
         rounds=1,
@@ -525,10 +527,19 @@ def test_the_demo_at_many_sites_runs_each_site_step_as_one_task_not_a_subflow_pe
         train=TrainConfig(batch_size=32),
         simulation=SimulationConfig(engine="dask", workers=2),
         personalize=False,
+        cycles=2,
     )
     names = asyncio.run(_flow_run_names_since(t0))
-    # the demo, its coordinator and publish flows; not one run per site step
-    assert sorted(names) == ["demo/demo-dask", "federation/demo-dask", "publish/tox21_tiny"]
+    # the demo, its coordinator, publish and continual flows (cycle 2: the coordinator and
+    # publish again); not one run per site step
+    assert sorted(names) == [
+        "continual/tox21_small",
+        "demo/demo-dask",
+        "federation/demo-dask",
+        "federation/demo-dask-cycle-2",
+        "publish/tox21_small",
+        "publish/tox21_small",
+    ]
     sites = {"site-a", "site-b", "site-c"}
     for model in ("federated", "local", "pooled"):
         assert set(rep[model]["per_site"]) == sites
@@ -546,4 +557,9 @@ def test_the_demo_at_many_sites_runs_each_site_step_as_one_task_not_a_subflow_pe
     private = _private_strings([tmp_path / "out" / "sites" / s for s in sites])
     logs = asyncio.run(_all_logs())
     assert any("evaluate: 3 of 3 sites done" in line for line in logs)
+    # cycle 2: every site validated candidate and production (in its worker), and scored
+    # both on its test fold
+    later = rep["meta"]["cycles"][1]
+    assert set(later["per_site"]) == sites and set(later["test_paired"]) == sites
+    assert any("validate: 3 of 3 sites done" in line for line in logs)
     assert not [line for line in logs for p in private if p in line]

@@ -11,7 +11,7 @@ records it in the site's ledger. What a step returns is aggregates only (counts,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from fedchem.config import (
     ChemConfig,
@@ -32,7 +32,9 @@ from fedchem.trust.sovereign import check_featurizer, own_site
 
 if TYPE_CHECKING:
     from fedchem.chem.parallel import Progress
+    from fedchem.federation.continual import PromotionPolicy
     from fedchem.messages import PrepareReport
+    from fedchem.model.paired import PairedDifference
 
 __all__ = [
     "calibrate_for_serving",
@@ -42,6 +44,7 @@ __all__ = [
     "publish_prepare_report",
     "site_ledger",
     "train_local_baseline",
+    "validate_registered",
 ]
 
 
@@ -189,3 +192,29 @@ def calibrate_for_serving(
     hub.put_bytes(path, data)
     version = publish_site_part(Registry(own.registry_url()), model_name, result)
     return result.message, version
+
+
+def validate_registered(
+    site: SiteConfig | SiteRef,
+    registry: str,
+    refs: list[str],
+    fold: Literal["valid", "test"] = "valid",
+    compare: PromotionPolicy | None = None,
+) -> tuple[dict[str, EvalReport], PairedDifference | None]:
+    """Each registered version of ``refs`` on the site's current validation (or test) fold
+    (aggregates). ``compare`` with two refs (candidate, production) and the confidence rule:
+    the candidate's report carries the paired comparison with production on the same
+    molecules (the difference and its bootstrap interval), also returned."""
+    from fedchem.federation.continual import score_registered
+    from fedchem.registry.store import Registry
+
+    own = own_site(site, registries=[registry])
+    reg, mine = Registry(registry), Registry(own.registry_url())
+    versions = [reg.resolve(ref) for ref in refs]
+    reports, paired = score_registered(
+        reg, versions, site_lib.load_site_dataset(own), own.name, mine, fold, compare
+    )
+    out = dict(zip(refs, reports, strict=True))
+    if paired is not None:
+        out[refs[0]] = out[refs[0]].model_copy(update={"paired": paired.as_dict()})
+    return out, paired
