@@ -50,14 +50,22 @@ def local_cluster(workers: int | None = None) -> Any:
 
     n = workers or os.cpu_count() or 1
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **_ALLOCATOR}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        return LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            env=_ONE_THREAD,
-        )
+    before = {k: os.environ.get(k) for k in _ALLOCATOR}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            return LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                env=_ONE_THREAD,
+            )
+    finally:  # Dask sets them in this process to pass them on: not for what it starts next
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class DaskSites(InProcessSites):
