@@ -29,21 +29,19 @@ peak resident memory of this process and all its children (the Dask workers), sa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import sys
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import torch
 import torch.nn.functional as F
+from libmem import PeakRSS
 
 from fedchem.config import (
     ChemConfig,
@@ -136,33 +134,6 @@ def dealt(table: Path, n_sites: int, out: Path) -> DemoSplit:
     return split
 
 
-class PeakRSS:
-    """The peak resident memory of this process and its children, sampled in a thread."""
-
-    def __init__(self, every: float = 0.5) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
-
-    def _run(self, every: float) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):  # a worker that just ended
-                    total += p.memory_info().rss
-            self.peak = max(self.peak, total)
-            self._stop.wait(every)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def plain_loop(
     ds: SiteDataset, model_cfg: ModelConfig, tc: TrainConfig, fused: bool = False
 ) -> float:
@@ -211,7 +182,7 @@ def main() -> int:
     chem = ChemConfig()  # the demo's: ECFP 4,096 bits, scaffold-skeleton folds
     model_cfg = ModelConfig()  # the demo's: hidden 512
     train = TrainConfig(batch_size=args.batch_size, device="cpu")
-    with PeakRSS() as rss:
+    with PeakRSS(every=0.5) as rss:
         t0 = time.perf_counter()
         table = computed_table(work, args.limit)
         n_rows = sum(1 for _ in table.open()) - 1

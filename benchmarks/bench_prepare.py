@@ -20,20 +20,18 @@ Prints rates and ratios. ``--limit`` runs on the first N SMILES (quick check).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import hmac
 import os
 import shutil
 import tempfile
-import threading
 import time
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
+from libmem import PeakRSS
 from rdkit import Chem, RDLogger
 from rdkit.Chem import rdFingerprintGenerator
 from rdkit.Chem.MolStandardize import rdMolStandardize
@@ -116,33 +114,6 @@ def parse_fp_loop(smiles: list[str]) -> float:
         if mol is not None:
             gen.GetFingerprint(mol)
     return len(smiles) / (time.perf_counter() - start)
-
-
-class PeakRSS:
-    """Peak resident memory of this process and all its children, sampled in a thread."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.2)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def run_fedchem(

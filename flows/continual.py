@@ -25,6 +25,7 @@ from prefect.deployments import run_deployment
 from fedchem.config import FederationConfig, PublishConfig, SiteConfig, WarmStart
 from fedchem.federation import steps
 from fedchem.federation.continual import PromotionPolicy, decide_promotion, decision_table
+from fedchem.federation.parallel import dask_sites
 from fedchem.flows.coordinator import coordinator
 from fedchem.flows.publish import publish
 from fedchem.flows.site_prepare import site_prepare
@@ -57,17 +58,10 @@ def _decided(reg: Registry, name: str, version: int) -> dict[str, Any] | None:
     return None
 
 
-def _many(config: FederationConfig) -> list[SiteConfig] | None:
-    """The sites, where a local simulation runs their steps in Dask (no subflow per site)."""
-    local = [s for s in config.sites if isinstance(s, SiteConfig)] if config.mode == "local" else []
-    many = len(local) == len(config.sites) and config.simulation.uses_dask(len(local))
-    return local if many else None
-
-
 def _prepare(config: FederationConfig) -> None:
     """Every site prepares its current data (a subflow here, its own deployment deployed;
     many sites: one task run)."""
-    many = _many(config)
+    many = dask_sites(config)
     if many is not None:
         prepare_sites(many, len(many), config.chem, config.tasks, config.hub_url)
         return
@@ -88,7 +82,7 @@ def _validate(
     """site -> ref -> the site's validation report (the candidate's with its paired
     comparison against production); a site that fails is left out."""
     out: dict[str, dict[str, EvalReport]] = {}
-    many = _many(config)
+    many = dask_sites(config)
     if many is not None:  # one task run, the sites' calls in Dask workers
         calls = [(s.name, (s, registry, refs, "valid", compare)) for s in many]
         results = at_sites(

@@ -15,6 +15,7 @@ from prefect.deployments import run_deployment
 
 from fedchem.config import FederationConfig, PublishConfig, SiteConfig
 from fedchem.federation import steps
+from fedchem.federation.parallel import dask_sites
 from fedchem.flows.site_calibrate import site_calibrate
 from fedchem.messages import EvalReport, SiteCalibration
 from fedchem.storage.hub import HubLayout, HubStore
@@ -47,9 +48,8 @@ def _calibrate(config: FederationConfig, target: PublishConfig, rnd: int) -> lis
         "model_name": target.model_name,
         "private_tasks": config.private_tasks(),
     }
-    sites = config.sites
-    local = [s for s in sites if isinstance(s, SiteConfig)] if config.mode == "local" else []
-    if len(local) == len(sites) and config.simulation.uses_dask(len(sites)):
+    sites, local = config.sites, dask_sites(config)
+    if local is not None:
         # many sites: one task, the sites' calibrations in Dask workers (failures logged)
         at_sites(
             "calibrate",

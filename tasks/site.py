@@ -103,19 +103,24 @@ def prepare(
             f"prepare-{own.name}", own.name + ": featurized {done}/{total} partitions"
         ),
     )
+    _log_prepared(own.name, report)
+    return report
+
+
+def _log_prepared(site: str, report: PrepareReport) -> None:
+    """A prepared site's counts and warnings (aggregate words only: fold shares, counts)."""
     logger = get_run_logger()
-    for warning in report.warnings:  # aggregate words only (fold shares, counts)
-        logger.warning("site %s: %s", own.name, warning)
+    for warning in report.warnings:
+        logger.warning("site %s: %s", site, warning)
     logger.info(
         "site %s: %d rows in, %d accepted, %d quarantined; %d molecules (cache %s)",
-        own.name,
+        site,
         report.rows_in,
         report.rows_accepted,
         report.rows_quarantined,
         report.n_molecules,
         "hit" if report.cache_hit else "miss",
     )
-    return report
 
 
 @task(
@@ -306,20 +311,11 @@ def prepare_sites(
 ) -> list[PrepareReport]:
     """Many sites: each prepared in turn in one task run (each with its own Dask pool for its
     partitions), its counts published, signed; no subflow per site."""
-    logger = get_run_logger()
     out = []
     for site in sites:
         own = _own(site, hub_url=hub_url)
         report = steps.prepare(site, chem, tasks, hub_url)
         steps.publish_prepare_report(hub_url, report, site)
-        for warning in report.warnings:  # aggregate words only (fold shares, counts)
-            logger.warning("site %s: %s", own.name, warning)
-        logger.info(
-            "site %s: %d rows in, %d accepted, %d quarantined",
-            own.name,
-            report.rows_in,
-            report.rows_accepted,
-            report.rows_quarantined,
-        )
+        _log_prepared(own.name, report)
         out.append(report)
     return out

@@ -27,7 +27,7 @@ from fedchem.config import FederationConfig, SimulationConfig, SiteConfig
 from fedchem.federation.driver import InProcessSites, site_step
 from fedchem.storage.hub import HubStore
 
-__all__ = ["DaskSites", "SiteStepFailed", "at_sites", "local_cluster", "sites_engine"]
+__all__ = ["DaskSites", "SiteStepFailed", "at_sites", "dask_sites", "local_cluster", "sites_engine"]
 
 _log = logging.getLogger(__name__)
 
@@ -165,6 +165,17 @@ def at_sites(
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def dask_sites(config: FederationConfig) -> list[SiteConfig] | None:
+    """The federation's sites where a local simulation runs their steps in Dask (every site
+    a full config, more than ``simulation.subflows_up_to`` of them or ``engine: dask``);
+    None where each site's step is its own flow run (subflows, or its deployment)."""
+    if config.mode != "local":
+        return None
+    local = [s for s in config.sites if isinstance(s, SiteConfig)]
+    many = len(local) == len(config.sites) and config.simulation.uses_dask(len(local))
+    return local if many else None
 
 
 @contextmanager

@@ -54,10 +54,12 @@ def site_ledger(site: SiteConfig, hub: HubStore, scope: str) -> Ledger | None:
     return None if signer is None else Ledger(hub, scope, signer, site.workdir / "ledger")
 
 
-def _record_reports(site: SiteConfig, hub_url: str, run_id: str, reports: list[EvalReport]) -> None:
+def _record_reports(
+    site: SiteConfig, hub: HubStore, run_id: str, reports: list[EvalReport]
+) -> None:
     """Evaluation reports leave the site as results, not hub objects: their hashes go into
     the site's ledger all the same (what left, and when)."""
-    ledger = site_ledger(site, HubStore(hub_url), run_id)
+    ledger = site_ledger(site, hub, run_id)
     for r in reports if ledger is not None else []:
         assert ledger is not None
         data = json_bytes(r.model_dump(mode="json"))
@@ -114,11 +116,9 @@ def evaluate_global(
 ) -> EvalReport:
     """A committed global model on the site's test fold (``select="best_valid"``: the round
     up to ``rnd`` best on its validation fold)."""
-    own = own_site(site, hub_url=hub_url)
-    report = site_lib.evaluate_global_at_site(
-        own, HubStore(hub_url), run_id, rnd, chem, model, select
-    )
-    _record_reports(own, hub_url, run_id, [report])
+    own, hub = own_site(site, hub_url=hub_url), HubStore(hub_url)
+    report = site_lib.evaluate_global_at_site(own, hub, run_id, rnd, chem, model, select)
+    _record_reports(own, hub, run_id, [report])
     return report
 
 
@@ -160,7 +160,7 @@ def evaluate_baselines(
         baselines.evaluate_baseline_at_site(own, hub, run_id, owner, chem, model)
         for owner in owners
     ]
-    _record_reports(own, hub_url, run_id, reports)
+    _record_reports(own, hub, run_id, reports)
     return reports
 
 

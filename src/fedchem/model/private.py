@@ -108,6 +108,7 @@ def train_epochs_private(
         loss_reduction="mean",
     )
     is_reg = torch.tensor([k == "regression" for k in ds.task_kinds], device=device)
+    kinds = (bool(is_reg.any()), bool((~is_reg).any()))  # asked once, not at every batch
     weights = (
         torch.from_numpy(ds.task_weights).to(device)
         if ds.task_weights is not None and not np.all(ds.task_weights == 1)
@@ -132,7 +133,7 @@ def train_epochs_private(
                 (b,) = iter_batches(ds.subset(rows), len(rows), None, device)
                 out = view(b.indices, b.offsets)
                 loss, k = multitask_loss(
-                    out, b.y, b.censor, is_reg, model.y_mean, model.y_std, weights
+                    out, b.y, b.censor, is_reg, model.y_mean, model.y_std, weights, kinds
                 )
                 total = loss * max(k, 1)  # the sum of every molecule's own terms
                 with warnings.catch_warnings():  # Opacus' hooks on a view whose inputs are ids

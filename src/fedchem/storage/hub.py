@@ -94,6 +94,14 @@ class IntegrityError(ValueError):
     """Bytes on the hub that do not hash to what their manifest says (altered or truncated)."""
 
 
+def _check_digest(digest: str, sha256: str, what: str, rel: str) -> None:
+    if digest != sha256:
+        raise IntegrityError(
+            f"{what} at {rel} does not match its manifest "
+            f"(sha256 {digest[:12]} != {sha256[:12]}): refusing it"
+        )
+
+
 def _http_status(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
@@ -284,12 +292,7 @@ class HubStore:
         """``rel``'s bytes (or ``data`` read from it before), refused unless they hash to
         ``sha256`` (the manifest's word)."""
         data = self.get_bytes(rel) if data is None else data
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != sha256:
-            raise IntegrityError(
-                f"{what} at {rel} does not match its manifest "
-                f"(sha256 {digest[:12]} != {sha256[:12]}): refusing it"
-            )
+        _check_digest(hashlib.sha256(data).hexdigest(), sha256, what, rel)
         return data
 
     def get_verified_file(self, rel: str, sha256: str, what: str) -> IO[bytes]:
@@ -305,15 +308,10 @@ class HubStore:
                     while chunk := src.read(_CHUNK):
                         digest.update(chunk)
                         out.write(chunk)
+                _check_digest(digest.hexdigest(), sha256, what, rel)
             except BaseException:
                 out.close()
                 raise
-            if digest.hexdigest() != sha256:
-                out.close()
-                raise IntegrityError(
-                    f"{what} at {rel} does not match its manifest "
-                    f"(sha256 {digest.hexdigest()[:12]} != {sha256[:12]}): refusing it"
-                )
             out.seek(0)
             return out
 
